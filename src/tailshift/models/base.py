@@ -1,0 +1,37 @@
+"""The backbone contract: a feature map for CAM, an embedding for the heads."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A feature extractor without classifier.
+
+    Methods own their heads (``nn.Linear(out_dim, K)``); CAM and CSA need only
+    ``feature_map`` (the last convolutional stage, B x C x H x W) and ``embed``
+    (everything from that map to the classifier input, B x out_dim), so no
+    forward hooks are ever registered.
+    """
+
+    out_dim: int
+    #: modules from the last convolutional stage on: the only part that carries
+    #: gradients when Grad-CAM is computed.
+    def last_stage_parameters(self):
+        raise NotImplementedError
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.feature_map(x))
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal weights for every conv and linear layer (biases keep PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
