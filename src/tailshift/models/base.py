@@ -15,10 +15,9 @@ class Backbone(nn.Module):
     """
 
     out_dim: int
-    #: modules from the last convolutional stage on: the only part that carries
-    #: gradients when Grad-CAM is computed.
-    def last_stage_parameters(self):
-        raise NotImplementedError
+    #: True when ``embed`` is global average pooling (+ flatten) only, so the
+    #: classic CAM of Zhou et al. (head weights x feature map) is defined.
+    pooled_linear: bool = False
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -28,6 +27,11 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self.feature_map(x))
+
+    @property
+    def mode_dependent(self) -> bool:
+        """Whether train/eval mode changes the output (batch norm, dropout)."""
+        return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in self.modules())
 
 
 def kaiming_init(module: nn.Module) -> None:

@@ -31,9 +31,6 @@ class LeNet2d(Backbone):
         self.out_dim = embed_dim
         kaiming_init(self)
 
-    def last_stage_parameters(self):
-        return list(self.stage2.parameters()) + list(self.fc.parameters())
-
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage2(self.stage1(x))
 
