@@ -17,8 +17,8 @@ class LeNet2d(Backbone):
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, embed_dim: int = 2):
         super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
-        self.stage2 = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        self.stage1 = nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.MaxPool2d(2), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(6, 16, 5), nn.MaxPool2d(2), nn.ReLU())
         side = ((image_size // 2) - 4) // 2
         self.fc = nn.Sequential(
             nn.Flatten(),

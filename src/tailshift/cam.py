@@ -1,0 +1,127 @@
+"""Batched class activation maps and CSA background masks (paper Sec. 3.1).
+
+Written by hand for speed: peers register forward/backward hooks on the
+backbone and loop over the images of a batch (one backward per sample), which
+dominates a CSA step. Here one ``torch.autograd.grad`` call on the whole
+batch differentiates only the head with respect to the given feature map, so
+no backbone stage is re-run, no parameter ``.grad`` is touched and no hook is
+ever registered. Everything stays on the tensors' device.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+CAM_METHODS = ("gradcam", "cam")
+
+
+class CamResult(NamedTuple):
+    """``cam``: B x h x w, non-negative, unnormalised. ``logits``: B x K, detached, reusable for
+    the confidence filter (delta) without a second head pass."""
+
+    cam: torch.Tensor
+    logits: torch.Tensor
+
+
+def grad_cam(
+    feature_map: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+) -> CamResult:
+    """Grad-CAM (Selvaraju et al.) of ``targets`` at ``feature_map`` (B x C x h x w).
+
+    ``head`` maps a feature map to logits, e.g. ``lambda a: fc(backbone.embed(a))``.
+    The objective is the sum over the batch of the target logits; each sample's
+    logit depends only on its own map, so one gradient gives every per-sample
+    gradient. Channel weights are the spatial means of that gradient and
+    ``cam = ReLU(sum_k w_k A_k)``. Works under ``torch.no_grad()`` too.
+    """
+    fmap = feature_map.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = head(fmap)
+        objective = logits.gather(1, targets.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(objective, fmap)
+    weights = grad.mean(dim=(2, 3))
+    cam = F.relu(torch.einsum("bc,bchw->bhw", weights, fmap.detach()))
+    return CamResult(cam, logits.detach())
+
+
+def class_activation_map(
+    feature_map: torch.Tensor, classifier_weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """CAM (Zhou et al. 2016) for GAP + linear models: ``ReLU(sum_k W[y, k] A_k)``, B x h x w.
+
+    For such a model d logit_y / d A_kij = W[y, k] / (h * w) at every position,
+    so Grad-CAM equals this map times the positive factor 1 / (h * w) and the two
+    agree exactly after ``normalize_cam``. (The paper's Table 8 gap between them
+    therefore cannot come from the maps of a GAP + linear head alone.)
+    """
+    weights = classifier_weight.detach()[targets]
+    return F.relu(torch.einsum("bc,bchw->bhw", weights, feature_map.detach()))
+
+
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-sample min-max scaling to [0, 1].
+
+    The range is clamped below by ``eps``: a constant map (e.g. all zero, when no
+    channel has a positive weight) becomes all zeros instead of the 0/0 NaN of
+    the release, and a range under ``eps`` still stays within [0, 1).
+    """
+    flat = cam.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(eps)
+    return ((flat - low) / span).view_as(cam)
+
+
+def upsample_cam(cam: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bicubic upsampling of a B x h x w (or B x 1 x h x w) map to B x 1 x H x W, clamped to [0, 1].
+
+    Bicubic overshoots near sharp edges, hence the clamp (as in the release).
+    """
+    if cam.dim() == 3:
+        cam = cam.unsqueeze(1)
+    up = F.interpolate(cam, size=size, mode="bicubic", align_corners=False)
+    return up.clamp_(0.0, 1.0)
+
+
+def background_mask(cam: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """``M = (1 - cam) ** power``: high where the image is context, not class evidence.
+
+    The paper uses power 1; the released code squares it (power 2), which keeps
+    less of the object's surroundings.
+    """
+    if power <= 0:
+        raise ValueError(f"mask power must be > 0, got {power}")
+    return (1.0 - cam).pow(power)
+
+
+def context_masks(
+    feature_map: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor] | None,
+    targets: torch.Tensor,
+    image_size: int | tuple[int, int],
+    method: str = "gradcam",
+    power: float = 1.0,
+    classifier_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Background masks B x 1 x H x W in [0, 1] for the images behind ``feature_map``.
+
+    cam -> per-sample min-max -> bicubic to ``image_size`` -> clamp -> (1 - cam) ** power.
+    Returns ``(mask, logits)``; logits come from the Grad-CAM pass and are
+    ``None`` for ``method="cam"``, which never runs the head (it needs
+    ``classifier_weight`` instead).
+    """
+    if method == "gradcam":
+        if head is None:
+            raise ValueError("method 'gradcam' needs a head callable")
+        cam, logits = grad_cam(feature_map, head, targets)
+    elif method == "cam":
+        if classifier_weight is None:
+            raise ValueError("method 'cam' needs classifier_weight (K x C)")
+        cam, logits = class_activation_map(feature_map, classifier_weight, targets), None
+    else:
+        raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(CAM_METHODS)}")
+    mask = background_mask(upsample_cam(normalize_cam(cam), image_size), power)
+    return mask, logits

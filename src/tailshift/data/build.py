@@ -1,0 +1,56 @@
+"""Config -> the long-tailed training set, its test set and the class groups."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .arrays import ArrayDataset
+from .context import make_coloured_test, make_coloured_train
+from .groups import class_groups
+from .longtail import make_longtail
+from .sources import load_dataset
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    groups: dict[str, np.ndarray]
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train.labels, minlength=self.num_classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+def prepare_data(data_cfg) -> PreparedData:
+    """Build (and memoise per process: a study runs many seeds on one dataset) the data of a config."""
+    return _prepare(json.dumps(asdict(data_cfg), sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _prepare(key: str) -> PreparedData:
+    cfg = json.loads(key)
+    split = load_dataset(cfg["dataset"], cfg["root"])
+    num_classes = max(split.train.num_classes, split.test.num_classes)
+    lt = cfg["longtail"]
+    # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
+    rng = np.random.RandomState(lt["seed"])
+    train = make_longtail(split.train, lt["profile"], lt["rho"], lt["n_max"], rng, lt["step_fraction"])
+    clean_counts = np.bincount(train.labels, minlength=num_classes)
+    test = split.test
+    ctx = cfg["context"]
+    if ctx["enabled"]:
+        head = ctx["head_classes"] if ctx["head_classes"] is not None else num_classes // 2
+        train = make_coloured_train(train, ctx["noise"], head, rng)
+        test = make_coloured_test(test, np.random.RandomState(lt["seed"]))
+    bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
+    groups = class_groups(clean_counts, cfg["groups"], bounds)
+    return PreparedData(train, test, num_classes, groups)

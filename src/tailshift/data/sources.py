@@ -1,0 +1,478 @@
+"""Readers for the standard dataset files, so every dataset arrives as the same SplitDataset.
+
+Nothing here touches the network except `download`, which only runs when a user asks for it.
+"""
+from __future__ import annotations
+
+import builtins
+import codecs
+import gzip
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
+
+from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
+from tailshift.registry import Registry
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+KNOWN_SHA256 = {
+    "cifar10-jpeg.npz": "b07ae050623c0a8632271f8e08ad3bb0060058fdcacc5acfcab8445d32e85be2",
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# ----------------------------------------------------------------------------- idx (MNIST)
+
+_IDX_TYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an MNIST-format idx file (raw or .gz), checking the header against the payload."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read idx file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: bad magic {raw[:4].hex() or '(empty)'}, not an idx file")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != 0x08:
+        kind = _IDX_TYPES.get(dtype_code, "unknown")
+        raise DataError(f"{path}: unsupported idx type 0x{dtype_code:02X} ({kind}); only 0x08 (uint8)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise DataError(f"{path}: {what}: {len(raw)} bytes, header {dims} needs {expected}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
+
+
+def _idx_file(root: Path, split: str, kind: str, ndim: int) -> Path:
+    names = [f"{split}-{kind}-idx{ndim}-ubyte", f"{split}-{kind}.idx{ndim}-ubyte"]
+    for name in names:
+        for candidate in (root / name, root / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"no {names[0]}[.gz] (or {names[1]}[.gz]) in {root}")
+
+
+def _has_mnist_files(root: Path) -> bool:
+    try:
+        _idx_file(root, "train", "images", 3)
+        return True
+    except DataError:
+        return False
+
+
+def load_mnist_format(root: str | Path, class_names: tuple[str, ...] | None = None) -> SplitDataset:
+    """Load the four MNIST-format idx files (MNIST, Fashion-MNIST, ...) from one folder."""
+    root = Path(root)
+    splits = []
+    for split in ("train", "t10k"):
+        images_file = _idx_file(root, split, "images", 3)
+        labels_file = _idx_file(root, split, "labels", 1)
+        images, labels = read_idx(images_file), read_idx(labels_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{images_file} {images.shape} and {labels_file} {labels.shape} do not match"
+            )
+        splits.append(ArrayDataset(to_nchw(images), labels.astype(np.int64), class_names))
+    return SplitDataset(*splits)
+
+
+# ----------------------------------------------------------------------------- CIFAR pickles
+
+_PICKLE_ALLOWED = {
+    **{("builtins", n): getattr(builtins, n) for n in (
+        "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
+        "bool", "str", "bytes", "bytearray",
+    )},
+    # Python 3 writes bytes as _codecs.encode(str, "latin1") at protocols < 3.
+    ("_codecs", "encode"): codecs.encode,
+    **{(m, n): getattr(_multiarray, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for n in ("_reconstruct", "scalar")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+_PICKLE_ALLOWED.update({("__builtin__", n): obj for (m, n), obj in list(_PICKLE_ALLOWED.items())
+                        if m == "builtins"})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admit only numpy arrays and builtin values: a pickle can otherwise run any code."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module, name):
+        try:
+            return _PICKLE_ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"refusing to unpickle {module}.{name} from {self.path}: "
+                "only numpy arrays and builtin types are allowed"
+            ) from None
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # corrupt pickles raise many types (UnpicklingError, EOFError, ...)
+        raise DataError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    if b"data" not in batch or label_key not in batch:
+        found = ", ".join(repr(k) for k in batch)
+        raise DataError(f"{path}: needs keys b'data' and {label_key!r}, found {found}")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: data must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    if labels.shape != (len(data),):
+        raise DataError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_layout(num_classes: int) -> tuple[str, list[str], str, bytes, str, bytes]:
+    """(folder, train files, test file, label key, meta file, names key) for CIFAR-10/100."""
+    if num_classes == 10:
+        train = [f"data_batch_{i}" for i in range(1, 6)]
+        return "cifar-10-batches-py", train, "test_batch", b"labels", "batches.meta", b"label_names"
+    if num_classes == 100:
+        return "cifar-100-python", ["train"], "test", b"fine_labels", "meta", b"fine_label_names"
+    raise DataError(f"CIFAR has 10 or 100 classes, not {num_classes}")
+
+
+def _cifar_dir(root: Path, num_classes: int) -> Path | None:
+    folder, _, test, *_ = _cifar_layout(num_classes)
+    for candidate in (root, root / folder):
+        if (candidate / test).is_file():
+            return candidate
+    return None
+
+
+def load_cifar(root: str | Path, num_classes: int) -> SplitDataset:
+    """Load CIFAR-10/100 from the python pickles; `root` is the extracted folder or its parent."""
+    root = Path(root)
+    folder, train_files, test_file, label_key, meta_file, names_key = _cifar_layout(num_classes)
+    found = _cifar_dir(root, num_classes)
+    if found is None:
+        raise DataError(f"no CIFAR-{num_classes} {test_file!r} in {root} or {root / folder}")
+    missing = [n for n in train_files if not (found / n).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-{num_classes} folder {found} lacks {', '.join(missing)}")
+    names = CIFAR10_CLASSES if num_classes == 10 else None
+    if (found / meta_file).is_file():
+        meta = _unpickle(found / meta_file)
+        if names_key in meta:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    train = [_cifar_batch(found / n, label_key) for n in train_files]
+    test_images, test_labels = _cifar_batch(found / test_file, label_key)
+    return SplitDataset(
+        ArrayDataset(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]), names),
+        ArrayDataset(test_images, test_labels, names),
+    )
+
+
+# ----------------------------------------------------------------------------- npz
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """Raise DataError unless the file's sha256 is `expected` (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        raise DataError(f"{path}: sha256 {digest.hexdigest()} does not match expected {expected}")
+
+
+def load_npz(path: str | Path, verify: bool = False,
+             class_names: tuple[str, ...] | None = None) -> SplitDataset:
+    """Load x_train, y_train, x_test, y_test (x uint8 NHWC or NCHW) from an .npz file.
+
+    `verify` checks the sha256 in KNOWN_SHA256 first (slow for large files, so off by default).
+    An optional `class_names` array in the file is used when `class_names` is not given.
+    """
+    path = Path(path)
+    if verify:
+        if path.name not in KNOWN_SHA256:
+            raise DataError(f"no known sha256 for {path.name}; known: {', '.join(KNOWN_SHA256)}")
+        verify_sha256(path, KNOWN_SHA256[path.name])
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {', '.join(missing)} (has {', '.join(f.files)})")
+            arrays = {k: f[k] for k in keys}
+            if class_names is None and "class_names" in f.files:
+                class_names = tuple(str(n) for n in f["class_names"])
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    splits = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: y_{split} must hold integers, got {y.dtype}")
+        try:
+            splits.append(ArrayDataset(to_nchw(x), y.astype(np.int64), class_names))
+        except DataError as e:
+            raise DataError(f"{path}: {split} split: {e}") from None
+    return SplitDataset(*splits)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def _list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [
+        (p, label)
+        for label, name in enumerate(classes)
+        for p in sorted((split_dir / name).iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return classes, files
+
+
+def load_image_folder(root: str | Path, image_size: int | None = None) -> SplitDataset:
+    """Load root/train/<class>/* and root/test/<class>/* (or val/) with Pillow.
+
+    Grayscale sets stay one channel; without `image_size` all images must share one size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    train_dir = root / "train"
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DataError(f"{root} needs train/ and test/ (or val/) folders with one subfolder per class")
+    classes, train_files = _list_images(train_dir)
+    test_classes, test_files = _list_images(test_dir)
+    if test_classes != classes:
+        raise DataError(
+            f"{test_dir} classes {test_classes} differ from {train_dir} classes {classes}"
+        )
+    if not train_files or not test_files:
+        raise DataError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {train_dir} or {test_dir}")
+
+    def header(path: Path) -> tuple[str, tuple[int, int]]:
+        try:
+            with Image.open(path) as img:
+                return img.mode, img.size
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+
+    headers = [header(p) for p, _ in train_files + test_files]
+    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
+    if image_size is None:
+        first_size = headers[0][1]
+        for (path, _), (_, size) in zip(train_files + test_files, headers):
+            if size != first_size:
+                raise DataError(
+                    f"{path} is {size[0]}x{size[1]} but {train_files[0][0]} is "
+                    f"{first_size[0]}x{first_size[1]}; pass image_size to resize"
+                )
+
+    def load(files: list[tuple[Path, int]]) -> ArrayDataset:
+        images = []
+        for path, _ in files:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if image_size is not None:
+                    img = img.resize((image_size, image_size), Image.BILINEAR)
+                images.append(np.asarray(img, dtype=np.uint8))
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        return ArrayDataset(to_nchw(np.stack(images)), labels, tuple(classes))
+
+    return SplitDataset(load(train_files), load(test_files))
+
+
+# ----------------------------------------------------------------------------- defaults and registry
+
+def default_data_dirs() -> list[Path]:
+    """Where datasets are looked for: $TAILSHIFT_DATA, the shared data folder beside the repo, ./data."""
+    dirs = [Path(os.environ["TAILSHIFT_DATA"])] if os.environ.get("TAILSHIFT_DATA") else []
+    repo_root = Path(__file__).resolve().parents[3]
+    return dirs + [repo_root.parent / "shared" / "data", Path.cwd() / "data"]
+
+
+DATASETS: Registry[Callable[[str | None], SplitDataset]] = Registry("dataset")
+
+
+def load_dataset(name: str, root: str | None = None) -> SplitDataset:
+    """Load a registered dataset by name from `root` or the default locations."""
+    return DATASETS.get(name)(root)
+
+
+def _not_found(name: str, looked: list[Path], how: str) -> DataError:
+    places = ", ".join(str(p) for p in looked)
+    return DataError(f"{name} not found (looked in {places}); {how}")
+
+
+def _get_hint(name: str) -> str:
+    return f"pass data.root=PATH, or `tailshift download {name} --root DIR` when online"
+
+
+def _mnist_loader(name: str, system_dirs: list[Path], class_names: tuple[str, ...], hint: str):
+    def loader(root: str | None) -> SplitDataset:
+        if root is not None:
+            root = Path(root)  # the folder itself, or its parent as `download` leaves it
+            if not _has_mnist_files(root) and _has_mnist_files(root / name):
+                root = root / name
+            return load_mnist_format(root, class_names)
+        looked = system_dirs + [d / name for d in default_data_dirs()]
+        for candidate in looked:
+            if _has_mnist_files(candidate):
+                return load_mnist_format(candidate, class_names)
+        raise _not_found(name, looked, hint)
+
+    return loader
+
+
+DATASETS.register("fashion-mnist")(_mnist_loader(
+    "fashion-mnist", [FASHION_MNIST_SYSTEM_DIR], FASHION_MNIST_CLASSES,
+    "apt-get install -y dataset-fashion-mnist, or " + _get_hint("fashion-mnist"),
+))
+DATASETS.register("mnist")(_mnist_loader("mnist", [], MNIST_CLASSES, _get_hint("mnist")))
+
+
+@DATASETS.register("cifar10")
+def _load_cifar10(root: str | None) -> SplitDataset:
+    if root is not None:
+        return load_npz(root, class_names=CIFAR10_CLASSES) if str(root).endswith(".npz") else load_cifar(root, 10)
+    dirs = default_data_dirs()
+    for d in dirs:
+        if _cifar_dir(d, 10) is not None:
+            return load_cifar(d, 10)
+    for d in dirs:
+        if (d / "cifar10-jpeg.npz").is_file():
+            warnings.warn(
+                f"CIFAR-10 pickles not found; using {d / 'cifar10-jpeg.npz'}, a JPEG-decoded copy: "
+                "accuracy on it is indicative only", stacklevel=2,
+            )
+            return load_npz(d / "cifar10-jpeg.npz", class_names=CIFAR10_CLASSES)
+    looked = [d / "cifar-10-batches-py" for d in dirs] + [d / "cifar10-jpeg.npz" for d in dirs]
+    raise _not_found("cifar10", looked, _get_hint("cifar10"))
+
+
+@DATASETS.register("cifar10-npz")
+def _load_cifar10_npz(root: str | None) -> SplitDataset:
+    if root is not None:
+        return load_npz(root, class_names=CIFAR10_CLASSES)
+    looked = [d / "cifar10-jpeg.npz" for d in default_data_dirs()]
+    for path in looked:
+        if path.is_file():
+            return load_npz(path, class_names=CIFAR10_CLASSES)
+    raise _not_found("cifar10-npz", looked, "pass data.root=PATH/TO/FILE.npz")
+
+
+@DATASETS.register("cifar100")
+def _load_cifar100(root: str | None) -> SplitDataset:
+    if root is not None:
+        return load_cifar(root, 100)
+    looked = [d / "cifar-100-python" for d in default_data_dirs()]
+    for d in looked:
+        if _cifar_dir(d, 100) is not None:
+            return load_cifar(d, 100)
+    raise _not_found("cifar100", looked, _get_hint("cifar100"))
+
+
+@DATASETS.register("npz")
+def _load_any_npz(root: str | None) -> SplitDataset:
+    if root is None:
+        raise DataError("dataset 'npz' needs data.root=PATH to an .npz file")
+    return load_npz(root)
+
+
+@DATASETS.register("folder")
+def _load_folder(root: str | None) -> SplitDataset:
+    if root is None:
+        raise DataError("dataset 'folder' needs data.root=PATH to a folder with train/ and test/")
+    return load_image_folder(root)
+
+
+# ----------------------------------------------------------------------------- download
+
+_MNIST_FILES = [f"{s}-{k}-idx{n}-ubyte.gz" for s in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
+_DOWNLOADS = {
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "mnist": ["https://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"],
+    "cifar10": ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"],
+    "cifar100": ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"],
+}
+
+
+def _fetch(urls: list[str], dest: Path) -> None:
+    errors = []
+    for url in urls:
+        try:
+            urllib.request.urlretrieve(url, dest.with_name(dest.name + ".part"))
+            dest.with_name(dest.name + ".part").replace(dest)
+            return
+        except OSError as e:
+            errors.append(f"{url}: {e}")
+    raise DataError(f"could not download {dest.name}: {'; '.join(errors)}")
+
+
+def download(name: str, root: str | Path) -> Path:
+    """Fetch the official files (online use only) and return the path to pass as data.root."""
+    if name not in _DOWNLOADS:
+        raise DataError(f"cannot download {name!r}; downloadable: {', '.join(_DOWNLOADS)}")
+    root = Path(root)
+    if name in ("fashion-mnist", "mnist"):
+        target = root / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in _MNIST_FILES:
+            if not (target / file).is_file():
+                _fetch([base + file for base in _DOWNLOADS[name]], target / file)
+        return target
+    num_classes = 10 if name == "cifar10" else 100
+    if _cifar_dir(root, num_classes) is None:
+        root.mkdir(parents=True, exist_ok=True)
+        archive = root / _DOWNLOADS[name][0].rsplit("/", 1)[1]
+        _fetch(_DOWNLOADS[name], archive)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        archive.unlink()
+    return root / _cifar_layout(num_classes)[0]

@@ -1,0 +1,106 @@
+import pytest
+import torch
+from torch import nn
+
+from tailshift.cam import (
+    CamResult,
+    background_mask,
+    class_activation_map,
+    context_masks,
+    grad_cam,
+    normalize_cam,
+    upsample_cam,
+)
+from tailshift.models import create_model
+
+
+def _gap_linear(seed=0, c=5, k=4):
+    torch.manual_seed(seed)
+    fc = nn.Linear(c, k)
+    fmap = torch.rand(3, c, 4, 4)
+    targets = torch.tensor([0, 3, 1])
+    return fc, fmap, targets, (lambda a: fc(a.mean(dim=(2, 3))))
+
+
+def test_cam_matches_analytic_map():
+    fc, fmap, targets, _ = _gap_linear()
+    expected = torch.stack(
+        [torch.relu((fc.weight[y][:, None, None] * fmap[i]).sum(0)) for i, y in enumerate(targets)]
+    )
+    torch.testing.assert_close(class_activation_map(fmap, fc.weight, targets), expected.detach())
+
+
+def test_grad_cam_equals_cam_for_gap_linear():
+    fc, fmap, targets, head = _gap_linear()
+    result = grad_cam(fmap, head, targets)
+    assert isinstance(result, CamResult)
+    cam = class_activation_map(fmap, fc.weight, targets)
+    h, w = fmap.shape[2:]
+    # Exact relation before normalisation: Grad-CAM = CAM / (h * w).
+    torch.testing.assert_close(result.cam, cam / (h * w))
+    torch.testing.assert_close(normalize_cam(result.cam), normalize_cam(cam))
+    torch.testing.assert_close(result.logits, head(fmap).detach())
+    assert not result.logits.requires_grad
+
+
+def test_grad_cam_leaves_parameters_alone():
+    model = create_model("resnet20").eval()
+    fc = nn.Linear(model.out_dim, 10)
+    fc.weight.requires_grad_(False)  # a frozen flag must survive too
+    flags = {n: p.requires_grad for n, p in [*model.named_parameters(), *fc.named_parameters()]}
+    x = torch.randn(2, 3, 32, 32)
+    fmap = model.feature_map(x)  # carries a graph into the backbone
+    result = grad_cam(fmap, lambda a: fc(model.embed(a)), torch.tensor([1, 2]))
+    assert result.cam.shape == (2, 8, 8)
+    for name, p in [*model.named_parameters(), *fc.named_parameters()]:
+        assert p.grad is None, name
+        assert p.requires_grad == flags[name], name
+
+
+def test_grad_cam_under_no_grad():
+    _, fmap, targets, head = _gap_linear()
+    with torch.no_grad():
+        cam = grad_cam(fmap, head, targets).cam
+    assert cam.shape == (3, 4, 4) and (cam >= 0).all()
+
+
+def test_normalize_cam_range_and_constant_map():
+    cam = torch.stack([torch.arange(16.0).view(4, 4), torch.zeros(4, 4), torch.full((4, 4), 3.0)])
+    out = normalize_cam(cam)
+    assert not out.isnan().any()
+    assert out[0].min() == 0 and out[0].max() == 1
+    assert (out[1:] == 0).all()
+
+
+def test_upsample_and_mask_shapes_and_range():
+    cam = normalize_cam(torch.rand(2, 4, 4))
+    up = upsample_cam(cam, 16)
+    assert up.shape == (2, 1, 16, 16)
+    assert up.min() >= 0 and up.max() <= 1
+    torch.testing.assert_close(background_mask(up, power=2.0), (1 - up) ** 2)
+    with pytest.raises(ValueError, match="power"):
+        background_mask(up, power=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam"])
+def test_context_masks(method):
+    fc, fmap, targets, head = _gap_linear()
+    mask, logits = context_masks(fmap, head, targets, (12, 10), method=method, classifier_weight=fc.weight)
+    assert mask.shape == (3, 1, 12, 10)
+    assert mask.min() >= 0 and mask.max() <= 1
+    assert (logits is None) == (method == "cam")
+
+
+def test_context_masks_constant_feature_map_gives_no_nan():
+    fc, fmap, targets, head = _gap_linear()
+    mask, _ = context_masks(torch.zeros_like(fmap), head, targets, 8, power=2.0)
+    assert not mask.isnan().any()
+    assert (mask == 1).all()  # zero cam: everything is context
+
+
+def test_context_masks_bad_method():
+    _, fmap, targets, head = _gap_linear()
+    with pytest.raises(ValueError, match="known: gradcam, cam"):
+        context_masks(fmap, head, targets, 8, method="scorecam")
+    with pytest.raises(ValueError, match="classifier_weight"):
+        context_masks(fmap, head, targets, 8, method="cam")

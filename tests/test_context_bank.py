@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from tailshift.methods.context_bank import ContextBank
+
+
+def _batch(start, n):
+    """Images whose every pixel holds the sample's id, masks holding id / 100."""
+    ids = torch.arange(start, start + n, dtype=torch.float32)
+    return ids.view(-1, 1, 1, 1).expand(n, 3, 2, 2).clone(), (ids / 100).view(-1, 1, 1, 1).expand(n, 1, 2, 2).clone()
+
+
+def _ids(images):
+    return images[:, 0, 0, 0].long().tolist()
+
+
+def test_fifo_order_and_capacity():
+    bank = ContextBank(4)
+    assert len(bank) == 0 and not bank.is_full
+    bank.push(*_batch(0, 3))
+    assert len(bank) == 3 and _ids(bank.contents()[0]) == [0, 1, 2]
+    bank.push(*_batch(3, 2))
+    assert bank.is_full and _ids(bank.contents()[0]) == [1, 2, 3, 4]
+    bank.push(*_batch(5, 3))
+    images, masks = bank.contents()
+    assert _ids(images) == [4, 5, 6, 7]
+    torch.testing.assert_close(masks[:, 0, 0, 0], torch.tensor([4, 5, 6, 7]) / 100)
+
+
+def test_oversized_push_keeps_newest():
+    bank = ContextBank(4)
+    bank.push(*_batch(0, 2))
+    bank.push(*_batch(2, 6))
+    assert _ids(bank.contents()[0]) == [4, 5, 6, 7]
+    bank.push(*_batch(8, 0))  # an empty selection is a no-op
+    assert len(bank) == 4
+
+
+def test_clear_and_empty_errors():
+    bank = ContextBank(4)
+    bank.push(*_batch(0, 4))
+    bank.clear()
+    assert len(bank) == 0 and not bank.is_full
+    with pytest.raises(RuntimeError):
+        bank.draw(2)
+    bank.push(*_batch(10, 1))
+    assert _ids(bank.contents()[0]) == [10]
+
+
+def test_push_shape_checks():
+    bank = ContextBank(4)
+    bank.push(*_batch(0, 2))
+    with pytest.raises(ValueError):
+        bank.push(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError):
+        bank.push(torch.zeros(2, 3, 2, 2), torch.zeros(3, 1, 2, 2))
+    with pytest.raises(ValueError, match="capacity"):
+        ContextBank(0)
+
+
+def test_push_stores_a_detached_copy():
+    bank = ContextBank(2)
+    images, masks = _batch(0, 2)
+    images.requires_grad_(True)
+    bank.push(images, masks)
+    stored, _ = bank.contents()
+    assert not stored.requires_grad
+    masks.fill_(9)
+    assert (bank.contents()[1] != 9).all()
+
+
+def test_draw_is_a_permutation_and_deterministic():
+    bank = ContextBank(6)
+    bank.push(*_batch(0, 6))
+    a, ma = bank.draw(6, torch.Generator().manual_seed(3))
+    b, _ = bank.draw(6, torch.Generator().manual_seed(3))
+    assert sorted(_ids(a)) == list(range(6))
+    assert _ids(a) == _ids(b)
+    torch.testing.assert_close(ma[:, 0, 0, 0], a[:, 0, 0, 0] / 100)  # pairs stay together
+    assert len(set(_ids(bank.draw(4, torch.Generator().manual_seed(1))[0]))) == 4
+    many, _ = bank.draw(20, torch.Generator().manual_seed(0))  # more than stored: with replacement
+    assert many.shape[0] == 20 and set(_ids(many)) <= set(range(6))
+
+
+def test_state_dict_round_trip():
+    bank = ContextBank(4)
+    bank.push(*_batch(0, 3))
+    bank.push(*_batch(3, 3))  # wrapped ring: oldest is not in slot 0
+    state = bank.state_dict()
+    bank.push(*_batch(6, 1))  # the saved state must not follow later pushes
+    restored = ContextBank(4)
+    restored.load_state_dict(state)
+    assert len(restored) == 4 and _ids(restored.contents()[0]) == [2, 3, 4, 5]
+    restored.push(*_batch(6, 1))
+    assert _ids(restored.contents()[0]) == _ids(bank.contents()[0]) == [3, 4, 5, 6]
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert _ids(restored.draw(4, g1)[0]) == _ids(bank.draw(4, g2)[0])
+    empty = ContextBank(4)
+    empty.load_state_dict(ContextBank(4).state_dict())
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="capacity"):
+        ContextBank(8).load_state_dict(state)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from tailshift.models import MODELS, create_model
+from tailshift.models.resnet_cifar import BasicBlockA, ShortcutA
+from tailshift.registry import UnknownNameError
+
+CASES = [
+    # name, input side, feature map (C, h, w), out_dim
+    ("resnet20", 32, (64, 8, 8), 64),
+    ("resnet32", 32, (64, 8, 8), 64),
+    ("resnet44", 32, (64, 8, 8), 64),
+    ("resnet56", 32, (64, 8, 8), 64),
+    ("resnet10", 224, (512, 7, 7), 512),
+    ("resnet18", 224, (512, 7, 7), 512),
+    ("resnet50", 224, (2048, 7, 7), 2048),
+]
+
+
+@pytest.mark.parametrize("name,side,fmap_shape,out_dim", CASES)
+def test_feature_map_and_embed_shapes(name, side, fmap_shape, out_dim):
+    model = create_model(name, in_channels=3, image_size=side).eval()
+    with torch.no_grad():
+        fmap = model.feature_map(torch.randn(2, 3, side, side))
+        emb = model.embed(fmap)
+    assert fmap.shape == (2, *fmap_shape)
+    assert emb.shape == (2, out_dim)
+    assert model.out_dim == out_dim
+    assert model.pooled_linear
+    torch.testing.assert_close(emb, fmap.mean(dim=(2, 3)))
+
+
+def test_single_channel_input():
+    model = create_model("resnet32", in_channels=1, image_size=28).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 64)
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    shortcut = ShortcutA(16, 32, stride=2)
+    x = torch.randn(2, 16, 32, 32)
+    out = shortcut(x)
+    assert out.shape == (2, 32, 16, 16)
+    assert not list(shortcut.parameters())
+    # The original channels sit in the middle, subsampled; the 8 + 8 new ones are zero.
+    torch.testing.assert_close(out[:, 8:24], x[:, :, ::2, ::2])
+    assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0
+
+
+def test_downsampling_block_shape():
+    block = BasicBlockA(32, 64, stride=2)
+    assert block(torch.randn(2, 32, 16, 16)).shape == (2, 64, 8, 8)
+    assert isinstance(block.shortcut, ShortcutA)
+
+
+def test_resnet32_parameter_count():
+    # 0.46M with a 10-way classifier; the backbone alone is 463,504.
+    count = sum(p.numel() for p in create_model("resnet32").parameters())
+    assert 0.45e6 < count < 0.47e6
+
+
+def test_bad_cifar_depth():
+    from tailshift.models.resnet_cifar import CifarResNet
+
+    with pytest.raises(ValueError, match="6n\\+2"):
+        CifarResNet(depth=33)
+
+
+def test_mode_dependent():
+    assert create_model("resnet32").mode_dependent
+    assert create_model("resnet10").mode_dependent
+    assert not create_model("lenet2d").mode_dependent
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(UnknownNameError) as err:
+        create_model("resnet33")
+    message = str(err.value)
+    assert "resnet33" in message
+    for name in ("lenet2d", "resnet32", "resnet10", "resnet50"):
+        assert name in message
+    assert set(MODELS.names()) >= {n for n, *_ in CASES}
