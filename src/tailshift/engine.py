@@ -24,10 +24,11 @@ from .config import RunConfig, save_config
 from .data.build import PreparedData, prepare_data
 from .data.pipeline import DeviceArrays
 from .data.sampling import Sampler
+from .data.sources import DATASETS
 from .methods import METHODS, Method
 from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
-from .models import create_model
+from .models import MODELS, create_model
 
 
 class DivergenceError(RuntimeError):
@@ -83,6 +84,13 @@ class RunState:
     train_seconds: float = 0.0
 
 
+def check_names(cfg: RunConfig) -> None:
+    """Fail on an unknown dataset, model or method name before any data is read."""
+    DATASETS.get(cfg.data.dataset)
+    MODELS.get(cfg.model.name)
+    METHODS.get(cfg.method.name)
+
+
 def build_method(cfg: RunConfig, data: PreparedData) -> Method:
     channels, height, _ = data.image_shape
     backbone = create_model(cfg.model.name, in_channels=channels, image_size=height)
@@ -109,6 +117,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        check_names(cfg)
         self.data = data if data is not None else prepare_data(cfg.data)
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.data).to(self.device)

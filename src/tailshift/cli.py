@@ -1,0 +1,94 @@
+"""The ``tailshift`` command: train a config, reproduce a paper table or figure, fetch data."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPRODUCIBLE = ("table1", "figure1", "figure2", "figure4", "figure7")
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .engine import train
+    from .reproduce.common import config_path
+
+    cfg = load_config(config_path(args.config), args.overrides)
+    metrics = train(cfg, resume=not args.fresh)
+    r = metrics["result"]
+    print(f"{cfg.method.name} ({metrics['default_head']} head): All {r['all']:.2f}  Many {r['many']:.2f}  "
+          f"Med {r['med']:.2f}  Few {r['few']:.2f}  -> {cfg.output}/metrics.json")
+
+
+def _reproduce(args) -> None:
+    from .reproduce import figures, table1
+    from .reproduce.common import default_workers
+
+    out = Path(args.output or f"runs/reproduce/{args.what}")
+    workers = args.workers or default_workers()
+    datasets = args.datasets.split(",") if args.datasets else None
+    if args.what == "table1":
+        table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root)
+    else:
+        getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
+                                    overrides=args.overrides, mnist_root=args.mnist_root)
+
+
+def _download(args) -> None:
+    from .data.sources import download
+
+    path = download(args.name, args.root)
+    print(f"downloaded {args.name}; use data.root={path}")
+
+
+def _list(args) -> None:
+    from .data.sources import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+
+    for registry in (DATASETS, MODELS, METHODS):
+        print(f"{registry.kind}s: {', '.join(registry.names())}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tailshift", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one config (resumes from its output folder's checkpoint)")
+    t.add_argument("config", help="a YAML path or a shipped config name such as table1/fashion-lt_crt")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. seed=3 train.epochs=4 method.name=cbrs")
+    t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's")
+    r.add_argument("what", choices=REPRODUCIBLE)
+    r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine)")
+    r.add_argument("--seeds", type=int, default=5, help="training seeds per row (default 5)")
+    r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
+    r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt (default: all found)")
+    r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
+    r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
+    r.set_defaults(func=_reproduce)
+
+    d = sub.add_parser("download", help="fetch a dataset's official files (needs internet; never done implicitly)")
+    d.add_argument("name", choices=("fashion-mnist", "mnist", "cifar10", "cifar100"))
+    d.add_argument("--root", required=True)
+    d.set_defaults(func=_download)
+
+    ls = sub.add_parser("list", help="list the registered datasets, models and methods")
+    ls.set_defaults(func=_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, OSError) as err:  # our errors are one line: show them without a traceback
+        print(f"tailshift: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Shared machinery of the ``tailshift reproduce`` commands: run a grid of configs
+in parallel worker processes, aggregate seeds, print tables beside the paper's."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import RunConfig, build_config, read_yaml
+
+GROUP_KEYS = ("all", "many", "med", "few")
+
+
+def config_path(name: str) -> Path:
+    """A shipped config by name (``table1/fashion-lt_crt``) or any YAML path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    folder = Path(str(resources.files("tailshift") / "configs"))
+    shipped = folder / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+    raise ValueError(f"no config {name!r}: not a YAML file, and not a shipped config (known: {', '.join(known)})")
+
+
+def paper_numbers() -> dict:
+    return yaml.safe_load((resources.files("tailshift.reproduce") / "paper.yaml").read_text())
+
+
+@dataclass
+class Job:
+    """One training run of a study: a config name, overrides, and the study's labels for it."""
+
+    key: str  # e.g. "fashion-lt/crt/seed0"
+    config: str
+    overrides: list[str]
+
+    def resolve(self) -> RunConfig:
+        return build_config(read_yaml(config_path(self.config)), self.overrides)
+
+
+def _run_job(job: Job) -> dict:
+    from ..engine import DivergenceError, train
+
+    cfg = job.resolve()
+    started = time.perf_counter()
+    try:
+        metrics = train(cfg)
+    except DivergenceError as err:
+        return {"key": job.key, "diverged": True, "error": str(err), "seconds": time.perf_counter() - started}
+    return {
+        "key": job.key,
+        "diverged": False,
+        "seconds": round(time.perf_counter() - started, 2),
+        "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
+                  for h, r in metrics["heads"].items()},
+        "output": cfg.output,
+    }
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
+    """Run jobs in ``workers`` single-threaded processes (one process per core beats
+    intra-op threads for these small models); results come back in job order."""
+    if workers <= 1:
+        _init_worker()
+        return [_run_job(j) for j in jobs]
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        return pool.map(_run_job, jobs, chunksize=1)
+
+
+def default_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 16))
+
+
+def aggregate(values: list[dict]) -> dict:
+    """Mean and std over the healthy runs; diverged and collapsed runs are counted, not averaged in."""
+    healthy = [v for v in values if not v.get("diverged") and not v.get("collapsed")]
+    out = {"runs": len(values), "diverged": sum(bool(v.get("diverged")) for v in values),
+           "collapsed": sum(bool(v.get("collapsed")) for v in values if not v.get("diverged"))}
+    for key in GROUP_KEYS:
+        xs = np.array([v[key] for v in healthy], dtype=np.float64)
+        out[key] = {"mean": float(xs.mean()) if len(xs) else None,
+                    "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0 if len(xs) else None,
+                    "values": [round(float(x), 2) for x in xs]}
+    out["all_runs"] = [round(v["all"], 2) if not v.get("diverged") else None for v in values]
+    return out
+
+
+def fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def fmt_paper(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def write_outputs(folder: Path, name: str, markdown: str, data: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1))

@@ -1,0 +1,92 @@
+"""Table 1 (and the data of Figure 4): CE / cRT / CB-RS on MNIST-family long-tail sets, x seeds."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.arrays import DataError
+from ..data.sources import load_dataset
+from .common import Job, aggregate, fmt, fmt_paper, paper_numbers, run_jobs, write_outputs
+
+#: study dataset -> the dataset it is built from
+DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
+#: table row -> (run config suffix, head of that run). CE comes from cRT's stage 1, which is
+#: the CE run itself (same seed, same stream: a test checks the identity), saving a third of the work.
+ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main")}
+ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA"}
+
+
+def available_datasets(root: str | None) -> list[str]:
+    """The study datasets whose files can be found (MNIST is not on every machine)."""
+    found = []
+    for name, source in DATASETS.items():
+        try:
+            load_dataset(source, root if source == "mnist" else None)
+        except DataError:
+            continue
+        found.append(name)
+    return found
+
+
+def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], mnist_root: str | None = None,
+             rows=ROWS) -> list[Job]:
+    runs = sorted({run for run, _ in rows.values()})
+    root = {d: [f"data.root={mnist_root}"] if mnist_root and DATASETS[d] == "mnist" else [] for d in datasets}
+    jobs = [
+        Job(f"{d}/{run}/seed{s}", f"table1/{d}_{run}",
+            [f"seed={s}", f"output={out / 'runs' / d / run / f'seed{s}'}", "progress=false", *root[d], *overrides])
+        for d in datasets for run in runs for s in range(seeds)
+    ]
+    # longest first (balanced runs take ~4x the steps), so the pool finishes together
+    return sorted(jobs, key=lambda j: ("cbrs" not in j.key and "csa" not in j.key, j.key))
+
+
+def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+    by_key = {r["key"]: r for r in results}
+    table = {}
+    for d in datasets:
+        table[d] = {}
+        for row, (run, head) in rows.items():
+            values = []
+            for s in range(seeds):
+                r = by_key[f"{d}/{run}/seed{s}"]
+                values.append({"diverged": True} if r["diverged"] else r["heads"][head])
+            table[d][row] = aggregate(values)
+    return table
+
+
+def markdown(table: dict, paper: dict, title: str, note: str) -> str:
+    lines = [f"# {title}", "", note, "",
+             "| Dataset | Method | All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d, rows in table.items():
+        for row, agg in rows.items():
+            ref = paper.get(d, {}).get(row, [None] * 4)
+            lines.append(
+                f"| {d} | {ROW_NAMES.get(row, row)} | {fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | "
+                f"{fmt(agg['few'])} | {fmt_paper(ref[0])} | {' / '.join(fmt_paper(x) for x in ref[1:])} | "
+                f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']}) |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str], mnist_root: str | None) -> dict:
+    datasets = datasets or available_datasets(mnist_root)
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"unknown study dataset {unknown[0]!r}; known: {', '.join(DATASETS)}")
+    jobs = jobs_for(datasets, seeds, out, overrides, mnist_root)
+    started = time.perf_counter()
+    results = run_jobs(jobs, workers)
+    wall = time.perf_counter() - started
+    table = collect(results, datasets, seeds)
+    paper = paper_numbers()["table1"]
+    note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged (non-finite loss) and "
+            f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
+            f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
+            f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.")
+    md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note)
+    write_outputs(out, "table1", md, {"table": table, "runs": results, "wall_seconds": wall,
+                                      "seeds": seeds, "workers": workers, "overrides": overrides})
+    print(md)
+    return table

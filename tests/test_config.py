@@ -1,0 +1,72 @@
+import pytest
+
+from tailshift.config import ConfigError, build_config, load_config, parse_override
+from tailshift.engine import Trainer
+from tailshift.reproduce.common import config_path
+from tailshift.registry import UnknownNameError
+
+
+def test_defaults_and_overrides():
+    cfg = build_config({}, ["train.epochs=3", "train.optim.lr=0.05", "data.group_bounds=[2, 5]", "method.params={q: 0.5}"])
+    assert cfg.train.epochs == 3 and cfg.train.optim.lr == 0.05
+    assert cfg.data.group_bounds == [2, 5]
+    assert cfg.method.params == {"q": 0.5}
+
+
+def test_shipped_table1_configs_load():
+    cfg = load_config(config_path("table1/fashion-lt_crt"))
+    assert cfg.method.name == "crt" and cfg.data.longtail.rho == 100 and cfg.train.optim.schedule == "constant"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.longtail.rho=0.5", "data.longtail.rho must be >= 1, got 0.5"),
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.optim.schedule=linear", "train.optim.schedule must be one of constant, cosine, step; got 'linear'"),
+        ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
+        ("data.colour=1", "unknown key data.colour; known: dataset, root"),
+        ("data.context.noise=1.5", r"data.context.noise must be in \[0, 1\), got 1.5"),
+        ("device=tpu", "device must be auto, cpu or cuda"),
+        ("data.mean=[0.5]", "data.mean and data.std must be given together"),
+    ],
+)
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_config({}, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_override_syntax():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        parse_override("train.epochs")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("data.dataset=imagenet-21k", "unknown dataset 'imagenet-21k'; known: cifar10"),
+     ("model.name=vit", "unknown model 'vit'; known: lenet2d"),
+     ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
+)
+def test_unknown_names_list_the_known_ones(override, message, tmp_path):
+    cfg = build_config({"output": str(tmp_path)}, [override])
+    with pytest.raises(UnknownNameError, match=message):
+        Trainer(cfg)
+
+
+def test_q_outside_unit_interval_is_refused(prepared, tmp_path):
+    cfg = build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
+    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got 2.0"):
+        Trainer(cfg, prepared).fit()
+
+
+def test_missing_data_path_is_reported(tmp_path):
+    cfg = build_config({"output": str(tmp_path)}, ["data.dataset=mnist", f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(ValueError, match="nowhere"):
+        Trainer(cfg)
+
+
+def test_unknown_config_name_lists_shipped_ones():
+    with pytest.raises(ValueError, match="known: table1/cfashion-lt_cbrs"):
+        config_path("table9/nothing")

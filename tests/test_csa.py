@@ -1,0 +1,371 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tailshift.methods.csa as csa
+from tailshift.config import build_config
+from tailshift.data.arrays import ArrayDataset
+from tailshift.data.build import PreparedData
+from tailshift.data.groups import class_groups
+from tailshift.data.pipeline import Batch
+from tailshift.engine import train
+from tailshift.methods import METHODS, StepContext
+from tailshift.models import create_model
+
+COUNTS = np.array([60, 40, 30, 20, 15, 10, 10, 6, 5, 4])
+B = 16
+
+
+def _method(name="csa", model="lenet2d", epochs=20, **params):
+    torch.manual_seed(0)
+    backbone = create_model(model, in_channels=3, image_size=28)
+    method = METHODS.get(name)(backbone, 10, COUNTS, epochs, params)
+    return method.to(memory_format=torch.channels_last)  # as the engine does
+
+
+def _batches(method, seed=0, n=B):
+    g = torch.Generator().manual_seed(seed)
+
+    def one():
+        x = torch.randn(n, 3, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+        return Batch(x, torch.randint(10, (n,), generator=g), torch.arange(n))
+
+    return {"uniform": one(), "balanced": one()}
+
+
+def _ctx(method, epoch, step=0, seed=0):
+    return StepContext(method.stages()[0], 0, epoch, step, torch.Generator().manual_seed(seed))
+
+
+def _step(method, epoch, seed=0, backward=True):
+    method.train()
+    method.zero_grad(set_to_none=True)
+    out = method.training_step(_batches(method, seed), _ctx(method, epoch, seed=seed))
+    if backward:
+        out.loss.backward()
+    return out
+
+
+def _count_feature_maps(method):
+    calls = []
+    original = method.backbone.feature_map
+
+    def counted(x):
+        calls.append(x)
+        return original(x)
+
+    method.backbone.feature_map = counted
+    return calls
+
+
+# --- parameters -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"delta": 1.5}, "delta"),
+        ({"delta": -0.1}, "delta"),
+        ({"bank_multiple": 0}, "bank_multiple"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"mask_power": 0.0}, "mask_power"),
+        ({"cam": "scorecam"}, "cam"),
+        ({"cam_mode": "both"}, "cam_mode"),
+        ({"driver": "power"}, "driver"),
+        ({"balanced_stream": "power"}, "balanced_stream"),
+        ({"uniform_loss": "focal"}, "uniform_loss"),
+        ({"balanced_loss": "focal"}, "balanced_loss"),
+        ({"lam_a": 0.6, "lam_b": 0.2}, "lam_a"),
+        ({"lam_distribution": "beta", "lam_a": 0.0}, "lam_a"),
+        ({"lam_distribution": "gauss"}, "lam_distribution"),
+    ],
+)
+def test_bad_params_fail_with_one_line(params, name):
+    with pytest.raises(ValueError, match=f"method.params.{name}") as err:
+        _method(**params)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_param_rejected():
+    with pytest.raises(ValueError, match="unknown method.params.volume"):
+        _method(volume=3)
+
+
+def test_streams_follow_driver_and_balanced_stream():
+    stage = _method().stages()[0]
+    assert list(stage.streams) == ["uniform", "balanced"]
+    assert stage.streams["balanced"].role == "balanced"
+    stage = _method(driver="balanced", balanced_stream="uniform").stages()[0]
+    assert list(stage.streams) == ["balanced", "uniform"]
+    assert stage.streams["balanced"].role == "uniform"
+
+
+def test_cam_needs_pooled_linear_backbone():
+    with pytest.raises(ValueError, match="LeNet2d") as err:
+        _method(cam="cam")
+    assert "\n" not in str(err.value)
+    method = _method(model="resnet20", cam="cam", delta=0.0, warmup_epochs=0)
+    out = _step(method, 0)
+    assert out.logs["pushed"] == B and out.logs["fused"] == 1.0
+
+
+# --- context extraction ---------------------------------------------------------------
+def test_delta_filter():
+    method = _method(delta=0.0, warmup_epochs=0)
+    out = _step(method, 0)
+    assert len(method.bank) == B and method.bank.capacity == B
+    assert out.logs["pushed"] == B
+    method = _method(delta=1.0, warmup_epochs=0)
+    method.params.delta = 1.01  # beyond the valid range on purpose: no probability reaches it
+    out = _step(method, 0)
+    assert len(method.bank) == 0 and out.logs["pushed"] == 0
+    assert out.logs["fused"] == 0.0 and out.logs["loss_balanced"] == 0
+
+
+@pytest.mark.parametrize("model", ["lenet2d", "resnet20"])
+@pytest.mark.parametrize("cam_mode", ["eval", "train"])
+def test_extraction_leaks_no_gradient_and_no_state(model, cam_mode):
+    method = _method(model=model, cam_mode=cam_mode)
+    method.train()
+    batch = _batches(method)["uniform"]
+    buffers = {k: v.clone() for k, v in method.state_dict().items()}
+    mask, confident = method._extract(batch.x, batch.y, None)
+    assert all(p.grad is None for p in method.parameters())
+    assert all(m.training for m in method.modules())
+    for key, value in method.state_dict().items():
+        torch.testing.assert_close(value, buffers[key], rtol=0, atol=0)
+    assert mask.shape == (B, 1, *batch.x.shape[-2:]) and not mask.requires_grad
+    assert confident.shape == (B,) and confident.dtype == torch.bool
+    # Reusing a training forward's map (which carries gradient) leaks nothing either.
+    fmap = method.backbone.feature_map(batch.x)
+    mask, _ = method._extract(batch.x, batch.y, fmap)
+    assert not mask.requires_grad
+    assert all(p.grad is None for p in method.parameters())
+
+
+@pytest.mark.parametrize(
+    "model,params,epoch,expected",
+    [
+        ("lenet2d", {}, 0, 2),  # no BN: the training map serves the CAM in eval mode too
+        ("resnet20", {}, 0, 3),  # BN, eval mode: an extra forward
+        ("resnet20", {"cam_mode": "train"}, 0, 2),
+        ("lenet2d", {"mixup_alpha": 1.0}, 0, 3),  # mixed training forward: the CAM needs clean images
+        ("lenet2d", {"mixup_alpha": 1.0}, 17, 2),  # mixup off in the last 3 of 20 epochs
+    ],
+)
+def test_feature_map_forwards_per_step(model, params, epoch, expected):
+    method = _method(model=model, delta=0.0, warmup_epochs=0, **params)
+    calls = _count_feature_maps(method)
+    out = _step(method, epoch)
+    assert out.logs["fused"] == 1.0
+    assert len(calls) == expected
+
+
+def test_train_mode_cam_with_mixup_keeps_running_stats():
+    method = _method(model="resnet20", cam_mode="train", mixup_alpha=1.0, delta=0.0, warmup_epochs=0)
+    method.train()
+    batch = _batches(method)["uniform"]
+    before = method.backbone.stem[1].running_mean.clone()
+    method._extract(batch.x, batch.y, None)
+    torch.testing.assert_close(method.backbone.stem[1].running_mean, before, rtol=0, atol=0)
+    assert all(m.track_running_stats for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+# --- fusion schedule --------------------------------------------------------------------
+def test_no_balanced_loss_before_warmup_then_fusion():
+    method = _method(delta=0.0, warmup_epochs=2)
+    out = _step(method, 1)
+    assert out.logs["fused"] == 0.0 and out.logs["pushed"] == 0  # extraction skipped: the bank is emptied at epoch 2
+    assert out.logs["loss_balanced"] == 0
+    assert method.balanced_head.weight.grad is None
+    assert method.uniform_head.weight.grad is not None
+    method.begin_epoch(method.stages()[0], 2)
+    out = _step(method, 2)
+    assert out.logs["fused"] == 1.0 and out.logs["loss_balanced"] > 0
+    assert method.balanced_head.weight.grad.abs().sum() > 0
+
+
+def test_kept_bank_is_filled_during_warmup():
+    method = _method(delta=0.0, warmup_epochs=2, empty_bank_each_epoch=False)
+    out = _step(method, 0)
+    assert out.logs["pushed"] == B and out.logs["fused"] == 0.0 and len(method.bank) == B
+    method.begin_epoch(method.stages()[0], 1)
+    assert len(method.bank) == B
+    method = _method(delta=0.0, warmup_epochs=0)
+    _step(method, 0)
+    method.begin_epoch(method.stages()[0], 1)
+    assert len(method.bank) == 0
+
+
+def test_fusion_waits_for_a_full_bank():
+    method = _method(delta=0.0, warmup_epochs=0, bank_multiple=2)
+    out = _step(method, 0, seed=0)
+    assert method.bank.capacity == 2 * B and len(method.bank) == B
+    assert out.logs["fused"] == 0.0 and out.logs["loss_balanced"] == 0
+    out = _step(method, 0, seed=1)
+    assert method.bank.is_full and out.logs["fused"] == 1.0
+
+
+def test_balanced_loss_is_on_fused_images_with_labels_kept(monkeypatch):
+    method = _method(delta=0.0, warmup_epochs=0)
+    seen = {}
+    original = csa.fuse_context
+
+    def recording(x, context, mask, lam):
+        seen["x"], seen["out"] = x, original(x, context, mask, lam)
+        return seen["out"]
+
+    monkeypatch.setattr(csa, "fuse_context", recording)
+    batches = _batches(method)
+    method.train()
+    out = method.training_step(batches, _ctx(method, 0))
+    assert seen["x"] is batches["balanced"].x
+    expected = F.cross_entropy(method.balanced_head(method.backbone(seen["out"])), batches["balanced"].y)
+    torch.testing.assert_close(out.logs["loss_balanced"], expected.detach())
+
+
+@pytest.mark.parametrize("per_sample,shape", [(False, ()), (True, (B,))])
+@pytest.mark.parametrize(
+    "distribution,a,b,low,high", [("uniform", 0.0, 1.0, 0, 1), ("beta", 2.0, 2.0, 0, 1), ("uniform", 0.3, 0.3, 0.3, 0.3)]
+)
+def test_lambda_shape_and_distribution(monkeypatch, per_sample, shape, distribution, a, b, low, high):
+    method = _method(delta=0.0, warmup_epochs=0, lam_per_sample=per_sample, lam_distribution=distribution, lam_a=a, lam_b=b)
+    lams = []
+    original = csa.fuse_context
+    monkeypatch.setattr(csa, "fuse_context", lambda x, c, m, lam: lams.append(lam) or original(x, c, m, lam))
+    assert _step(method, 0).logs["fused"] == 1.0
+    (lam,) = lams
+    assert lam.shape == shape
+    assert ((lam >= low) & (lam <= high)).all()
+    if low == high:
+        torch.testing.assert_close(lam, torch.full(shape, low))
+
+
+def test_without_bank_uses_this_steps_confident_samples():
+    method = _method(delta=0.0, warmup_epochs=0, use_bank=False)
+    out = _step(method, 0)
+    assert method.bank is None
+    assert out.logs["fused"] == 1.0 and out.logs["pushed"] == B and out.logs["loss_balanced"] > 0
+    method = _method(delta=1.0, warmup_epochs=0, use_bank=False)
+    method.params.delta = 1.01
+    out = _step(method, 0)
+    assert out.logs["fused"] == 0.0 and out.logs["loss_balanced"] == 0
+    assert method.balanced_head.weight.grad is None
+
+
+def test_final_epochs_train_balanced_head_on_plain_batches(monkeypatch):
+    method = _method(epochs=5, stop_last_epochs=2, delta=0.0, warmup_epochs=0)
+    monkeypatch.setattr(method, "_extract", lambda *a: pytest.fail("no extraction in the plain epochs"))
+    batches = _batches(method)
+    method.train()
+    out = method.training_step(batches, _ctx(method, 3))
+    assert out.logs["fused"] == 0.0 and out.logs["pushed"] == 0
+    expected = F.cross_entropy(method.balanced_head(method.backbone(batches["balanced"].x)), batches["balanced"].y)
+    torch.testing.assert_close(out.logs["loss_balanced"], expected.detach())
+    out.loss.backward()
+    assert method.balanced_head.weight.grad.abs().sum() > 0
+
+
+def test_dual_never_extracts_and_trains_balanced_head_from_the_start(monkeypatch):
+    method = _method("dual")
+    assert method.params.context_shift is False
+    monkeypatch.setattr(method, "_extract", lambda *a: pytest.fail("dual computes no CAM"))
+    for epoch in (0, 15):
+        out = _step(method, epoch)
+        assert out.logs["fused"] == 0.0 and out.logs["pushed"] == 0
+        assert out.logs["loss_balanced"] > 0
+        assert method.balanced_head.weight.grad.abs().sum() > 0
+    assert method.bank is None
+
+
+def test_loss_weights():
+    method = _method(delta=0.0, warmup_epochs=0, uniform_weight=0.0, balanced_weight=2.0)
+    out = _step(method, 0, backward=False)
+    torch.testing.assert_close(out.loss, 2.0 * out.logs["loss_balanced"])
+
+
+def test_la_losses_use_class_prior():
+    method = _method("dual", uniform_loss="la", balanced_loss="la", tau=1.0)
+    batches = _batches(method)
+    method.train()
+    out = method.training_step(batches, _ctx(method, 0))
+    prior = torch.log(torch.as_tensor(COUNTS / COUNTS.sum(), dtype=torch.float32))
+    u = batches["uniform"]
+    expected = F.cross_entropy(method.uniform_head(method.backbone(u.x)) + prior, u.y)
+    torch.testing.assert_close(out.logs["loss_uniform"], expected.detach())
+
+
+def test_predict_heads():
+    method = _method().eval()
+    x = _batches(method)["uniform"].x
+    with torch.no_grad():
+        out = method.predict(x)
+        features = method.backbone(x)
+        torch.testing.assert_close(out["balanced"], method.balanced_head(features))
+        torch.testing.assert_close(out["uniform"], method.uniform_head(features))
+    torch.testing.assert_close(out["ensemble"], (out["balanced"] + out["uniform"]) / 2)
+    assert method.default_head == "balanced"
+
+
+# --- state ------------------------------------------------------------------------------
+def test_extra_state_round_trips_the_bank():
+    method = _method(delta=0.0, warmup_epochs=0, bank_multiple=2)
+    assert method.extra_state() == {"bank": None}
+    _step(method, 0)
+    buffer = io.BytesIO()
+    torch.save(method.extra_state(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    other = _method(delta=0.0, warmup_epochs=0, bank_multiple=2)
+    other.load_extra_state(state)
+    assert len(other.bank) == len(method.bank) == B and other.bank.capacity == 2 * B
+    for mine, theirs in zip(method.bank.contents(), other.bank.contents()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    # Both continue identically.
+    out_a, out_b = _step(method, 0, seed=3), _step(other, 0, seed=3)
+    assert out_a.logs["fused"] == out_b.logs["fused"] == 1.0
+    for mine, theirs in zip(method.bank.contents(), other.bank.contents()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+# --- through the engine ----------------------------------------------------------------------
+def _tiny_data(seed=0):
+    rng = np.random.RandomState(seed)
+    labels = np.repeat(np.arange(10), COUNTS)
+    train_set = ArrayDataset(rng.randint(0, 256, (len(labels), 3, 28, 28), dtype=np.uint8), labels.astype(np.int64))
+    test_labels = np.repeat(np.arange(10), 5).astype(np.int64)
+    test_set = ArrayDataset(rng.randint(0, 256, (len(test_labels), 3, 28, 28), dtype=np.uint8), test_labels)
+    return PreparedData(train_set, test_set, 10, class_groups(COUNTS, "index"))
+
+
+def _run(tmp_path, name, method="csa"):
+    cfg = build_config(
+        {
+            "model": {"name": "lenet2d"},
+            "method": {"name": method, "params": {"warmup_epochs": 1, "delta": 0.0}},
+            "train": {"epochs": 2, "batch_size": 32, "test_batch_size": 100},
+            "device": "cpu",
+            "progress": False,
+            "output": str(tmp_path / name),
+        }
+    )
+    metrics = train(cfg, data=_tiny_data())
+    for record in metrics["curve"]:
+        record.pop("seconds")
+    return metrics
+
+
+def test_training_runs_are_deterministic(tmp_path):
+    first, second = _run(tmp_path, "a"), _run(tmp_path, "b")
+    assert first["curve"] == second["curve"]
+    assert first["heads"] == second["heads"]
+    assert set(first["heads"]) == {"balanced", "uniform", "ensemble"}
+    warmup, fused = first["curve"]
+    assert warmup["fused"] == 0 and warmup["loss_balanced"] == 0
+    assert fused["fused"] > 0 and fused["loss_balanced"] > 0 and fused["pushed"] > 0
+
+
+def test_dual_runs_through_the_engine(tmp_path):
+    metrics = _run(tmp_path, "dual", method="dual")
+    assert all(r["pushed"] == 0 and r["loss_balanced"] > 0 for r in metrics["curve"])

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from tailshift.config import build_config
+from tailshift.engine import CheckpointMismatchError, DivergenceError, Trainer, learning_rate, train
+
+
+def cfg_for(tmp_path, *overrides, name="run"):
+    return build_config({"output": str(tmp_path / name), "progress": False},
+                        ["train.epochs=2", "train.batch_size=32", "method.params={}", *overrides])
+
+
+def test_end_to_end_run_writes_its_folder(prepared, tmp_path):
+    metrics = train(cfg_for(tmp_path, "method.name=cbrs"), prepared)
+    out = tmp_path / "run"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (out / "config.yaml").exists() and (out / "curve.json").exists() and (out / "checkpoint.pt").exists()
+    assert saved["seed"] == 0 and "torch" in saved["versions"]
+    r = saved["result"]
+    assert set(r) >= {"all", "many", "med", "few", "per_class", "collapsed"}
+    assert len(r["per_class"]) == 10
+    assert len(saved["curve"]) == 2 and saved["curve"][-1]["test"]["main"]["all"] == r["all"]
+    assert metrics["result"]["all"] > 20  # the tiny set is separable: training does something
+
+
+def test_crt_reports_ce_head_identical_to_a_ce_run(prepared, tmp_path):
+    crt = train(cfg_for(tmp_path, "method.name=crt", "method.params={retrain_epochs: 1}", name="crt"), prepared)
+    ce = train(cfg_for(tmp_path, "method.name=ce", name="ce"), prepared)
+    assert crt["heads"]["ce"]["per_class"] == ce["heads"]["main"]["per_class"]
+    assert [s["stage"] for s in crt["curve"]] == ["represent", "represent", "retrain"]
+
+
+def test_crt_stage2_starts_from_a_copy_and_freezes_the_backbone(prepared, tmp_path):
+    trainer = Trainer(cfg_for(tmp_path, "method.name=crt", "method.params={retrain_epochs: 1}"), prepared)
+    seen = {}
+    original = trainer._train_epoch
+
+    def spy(stage, *args):
+        if stage.name == "retrain":
+            m = trainer.method
+            seen["copied"] = torch.equal(m.retrained.weight, m.head.weight)
+            seen["backbone"] = [p.detach().clone() for p in m.backbone.parameters()]
+        return original(stage, *args)
+
+    trainer._train_epoch = spy
+    trainer.fit()
+    assert seen["copied"]
+    for before, after in zip(seen["backbone"], trainer.method.backbone.parameters()):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("method, dies_at", [("ce", 3), ("crt", 4)])
+def test_killed_run_resumes_exactly(prepared, tmp_path, method, dies_at):
+    extra = ["method.params={retrain_epochs: 2}"] if method == "crt" else []
+    full = train(cfg_for(tmp_path, f"method.name={method}", "train.epochs=3", *extra, name="full"), prepared)
+    cfg = cfg_for(tmp_path, f"method.name={method}", "train.epochs=3", *extra, name="killed")
+    trainer = Trainer(cfg, prepared)
+    calls = {"n": 0}
+    original = trainer._train_epoch
+
+    def dies_mid_run(*args):
+        calls["n"] += 1
+        if calls["n"] == dies_at:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    trainer._train_epoch = dies_mid_run
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed = Trainer(cfg, prepared).fit()
+    assert resumed["heads"] == full["heads"]
+    strip = lambda curve: [{k: v for k, v in e.items() if k != "seconds"} for e in curve]  # noqa: E731
+    assert strip(resumed["curve"]) == strip(full["curve"])
+
+
+def test_checkpoint_from_another_config_is_refused(prepared, tmp_path):
+    train(cfg_for(tmp_path, "method.name=ce"), prepared)
+    with pytest.raises(CheckpointMismatchError, match="written by another config"):
+        train(cfg_for(tmp_path, "method.name=ce", "train.optim.lr=0.05"), prepared)
+
+
+def test_corrupt_checkpoint_is_reported(prepared, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
+        train(cfg_for(tmp_path, "method.name=ce"), prepared)
+
+
+def test_nan_loss_is_detected(prepared, tmp_path):
+    with pytest.raises(DivergenceError, match="non-finite training loss"):
+        train(cfg_for(tmp_path, "method.name=ce", "train.optim.lr=1e30"), prepared)
+
+
+def test_same_seed_same_result_other_seed_differs(prepared, tmp_path):
+    a = train(cfg_for(tmp_path, "method.name=ce", name="a"), prepared)
+    b = train(cfg_for(tmp_path, "method.name=ce", name="b"), prepared)
+    c = train(cfg_for(tmp_path, "method.name=ce", "seed=1", name="c"), prepared)
+    assert a["heads"] == b["heads"]
+    assert a["curve"][0]["loss"] != c["curve"][0]["loss"]
+
+
+def test_learning_rate_schedules():
+    optim = build_config({}, ["train.optim.schedule=step", "train.optim.milestones=[160, 180]",
+                              "train.optim.warmup_epochs=5", "train.epochs=200"]).train.optim
+    assert learning_rate(optim, 0.2, "step", 200, 2.5) == pytest.approx(0.1)
+    assert learning_rate(optim, 0.2, "step", 200, 100) == pytest.approx(0.2)
+    assert learning_rate(optim, 0.2, "step", 200, 170) == pytest.approx(0.02)
+    assert learning_rate(optim, 0.2, "step", 200, 190) == pytest.approx(0.002)
+    cos = build_config({}, ["train.optim.schedule=cosine"]).train.optim
+    assert learning_rate(cos, 0.1, "cosine", 8, 0) == pytest.approx(0.1)
+    assert learning_rate(cos, 0.1, "cosine", 8, 4) == pytest.approx(0.05)
+    assert learning_rate(cos, 0.1, "constant", 8, 7.9) == 0.1
