@@ -1,0 +1,37 @@
+import numpy as np
+import torch
+
+from tailshift.data.arrays import ArrayDataset
+from tailshift.data.pipeline import DeviceArrays, random_crop_flip
+
+
+def reference_crop_flip(image, padding, oy, ox, flip):
+    padded = torch.nn.functional.pad(image, (padding,) * 4)
+    h, w = image.shape[-2:]
+    out = padded[:, oy:oy + h, ox:ox + w]
+    return out.flip(-1) if flip else out
+
+
+def test_batched_crop_flip_equals_per_image_reference():
+    images = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop_flip(images, 2, gen)
+    gen = torch.Generator().manual_seed(0)
+    oy = torch.randint(0, 5, (16,), generator=gen)
+    ox = torch.randint(0, 5, (16,), generator=gen)
+    flip = torch.rand(16, generator=gen) < 0.5
+    for i in range(16):
+        ref = reference_crop_flip(images[i], 2, int(oy[i]), int(ox[i]), bool(flip[i]))
+        assert torch.equal(out[i], ref)
+    assert flip.any() and (~flip).any()
+
+
+def test_batches_are_normalised_and_gathered_by_index():
+    images = np.arange(4 * 1 * 2 * 2, dtype=np.uint8).reshape(4, 1, 2, 2) * 10
+    arrays = DeviceArrays(ArrayDataset(images, np.arange(4)), "cpu", mean=(0.5,), std=(0.25,))
+    batch = arrays.batch(torch.tensor([2, 0]))
+    assert batch.y.tolist() == [2, 0] and batch.index.tolist() == [2, 0] and not batch.augmented
+    expected = (torch.from_numpy(images[[2, 0]]).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(batch.x, expected)
+    seen = torch.cat([b.y for b in arrays.iterate(3)])
+    assert seen.tolist() == [0, 1, 2, 3]
