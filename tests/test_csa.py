@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import tailshift.methods.csa as csa
+from conftest import tiny_prepared
 from tailshift.config import build_config
-from tailshift.data.arrays import ArrayDataset
-from tailshift.data.build import PreparedData
-from tailshift.data.groups import class_groups
 from tailshift.data.pipeline import Batch
-from tailshift.engine import train
+from tailshift.engine import Trainer, train
 from tailshift.methods import METHODS, StepContext
 from tailshift.models import create_model
 
@@ -330,35 +328,27 @@ def test_extra_state_round_trips_the_bank():
 
 
 # --- through the engine ----------------------------------------------------------------------
-def _tiny_data(seed=0):
-    rng = np.random.RandomState(seed)
-    labels = np.repeat(np.arange(10), COUNTS)
-    train_set = ArrayDataset(rng.randint(0, 256, (len(labels), 3, 28, 28), dtype=np.uint8), labels.astype(np.int64))
-    test_labels = np.repeat(np.arange(10), 5).astype(np.int64)
-    test_set = ArrayDataset(rng.randint(0, 256, (len(test_labels), 3, 28, 28), dtype=np.uint8), test_labels)
-    return PreparedData(train_set, test_set, 10, class_groups(COUNTS, "index"))
-
-
-def _run(tmp_path, name, method="csa"):
-    cfg = build_config(
+def _cfg(tmp_path, name, method="csa", epochs=2, **params):
+    return build_config(
         {
             "model": {"name": "lenet2d"},
-            "method": {"name": method, "params": {"warmup_epochs": 1, "delta": 0.0}},
-            "train": {"epochs": 2, "batch_size": 32, "test_batch_size": 100},
+            "method": {"name": method, "params": {"warmup_epochs": 1, "delta": 0.0, **params}},
+            "train": {"epochs": epochs, "batch_size": 32, "test_batch_size": 100},
             "device": "cpu",
             "progress": False,
             "output": str(tmp_path / name),
         }
     )
-    metrics = train(cfg, data=_tiny_data())
-    for record in metrics["curve"]:
-        record.pop("seconds")
-    return metrics
+
+
+def _strip(curve):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in curve]
 
 
 def test_training_runs_are_deterministic(tmp_path):
-    first, second = _run(tmp_path, "a"), _run(tmp_path, "b")
-    assert first["curve"] == second["curve"]
+    data = tiny_prepared(channels=3)
+    first, second = train(_cfg(tmp_path, "a"), data), train(_cfg(tmp_path, "b"), data)
+    assert _strip(first["curve"]) == _strip(second["curve"])
     assert first["heads"] == second["heads"]
     assert set(first["heads"]) == {"balanced", "uniform", "ensemble"}
     warmup, fused = first["curve"]
@@ -366,6 +356,28 @@ def test_training_runs_are_deterministic(tmp_path):
     assert fused["fused"] > 0 and fused["loss_balanced"] > 0 and fused["pushed"] > 0
 
 
+def test_killed_run_with_kept_bank_resumes_exactly(tmp_path):
+    data = tiny_prepared(channels=3)
+    # Two batches of capacity: the first resumed step keeps half of the checkpointed bank.
+    kept = {"empty_bank_each_epoch": False, "bank_multiple": 2}
+    full = train(_cfg(tmp_path, "full", epochs=3, **kept), data)
+    cfg = _cfg(tmp_path, "killed", epochs=3, **kept)
+    trainer = Trainer(cfg, data)
+    original = trainer._train_epoch
+
+    def dies_in_last_epoch(stage, stage_index, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(stage, stage_index, epoch, *args)
+
+    trainer._train_epoch = dies_in_last_epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed = Trainer(cfg, data).fit()
+    assert resumed["heads"] == full["heads"]
+    assert _strip(resumed["curve"]) == _strip(full["curve"])
+
+
 def test_dual_runs_through_the_engine(tmp_path):
-    metrics = _run(tmp_path, "dual", method="dual")
-    assert all(r["pushed"] == 0 and r["loss_balanced"] > 0 for r in metrics["curve"])
+    metrics = train(_cfg(tmp_path, "dual", method="dual"), tiny_prepared(channels=3))
+    assert all(r["pushed"] == 0 and r["fused"] == 0 and r["loss_balanced"] > 0 for r in metrics["curve"])
