@@ -219,11 +219,11 @@ class ContextShiftAugmentation(Method):
             loss_u = self._uniform_loss(logits_u, uni.y, self.class_counts, p.tau)
 
         # Context extraction (Sec. 3.1) and the contexts for this step's fusion.
+        if p.context_shift and p.use_bank and self.bank is None:  # capacity fixed by the first batch
+            self.bank = ContextBank(p.bank_multiple * uni.x.shape[0], device=uni.x.device)
         pushed: torch.Tensor | float = 0.0
         contexts = None
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
-            if p.use_bank and self.bank is None:
-                self.bank = ContextBank(p.bank_multiple * uni.x.shape[0], device=uni.x.device)
             train_map = fmap if self._reuse_train_map and not mixing else None
             mask, confident = self._extract(uni.x, uni.y, train_map)
             images, masks = uni.x[confident], mask[confident]
