@@ -27,11 +27,12 @@ def _reproduce(args) -> None:
     out = Path(args.output or f"runs/reproduce/{args.what}")
     workers = args.workers or default_workers()
     datasets = args.datasets.split(",") if args.datasets else None
+    methods = args.methods.split(",") if args.methods else None
     if args.what == "table1":
-        table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root)
+        table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
     else:
         getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
-                                    overrides=args.overrides, mnist_root=args.mnist_root)
+                                    overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)
 
 
 def _download(args) -> None:
@@ -66,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=5, help="training seeds per row (default 5)")
     r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt (default: all found)")
+    r.add_argument("--methods", default=None,
+                   help="study rows for table1/figure4: ce,crt,cbrs,csa (table1 default: ce,crt,cbrs; figure4: all)")
     r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
     r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
     r.set_defaults(func=_reproduce)

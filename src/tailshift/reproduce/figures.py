@@ -21,7 +21,7 @@ def _pick(datasets, mnist_root) -> list[str]:
     return datasets or table1.available_datasets(mnist_root)
 
 
-def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root) -> dict:
+def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """Accuracy vs gamma, where the sampling weight of (x, y) is n_y^-gamma (q = 1 - gamma in Eq. 2)."""
     datasets = _pick(datasets, mnist_root)
     jobs = []
@@ -66,7 +66,7 @@ def _embed(trainer: Trainer, arrays, limit: int = 4000) -> tuple[np.ndarray, np.
     return points[keep], labels[keep]
 
 
-def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root) -> dict:
+def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """2-d embeddings of train and test under uniform sampling (CE) and CB-RS."""
     grey = [d for d in _pick(datasets, mnist_root) if not d.startswith("c")]
     dataset = grey[0]
@@ -86,17 +86,17 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root) -> dict:
     return summary
 
 
-def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root) -> dict:
-    """Grey vs coloured twin: CE / cRT / CB-RS (and CSA where available) bars, from the Table 1 grid."""
+def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
+    """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
     found = _pick(datasets, mnist_root)
-    table = table1.run(found, seeds, workers, out, overrides, mnist_root)
+    table = table1.run(found, seeds, workers, out, overrides, mnist_root, methods or list(table1.ROWS))
     values = {d: {table1.ROW_NAMES[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
                   for row, agg in rows.items()} for d, rows in table.items()}
     plots.grouped_bars(values, out / "figure4.png", "Grey vs coloured context (Figure 4)")
     return table
 
 
-def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root) -> Path:
+def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> Path:
     """A grid of coloured-context training samples (CMNIST-LT, or CFashion-LT without MNIST)."""
     coloured = [d for d in _pick(datasets, mnist_root) if d.startswith("c")]
     dataset = coloured[0]

@@ -12,7 +12,8 @@ from .common import Job, aggregate, fmt, fmt_paper, paper_numbers, run_jobs, wri
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
 #: table row -> (run config suffix, head of that run). CE comes from cRT's stage 1, which is
 #: the CE run itself (same seed, same stream: a test checks the identity), saving a third of the work.
-ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main")}
+ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main"), "csa": ("csa", "balanced")}
+DEFAULT_ROWS = ("ce", "crt", "cbrs")
 ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA"}
 
 
@@ -70,16 +71,26 @@ def markdown(table: dict, paper: dict, title: str, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str], mnist_root: str | None) -> dict:
+def select_rows(methods: list[str] | None) -> dict:
+    methods = methods or list(DEFAULT_ROWS)
+    unknown = sorted(set(methods) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown study method {unknown[0]!r}; known: {', '.join(ROWS)}")
+    return {m: ROWS[m] for m in ROWS if m in methods}
+
+
+def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str], mnist_root: str | None,
+        methods: list[str] | None = None) -> dict:
     datasets = datasets or available_datasets(mnist_root)
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown:
         raise ValueError(f"unknown study dataset {unknown[0]!r}; known: {', '.join(DATASETS)}")
-    jobs = jobs_for(datasets, seeds, out, overrides, mnist_root)
+    rows = select_rows(methods)
+    jobs = jobs_for(datasets, seeds, out, overrides, mnist_root, rows)
     started = time.perf_counter()
     results = run_jobs(jobs, workers)
     wall = time.perf_counter() - started
-    table = collect(results, datasets, seeds)
+    table = collect(results, datasets, seeds, rows)
     paper = paper_numbers()["table1"]
     note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged (non-finite loss) and "
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
