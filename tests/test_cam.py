@@ -104,3 +104,14 @@ def test_context_masks_bad_method():
         context_masks(fmap, head, targets, 8, method="scorecam")
     with pytest.raises(ValueError, match="classifier_weight"):
         context_masks(fmap, head, targets, 8, method="cam")
+
+
+def test_matmul_upsampling_equals_bicubic_interpolate():
+    import torch.nn.functional as F
+
+    from tailshift.cam import upsample_cam
+
+    for h, size in ((5, 28), (8, 32), (7, (20, 30))):
+        cam = torch.rand(4, h, h)
+        ref = F.interpolate(cam[:, None], size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        torch.testing.assert_close(upsample_cam(cam, size), ref, atol=1e-6, rtol=0)

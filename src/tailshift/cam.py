@@ -9,6 +9,8 @@ ever registered. Everything stays on the tensors' device.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, NamedTuple
 
 import torch
@@ -75,15 +77,31 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return ((flat - low) / span).view_as(cam)
 
 
+@functools.lru_cache(maxsize=32)
+def _bicubic_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The n_out x n_in matrix of PyTorch's 1-d bicubic resampling (align_corners=False),
+    read off by resampling the identity, so it is exactly F.interpolate's linear map."""
+    eye = torch.eye(n_in, device=device, dtype=dtype).view(n_in, 1, 1, n_in)
+    rows = F.interpolate(eye, size=(1, n_out), mode="bicubic", align_corners=False)
+    return rows.view(n_in, n_out).t().contiguous()
+
+
 def upsample_cam(cam: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bicubic upsampling of a B x h x w (or B x 1 x h x w) map to B x 1 x H x W, clamped to [0, 1].
 
-    Bicubic overshoots near sharp edges, hence the clamp (as in the release).
+    Bicubic resampling is separable and linear, so it is computed as two small
+    matrix products with cached interpolation matrices: the same numbers as
+    ``F.interpolate(mode="bicubic")`` (a test checks) at a fraction of its CPU
+    cost for a whole batch. Bicubic overshoots near sharp edges, hence the clamp
+    (as in the release).
     """
-    if cam.dim() == 3:
-        cam = cam.unsqueeze(1)
-    up = F.interpolate(cam, size=size, mode="bicubic", align_corners=False)
-    return up.clamp_(0.0, 1.0)
+    if cam.dim() == 4:
+        cam = cam.squeeze(1)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    rows = _bicubic_matrix(cam.shape[-2], int(height), cam.device, cam.dtype)
+    cols = _bicubic_matrix(cam.shape[-1], int(width), cam.device, cam.dtype)
+    up = torch.matmul(torch.matmul(rows, cam), cols.t())
+    return up.unsqueeze(1).clamp_(0.0, 1.0)
 
 
 def background_mask(cam: torch.Tensor, power: float = 1.0) -> torch.Tensor:

@@ -43,7 +43,12 @@ class ContextBank:
 
     def _allocate(self, images: torch.Tensor, masks: torch.Tensor) -> None:
         device = self.device if self.device is not None else images.device
-        self._images = torch.empty((self.capacity, *images.shape[1:]), dtype=images.dtype, device=device)
+        # Same memory layout as the pushed images (channels-last in training), so fusing
+        # drawn contexts with a batch stays an elementwise op on matching strides.
+        layout = torch.channels_last if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        self._images = torch.empty((self.capacity, *images.shape[1:]), dtype=images.dtype, device=device,
+                                   memory_format=layout)
         self._masks = torch.empty((self.capacity, *masks.shape[1:]), dtype=masks.dtype, device=device)
 
     def push(self, images: torch.Tensor, masks: torch.Tensor) -> None:
