@@ -63,3 +63,9 @@ def test_bad_rho_is_refused(rho):
 def test_unknown_profile_lists_known():
     with pytest.raises(DataError, match="known: exp, step, none"):
         profile_counts("linear", 10, 100, 10)
+
+
+def test_profile_none_keeps_the_data_as_it_is():
+    labels = labels_with([50, 7, 3])
+    ds = ArrayDataset(np.zeros((60, 1, 1, 1), np.uint8), labels)
+    assert np.bincount(make_longtail(ds, "none", 1, None, np.random.RandomState(0)).labels).tolist() == [50, 7, 3]

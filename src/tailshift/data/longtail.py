@@ -60,9 +60,10 @@ def make_longtail(
     rng: np.random.RandomState,
     step_fraction: float = 0.5,
 ) -> ArrayDataset:
-    """The long-tailed training set; n_max defaults to N / C (6000 for MNIST, 5000 for CIFAR-10)."""
+    """The long-tailed training set. n_max defaults to N / C (6000 for MNIST, 5000 for
+    CIFAR-10), or to the largest class with profile "none" (keep the data's own imbalance)."""
     num_classes = train.num_classes
     if n_max is None:
-        n_max = len(train) // num_classes
+        n_max = int(np.bincount(train.labels).max()) if profile == "none" else len(train) // num_classes
     counts = profile_counts(profile, num_classes, n_max, rho, step_fraction)
     return train.subset(select_longtail(train.labels, counts, rng))
