@@ -89,3 +89,19 @@ def test_colourize_truncates_toward_zero():
 def test_colour_needs_grey_input():
     with pytest.raises(DataError, match="grey images"):
         colourize(np.zeros((1, 3, 2, 2), np.uint8), np.array([0]))
+
+
+def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
+    from tailshift.config import build_config
+    from tailshift.data import build
+    from tailshift.data.arrays import SplitDataset
+
+    split = SplitDataset(mnist_shaped(), mnist_shaped())
+    monkeypatch.setattr(build, "load_dataset", lambda name, root: split)
+    build._prepare.cache_clear()
+    cfg = build_config({}, ["data.dataset=mnist", "data.context.enabled=true", "data.longtail.n_max=6000"]).data
+    data = build.prepare_data(cfg)
+    build._prepare.cache_clear()
+    flipped = data.clean_labels != data.train.labels
+    assert flipped.mean() == pytest.approx(0.25, abs=0.001)
+    assert np.bincount(data.clean_labels).tolist() == [5923, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]

@@ -84,3 +84,108 @@ def image_grid(images: np.ndarray, row_labels: list[str], path: Path, title: str
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def to_uint8(images, mean=None, std=None) -> np.ndarray:
+    """Normalised float images B x C x H x W (a tensor or an array) back to uint8 pixels.
+
+    Undoes the pipeline's ``(x / 255 - mean) / std`` (just ``x / 255`` when ``mean`` is None).
+    """
+    x = images.detach().float().cpu().numpy() if hasattr(images, "detach") else np.asarray(images, dtype=np.float32)
+    if mean is not None:
+        shape = (1, -1, 1, 1)
+        x = x * np.asarray(std, dtype=np.float32).reshape(shape) + np.asarray(mean, dtype=np.float32).reshape(shape)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An H x W x 3 float RGB in [0, 1]: a uint8 image C x H x W (C = 1 or 3) blended with a jet
+    heat-map of ``cam`` (H x W in [0, 1]) at opacity ``alpha``."""
+    rgb = image.transpose(1, 2, 0).astype(np.float32) / 255.0
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    heat = plt.get_cmap("jet")(np.clip(cam, 0.0, 1.0))[..., :3]
+    return (1.0 - alpha) * rgb + alpha * heat
+
+
+def _show(ax, image: np.ndarray) -> None:
+    """Draw one uint8 C x H x W image (grey for C = 1) without ticks."""
+    img = image.transpose(1, 2, 0)
+    if img.shape[-1] == 1:
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], row_labels: list[str], path: Path, title: str,
+             captions: dict[str, list[str]] | None = None, alpha: float = 0.5) -> Path:
+    """One row per image: the image, then its CAM overlay under each model.
+
+    images: N x C x H x W uint8; cams: column title -> N x H x W in [0, 1] (already upsampled to
+    H x W); captions: column title -> N short strings under the cells (e.g. the true-class probability).
+    """
+    n, cols = images.shape[0], 1 + len(cams)
+    fig, axes = plt.subplots(n, cols, figsize=(1.25 * cols + 1.0, 1.3 * n), squeeze=False)
+    for r in range(n):
+        _show(axes[r, 0], images[r])
+        axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+        for c, (name, cam) in enumerate(cams.items(), start=1):
+            ax = axes[r, c]
+            ax.imshow(cam_overlay(images[r], cam[r], alpha), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if captions and name in captions:
+                ax.set_xlabel(captions[name][r], fontsize=7, labelpad=2)
+    for c, name in enumerate(["image", *cams]):
+        axes[0, c].set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_rows(rows: list[tuple[str, np.ndarray]], path: Path, title: str, col_labels: list[str] | None = None,
+               captions: dict[int, list[str]] | None = None) -> Path:
+    """rows: (label, N x C x H x W uint8 with C = 1 or 3) per row; one image per cell.
+
+    col_labels: titles over the first row; captions: row number -> strings under that row's cells.
+    """
+    n = max(images.shape[0] for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n + 1.4, 1.0 * len(rows) + 0.4), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            if c < images.shape[0]:
+                _show(axes[r, c], images[c])
+            else:
+                axes[r, c].axis("off")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        for c, text in enumerate((captions or {}).get(r, [])[:n]):
+            axes[r, c].set_xlabel(text, fontsize=7, labelpad=2)
+    if col_labels:
+        for c, label in enumerate(col_labels[:n]):
+            axes[0, c].set_title(label, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def context_shift_rows(contexts, masks, balanced, fused: dict[float, object], mean=None, std=None,
+                       mask_label: str = "background\nmask M") -> list[tuple[str, np.ndarray]]:
+    """The rows of a context-shift figure, as ``image_rows`` takes them.
+
+    contexts: the bank's images (normalised floats B x C x H x W), masks: their background masks
+    (B x 1 x H x W in [0, 1]), balanced: the re-sampled images, fused: lambda -> fused images.
+    The context row is ``M * image`` in pixel space, so the masked-out object shows black.
+    """
+    context_pixels = to_uint8(contexts, mean, std)
+    mask = masks.detach().float().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks, dtype=np.float32)
+    mask = np.clip(mask, 0.0, 1.0)
+    rows = [
+        ("confident\nuniform images", context_pixels),
+        (mask_label, np.rint(mask * 255).astype(np.uint8)),
+        ("context\nM x image", np.rint(context_pixels * mask).astype(np.uint8)),
+        ("balanced\nimages", to_uint8(balanced, mean, std)),
+    ]
+    rows += [(f"fused\nλ = {lam:g}", to_uint8(images, mean, std)) for lam, images in fused.items()]
+    return rows

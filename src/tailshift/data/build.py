@@ -20,6 +20,12 @@ class PreparedData:
     test: ArrayDataset
     num_classes: int
     groups: dict[str, np.ndarray]
+    #: training labels before label noise (coloured sets); None when there is no noise
+    noise_free_labels: np.ndarray | None = None
+
+    @property
+    def clean_labels(self) -> np.ndarray:
+        return self.train.labels if self.noise_free_labels is None else self.noise_free_labels
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -44,7 +50,8 @@ def _prepare(key: str) -> PreparedData:
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
     rng = np.random.RandomState(lt["seed"])
     train = make_longtail(split.train, lt["profile"], lt["rho"], lt["n_max"], rng, lt["step_fraction"])
-    clean_counts = np.bincount(train.labels, minlength=num_classes)
+    clean_labels = train.labels
+    clean_counts = np.bincount(clean_labels, minlength=num_classes)
     test = split.test
     ctx = cfg["context"]
     if ctx["enabled"]:
@@ -53,4 +60,5 @@ def _prepare(key: str) -> PreparedData:
         test = make_coloured_test(test, np.random.RandomState(lt["seed"]))
     bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
     groups = class_groups(clean_counts, cfg["groups"], bounds)
-    return PreparedData(train, test, num_classes, groups)
+    noise_free = clean_labels if ctx["enabled"] else None
+    return PreparedData(train, test, num_classes, groups, noise_free)

@@ -1,4 +1,4 @@
-"""Figures 1, 2, 4 and 7 of the paper, each one function behind ``tailshift reproduce figureN``."""
+"""Figures 1, 2, 3 (with 5, 11, 12), 4 and 7 of the paper, each one function behind ``tailshift reproduce figureN``."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,13 @@ import numpy as np
 import torch
 
 from .. import plots
+from ..cam import grad_cam, normalize_cam, upsample_cam
 from ..config import build_config, read_yaml
 from ..data.build import prepare_data
+from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
+from ..methods.context_bank import ContextBank
+from ..methods.mixing import fuse_context
 from . import table1
 from .common import Job, aggregate, config_path, run_jobs, write_outputs
 
@@ -113,3 +117,145 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     path = plots.image_grid(np.stack(rows), labels, out / "figure7.png", f"{dataset} training samples (Figure 7)")
     print(f"wrote {path}")
     return path
+
+
+#: figure 3's models: run config suffix -> (column title, the head whose Grad-CAM is drawn)
+FIGURE3_MODELS = {"ce": ("CE", "head"), "cbrs": ("CB-RS", "head"), "csa": ("CSA", "balanced_head")}
+FIGURE3_LAMBDAS = (0.25, 0.5, 0.75, 1.0)
+
+
+def _figure3_samples(data, rng: np.random.Generator, classes_per_group: int = 2, per_class: int = 2) -> list[dict]:
+    """``per_class`` training images of a few head and a few tail classes, all drawn by ``rng``;
+    only images whose label is not label noise, so the true-class CAM means something."""
+    counts = data.class_counts
+    by_size = np.argsort(-counts, kind="stable")
+    picked = []
+    for group, fallback in (("many", by_size[:classes_per_group]), ("few", by_size[::-1][:classes_per_group])):
+        members = data.groups.get(group, np.array([], dtype=np.int64))
+        pool = members if len(members) else fallback
+        chosen = np.sort(rng.choice(pool, size=min(classes_per_group, len(pool)), replace=False))
+        picked += [(int(c), group) for c in chosen]
+    samples = []
+    for c, group in picked:
+        members = np.flatnonzero((data.train.labels == c) & (data.clean_labels == c))
+        for i in np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False)):
+            samples.append({"index": int(i), "label": c, "group": group, "class_count": int(counts[c])})
+    return samples
+
+
+def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upsampled, min-max normalised Grad-CAMs (N x H x W) of the true class, its probability and
+    whether the map is all zero, for training images ``index`` (no augmentation), in eval mode."""
+    method, arrays = trainer.method, trainer.train_arrays
+    backbone, head = method.backbone, getattr(method, head_name)
+    x, y = arrays.normalise(arrays.images[index]), arrays.labels[index]
+    method.eval()
+    with torch.no_grad():
+        cam, logits = grad_cam(backbone.feature_map(x), lambda a: head(backbone.embed(a)), y)
+    up = upsample_cam(normalize_cam(cam), x.shape[-2:])[:, 0]
+    prob = logits.softmax(dim=1).gather(1, y.view(-1, 1))[:, 0]
+    flat = cam.flatten(1).amax(dim=1) <= 0  # no channel with a positive weight: the map is all zero
+    return up.cpu().numpy(), prob.cpu().numpy(), flat.cpu().numpy()
+
+
+def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
+    """One step of CSA's context shift with the trained model: masks of uniform batches from the
+    uniform head, confident samples into a context bank (batch-sized, as in training) until it is
+    full, ``n_show`` contexts drawn and fused into a class-balanced batch at each lambda."""
+    method, cfg, arrays = trainer.method, trainer.cfg, trainer.train_arrays
+    labels, batch = trainer.data.train.labels, cfg.train.batch_size
+    uniform = Sampler(labels, SamplerSpec("shuffle"), seed, "figure3/uniform").epoch_indices(0)
+    balanced = Sampler(labels, SamplerSpec("class_aware", per_class=cfg.sampling.per_class), seed,
+                       "figure3/balanced").epoch_indices(0)[:batch]
+    bank = ContextBank(method.params.bank_multiple * batch)
+    seen = 0
+    for start in range(0, len(uniform), batch):
+        b = arrays.batch(torch.from_numpy(uniform[start:start + batch]))
+        mask, confident = method._extract(b.x, b.y, None)
+        bank.push(b.x[confident], mask[confident])
+        seen += len(b.y)
+        if bank.is_full:
+            break
+    if len(bank) == 0:
+        raise RuntimeError(f"no training image reaches the CSA uniform head's confidence delta={method.params.delta}; "
+                           "train longer (train.epochs=...)")
+    generator = torch.Generator().manual_seed(seed)
+    contexts, masks = bank.draw(n_show, generator)
+    # Columns: the batch's first image of each class, by class (a class-aware batch repeats each
+    # class per_class times in a row), then further images if there are fewer classes than columns.
+    batch_labels = labels[balanced]
+    firsts = [int(np.flatnonzero(batch_labels == c)[0]) for c in np.unique(batch_labels)]
+    rest = [i for i in range(len(balanced)) if i not in set(firsts)]
+    shown = balanced[(firsts + rest)[:n_show]]
+    bal = arrays.batch(torch.from_numpy(shown))
+    x_bal, y_bal = bal.x, bal.y
+    with torch.no_grad():
+        fused = {lam: fuse_context(x_bal, contexts, masks, lam) for lam in lambdas}
+    rows = plots.context_shift_rows(contexts, masks, x_bal, fused, cfg.data.mean, cfg.data.std,
+                                    mask_label=f"background mask\nM = (1 - CAM)^{method.params.mask_power:g}")
+    balanced_row = next(i for i, (label, _) in enumerate(rows) if label.startswith("balanced"))
+    captions = {balanced_row: [f"class {int(c)}" for c in y_bal.cpu()]}
+    info = {
+        "uniform_images_scanned": seen,
+        "bank_entries": len(bank),
+        "bank_capacity": bank.capacity,
+        "delta": method.params.delta,
+        "mask_power": method.params.mask_power,
+        "lambdas": list(lambdas),
+        "balanced_indices": shown.tolist(),
+        "balanced_labels": y_bal.cpu().tolist(),
+    }
+    return rows, captions, info
+
+
+def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
+    """Grad-CAM of the true class under CE, CB-RS and CSA on a coloured set (Figures 3, 11, 12), and one
+    batch of CSA's context shift (Figure 5). Seed 0, trained in this process; ``seeds``/``workers`` unused."""
+    coloured = [d for d in (datasets or ["cfashion-lt"]) if d.startswith("c")]
+    if not coloured:
+        raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
+    dataset = coloured[0]
+    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    out = Path(out)
+    trainers, results, data = {}, {}, None
+    for method in FIGURE3_MODELS:
+        cfg = build_config(read_yaml(config_path(f"table1/{dataset}_{method}")),
+                           ["seed=0", f"output={out / 'runs' / method}", *root, *overrides])
+        if data is None or cfg.data != data_cfg:
+            data, data_cfg = prepare_data(cfg.data), cfg.data
+        trainer = Trainer(cfg, data)
+        metrics = trainer.fit()
+        trainers[method] = trainer
+        results[method] = {"head": metrics["default_head"],
+                           "test": {k: metrics["result"][k] for k in ("all", "many", "med", "few")}}
+
+    samples = _figure3_samples(data, np.random.default_rng(0))
+    index = torch.tensor([s["index"] for s in samples])
+    first = trainers["ce"]
+    images = first.train_arrays.images[index.to(first.device)].cpu().numpy()
+    cams, captions = {}, {}
+    for method, (title, head_name) in FIGURE3_MODELS.items():
+        trainer = trainers[method]
+        cam, prob, flat = _grad_cams(trainer, head_name, index.to(trainer.device))
+        column = f"{title} ({results[method]['test']['all']:.1f}%)"
+        cams[column] = cam
+        captions[column] = [f"p(y) = {p:.2f}" + (", CAM = 0" if f else "") for p, f in zip(prob, flat)]
+        results[method].update({"cam_head": head_name, "p_true": [round(float(p), 4) for p in prob],
+                                "cam_all_zero": flat.tolist()})
+    row_labels = [f"class {s['label']} ({s['group']})\nn = {s['class_count']}\ntrain #{s['index']}" for s in samples]
+    cam_path = plots.cam_grid(images, cams, row_labels, out / "figure3.png",
+                              f"Grad-CAM of the true class on {dataset} training images (Figures 3, 11, 12)", captions)
+
+    rows, row_captions, bank_info = _figure3_context_shift(trainers["csa"], 10, FIGURE3_LAMBDAS)
+    bank_path = plots.image_rows(rows, out / "figure3_bank.png",
+                                 f"CSA context shift on {dataset}: contexts from the uniform head, fused into a "
+                                 "class-balanced batch (Figure 5)", captions=row_captions)
+
+    summary = {"dataset": dataset, "seed": 0, "overrides": list(overrides), "samples": samples,
+               "models": results, "context_shift": bank_info,
+               "figures": [str(cam_path), str(bank_path)]}
+    (out / "figure3.json").write_text(json.dumps(summary, indent=1))
+    for method, r in results.items():
+        print(f"{FIGURE3_MODELS[method][0]:6s} ({r['head']} head) test All {r['test']['all']:.2f}")
+    print(f"wrote {cam_path}, {bank_path} and {out / 'figure3.json'}")
+    return summary
