@@ -84,7 +84,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides may also follow the options (argparse stops positionals at the first option)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray:
+        p.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         args.func(args)
     except (ValueError, RuntimeError, OSError) as err:  # our errors are one line: show them without a traceback

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from tailshift import cli
+
+
+def test_list_shows_registries(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: cbrs, ce, crt, csa, dual" in out and "lenet2d" in out and "fashion-mnist" in out
+
+
+def test_errors_are_one_line_without_traceback(capsys):
+    assert cli.main(["train", "table1/fashion-lt_ce", "data.longtail.rho=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "tailshift: error: data.longtail.rho must be >= 1, got 0.5"
+
+
+def test_overrides_may_follow_options(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr("tailshift.reproduce.table1.run", lambda *a: seen.setdefault("args", a))
+    assert cli.main(["reproduce", "table1", "--seeds", "2", "seed=1", "--workers", "1", "train.epochs=3"]) == 0
+    datasets, seeds, workers, out, overrides, mnist_root, methods = seen["args"]
+    assert (seeds, workers, overrides) == (2, 1, ["seed=1", "train.epochs=3"])
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "table1", "--bogus"])
+
+
+def test_train_command_runs_a_config(tmp_path, monkeypatch, capsys):
+    from conftest import tiny_prepared
+
+    data = tiny_prepared()
+    monkeypatch.setattr("tailshift.engine.prepare_data", lambda cfg: data)
+    out = tmp_path / "run"
+    assert cli.main(["train", "table1/fashion-lt_cbrs", "train.epochs=1", "progress=false", f"output={out}"]) == 0
+    assert "cbrs (main head): All" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["config"]["method"]["name"] == "cbrs"
