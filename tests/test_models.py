@@ -80,3 +80,14 @@ def test_unknown_model_lists_known_names():
     for name in ("lenet2d", "resnet32", "resnet10", "resnet50"):
         assert name in message
     assert set(MODELS.names()) >= {n for n, *_ in CASES}
+
+
+def test_heads_follow_the_backbone_family_init():
+    import torch
+
+    torch.manual_seed(0)
+    lenet = create_model("lenet2d", in_channels=1, image_size=28)
+    weights = torch.cat([lenet.new_head(10).weight.flatten() for _ in range(200)])
+    assert abs(weights.std().item() - 1.0) < 0.05  # Kaiming-normal, fan_in 2: std sqrt(2 / 2)
+    resnet = create_model("resnet10", in_channels=3, image_size=64)
+    assert resnet.new_head(10).weight.abs().max() <= 1 / 512**0.5  # PyTorch default: U(+-1/sqrt(fan_in))

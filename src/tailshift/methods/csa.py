@@ -107,8 +107,8 @@ class ContextShiftAugmentation(Method):
                 f"method.params.cam=cam needs a backbone whose embed is global average pooling; "
                 f"{type(backbone).__name__} is not (use cam=gradcam)"
             )
-        self.uniform_head = nn.Linear(backbone.out_dim, num_classes)
-        self.balanced_head = nn.Linear(backbone.out_dim, num_classes)
+        self.uniform_head = backbone.new_head(num_classes)
+        self.balanced_head = backbone.new_head(num_classes)
         self._uniform_loss = LOSSES.get(p.uniform_loss)
         self._balanced_loss = LOSSES.get(p.balanced_loss)
         # Without batch norm or dropout, eval and train mode give the same feature map,

@@ -34,8 +34,8 @@ class ClassifierRetraining(Method):
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.loss_fn = LOSSES.get(self.params.loss)
-        self.head = nn.Linear(backbone.out_dim, num_classes)
-        self.retrained = nn.Linear(backbone.out_dim, num_classes)
+        self.head = backbone.new_head(num_classes)
+        self.retrained = backbone.new_head(num_classes)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def stages(self) -> list[Stage]:
@@ -58,7 +58,7 @@ class ClassifierRetraining(Method):
         self._cache = None
         if frozen and fresh:
             if self.params.reinit:
-                self.retrained.reset_parameters()
+                self.retrained.load_state_dict(self.backbone.new_head(self.num_classes).to(self.head.weight.device).state_dict())
             else:
                 self.retrained.load_state_dict(copy.deepcopy(self.head.state_dict()))
 

@@ -26,7 +26,7 @@ class ERM(Method):
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.loss_fn = LOSSES.get(self.params.loss)
-        self.head = nn.Linear(backbone.out_dim, num_classes)
+        self.head = backbone.new_head(num_classes)
         self.stream = StreamRequest(self.params.sampler, self.params.q)
 
     def stages(self) -> list[Stage]:

@@ -28,6 +28,18 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self.feature_map(x))
 
+    #: how classifier heads on this backbone are initialised: "kaiming" (Kaiming-normal
+    #: weight, as the reference LeNet-2d and CIFAR ResNets do for every linear layer) or
+    #: "default" (PyTorch's nn.Linear init)
+    head_init: str = "default"
+
+    def new_head(self, num_classes: int) -> nn.Linear:
+        """A classifier head for this backbone, initialised the way the backbone's family expects."""
+        head = nn.Linear(self.out_dim, num_classes)
+        if self.head_init == "kaiming":
+            nn.init.kaiming_normal_(head.weight)
+        return head
+
     @property
     def mode_dependent(self) -> bool:
         """Whether train/eval mode changes the output (batch norm, dropout)."""

@@ -69,6 +69,7 @@ class CifarResNet(Backbone):
         self.layer2 = self._stage(16, 32, n, 2)
         self.layer3 = self._stage(32, 64, n, 2)
         self.out_dim = 64
+        self.head_init = "kaiming"  # the reference CIFAR ResNets init every linear layer Kaiming-normal
         kaiming_init(self)
 
     @staticmethod
