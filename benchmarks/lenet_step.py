@@ -121,7 +121,8 @@ def main() -> None:
 
     print(f"LeNet-2d training step, batch {args.batch}, {args.image_size}x{args.image_size}, "
           f"{args.threads} thread(s), channels-last; median of {args.repeats} x {args.steps} steps\n")
-    print("| channels | reference ms/step | new ms/step | speedup | reference CPU ms | new CPU ms | max rel. grad diff |")
+    print("| channels | reference ms/step | new ms/step | speedup | reference CPU ms | new CPU ms "
+          "| max rel. grad diff |")
     print("|---|---|---|---|---|---|---|")
     for c, r in results.items():
         ref, new = r["reference"], r["new"]
