@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -111,6 +113,8 @@ def fmt_paper(x) -> str:
 
 
 def write_outputs(folder: Path, name: str, markdown: str, data: dict) -> None:
+    """``name``.md and ``name``.json, both stamped with the command line that made them."""
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.md").write_text(markdown)
-    (folder / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (folder / f"{name}.md").write_text(f"{markdown}\nCommand: `{command}`\n")
+    (folder / f"{name}.json").write_text(json.dumps({"command": command, **data}, indent=1))
