@@ -381,3 +381,21 @@ def test_killed_run_with_kept_bank_resumes_exactly(tmp_path):
 def test_dual_runs_through_the_engine(tmp_path):
     metrics = train(_cfg(tmp_path, "dual", method="dual"), tiny_prepared(channels=3))
     assert all(r["pushed"] == 0 and r["fused"] == 0 and r["loss_balanced"] > 0 for r in metrics["curve"])
+
+
+def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_path):
+    """Caches filled during evaluation (torch.inference_mode) must not poison later training."""
+    import tailshift.cam as cam
+    import tailshift.models.ops as ops
+
+    ops._INDEX_CACHE.clear()
+    cam._bicubic_matrix.cache_clear()
+    model = create_model("lenet2d", in_channels=3, image_size=28)
+    with torch.inference_mode():
+        model(torch.rand(2, 3, 28, 28).contiguous(memory_format=torch.channels_last))
+        cam.upsample_cam(torch.rand(2, 5, 5), 28)
+    x = torch.rand(4, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    cam_map = torch.rand(2, 5, 5, requires_grad=True)
+    cam.upsample_cam(cam_map, 28).sum().backward()
+    assert cam_map.grad is not None

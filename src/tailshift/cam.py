@@ -78,6 +78,7 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)  # a first call during evaluation must still cache a tensor autograd may save
 def _bicubic_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The n_out x n_in matrix of PyTorch's 1-d bicubic resampling (align_corners=False),
     read off by resampling the identity, so it is exactly F.interpolate's linear map."""

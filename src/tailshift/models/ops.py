@@ -46,20 +46,24 @@ def _fold_index(kind: str, out_ch: int, in_ch: int, k: int, device: torch.device
     key = (kind, out_ch, in_ch, k, device)
     idx = _INDEX_CACHE.get(key)
     if idx is None:
-        half = (k + 2) // 2
-        zero = out_ch * in_ch * k * k
-        shape = (2 * out_ch, 2 * in_ch, k, half) if kind == "w" else (2 * out_ch, 2 * in_ch, half, k)
-        idx = torch.full(shape, zero, dtype=torch.long)
-        ranges = (range(2), range(out_ch), range(2), range(in_ch), range(k), range(half))
-        for d, o, q, c, a, p in itertools.product(*ranges):
-            t = 2 * p + q - d  # tap along the folded axis
-            if 0 <= t < k:
-                u, v = (a, t) if kind == "w" else (t, a)
-                pos = (d * out_ch + o, q * in_ch + c, a, p) if kind == "w" else (d * out_ch + o, q * in_ch + c, p, a)
-                idx[pos] = ((o * in_ch + c) * k + u) * k + v
-        idx = idx.to(device)
-        _INDEX_CACHE[key] = idx
+        idx = _INDEX_CACHE[key] = _build_fold_index(kind, out_ch, in_ch, k, device)
     return idx
+
+
+@torch.inference_mode(False)  # a first call during evaluation must still cache a tensor autograd may save
+def _build_fold_index(kind: str, out_ch: int, in_ch: int, k: int, device: torch.device) -> torch.Tensor:
+    half = (k + 2) // 2
+    zero = out_ch * in_ch * k * k
+    shape = (2 * out_ch, 2 * in_ch, k, half) if kind == "w" else (2 * out_ch, 2 * in_ch, half, k)
+    idx = torch.full(shape, zero, dtype=torch.long)
+    ranges = (range(2), range(out_ch), range(2), range(in_ch), range(k), range(half))
+    for d, o, q, c, a, p in itertools.product(*ranges):
+        t = 2 * p + q - d  # tap along the folded axis
+        if 0 <= t < k:
+            u, v = (a, t) if kind == "w" else (t, a)
+            pos = (d * out_ch + o, q * in_ch + c, a, p) if kind == "w" else (d * out_ch + o, q * in_ch + c, p, a)
+            idx[pos] = ((o * in_ch + c) * k + u) * k + v
+    return idx.to(device)
 
 
 def fold_weight(weight: torch.Tensor, kind: str) -> torch.Tensor:
