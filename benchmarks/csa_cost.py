@@ -35,6 +35,9 @@ METHODS = {
     "CE (single branch)": ["method.name=ce"],
     "dual branch": ["method.name=dual"],
     "CSA": ["method.name=csa", "method.params={warmup_epochs: 0, delta: 0.0}"],
+    # train-mode CAM reuses the training forward's feature map: no extra backbone pass
+    # (identical to eval mode for backbones without batch norm, e.g. LeNet-2d)
+    "CSA, cam_mode=train": ["method.name=csa", "method.params={warmup_epochs: 0, delta: 0.0, cam_mode: train}"],
 }
 
 

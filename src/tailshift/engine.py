@@ -196,7 +196,7 @@ class Trainer:
         state, optimizer_state = self._load() if resume else (RunState(), None)
         stages = self.method.stages()
         batch = cfg.train.batch_size
-        optimizer = None
+        optimizer, results = None, None
         for stage_index, stage in enumerate(stages):
             if stage_index < state.stage_index:
                 continue
@@ -231,7 +231,7 @@ class Trainer:
                 (self.out / "curve.json").write_text(json.dumps(state.history, indent=1))
                 if cfg.train.checkpoint:
                     self._save(state, optimizer)
-        return self._finish(state)
+        return self._finish(state, results if results is not None else self._evaluate())
 
     def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer) -> dict:
         cfg = self.cfg
@@ -248,7 +248,7 @@ class Trainer:
         total = torch.zeros((), device=dev)
         sums: dict[str, torch.Tensor] = {}
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
         for step in bar:
             lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps)
             for group in optimizer.param_groups:
@@ -276,8 +276,7 @@ class Trainer:
     def _evaluate(self) -> dict:
         return evaluate(self.method, self.test_arrays, self.cfg.train.test_batch_size, self.data.num_classes, self.data.groups)
 
-    def _finish(self, state: RunState) -> dict:
-        results = self._evaluate()
+    def _finish(self, state: RunState, results: dict) -> dict:
         default = self.method.default_head
         metrics = {
             "config": self.cfg.to_dict(),

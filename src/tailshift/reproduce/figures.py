@@ -50,12 +50,18 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
              f"Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, N draws per epoch; mean ± std over {seeds} seeds.", "",
              "| Dataset | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
     for d in datasets:
-        lines.append(f"| {d} | " + " | ".join(
-            f"{table[d][g]['all']['mean']:.1f} ± {table[d][g]['all']['std']:.1f}" if table[d][g]["all"]["mean"] is not None else "-"
-            for g in GAMMAS) + " |")
+        lines.append(f"| {d} | " + " | ".join(_cell(table[d][g]) for g in GAMMAS) + " |")
     write_outputs(out, "figure1", "\n".join(lines) + "\n", {"table": {d: {str(g): v for g, v in t.items()} for d, t in table.items()}})
     print("\n".join(lines))
     return table
+
+
+def _cell(agg: dict) -> str:
+    """mean ± std of the healthy runs, with diverged / collapsed counts when there are any."""
+    text = "-" if agg["all"]["mean"] is None else f"{agg['all']['mean']:.1f} ± {agg['all']['std']:.1f}"
+    if agg["diverged"] or agg["collapsed"]:
+        text += f" ({agg['diverged']} diverged, {agg['collapsed']} collapsed)"
+    return text
 
 
 def _embed(trainer: Trainer, arrays, limit: int = 4000) -> tuple[np.ndarray, np.ndarray]:
