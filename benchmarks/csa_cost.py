@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ METHODS = {
 }
 
 
-def time_method(config: str, overrides: list[str], steps: int, repeats: int, warmup: int) -> dict:
+def prepare(config: str, overrides: list[str], warmup: int):
+    """A trainer with its stage, samplers and optimizer, warmed up (bank full for CSA)."""
     cfg = build_config(read_yaml(config_path(config)), [*overrides, "progress=false", "train.checkpoint=false",
                                                          "output=/tmp/tailshift-bench"])
     trainer = Trainer(cfg)
@@ -50,17 +52,33 @@ def time_method(config: str, overrides: list[str], steps: int, repeats: int, war
     optimizer = torch.optim.SGD(trainer.method.trainable_parameters(stage), lr=0.01, momentum=0.9)
     samplers = trainer._samplers(stage, 0)
     trainer._train_epoch(stage, 0, 0, samplers, warmup, optimizer)
-    times = []
-    for r in range(repeats):
-        sync()
-        start = time.perf_counter()
-        trainer._train_epoch(stage, 0, 0, samplers, steps, optimizer)
-        sync()
-        times.append((time.perf_counter() - start) / steps)
-    per_step = statistics.median(times)
-    steps_per_epoch = math.ceil(len(trainer.data.train) / cfg.train.batch_size)
-    return {"per_step_ms": per_step * 1000, "steps_per_epoch": steps_per_epoch, "epoch_s": per_step * steps_per_epoch,
-            "repeats_ms": [t * 1000 for t in times]}
+    return trainer, stage, samplers, optimizer
+
+
+def time_steps(prepared, steps: int) -> float:
+    trainer, stage, samplers, optimizer = prepared
+    sync()
+    start = time.perf_counter()
+    trainer._train_epoch(stage, 0, 0, samplers, steps, optimizer)
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def time_methods(config: str, extra: list[str], steps: int, repeats: int, warmup: int) -> dict:
+    """Methods are timed round-robin (one repeat of each in turn), so machine drift hits all alike."""
+    prepared = {name: prepare(config, [*extra, *overrides], warmup) for name, overrides in METHODS.items()}
+    times = {name: [] for name in METHODS}
+    for _ in range(repeats):
+        for name in METHODS:
+            times[name].append(time_steps(prepared[name], steps))
+    out = {}
+    for name, ts in times.items():
+        trainer = prepared[name][0]
+        per_step = statistics.median(ts)
+        steps_per_epoch = math.ceil(len(trainer.data.train) / trainer.cfg.train.batch_size)
+        out[name] = {"per_step_ms": per_step * 1000, "steps_per_epoch": steps_per_epoch,
+                     "epoch_s": per_step * steps_per_epoch, "repeats_ms": [t * 1000 for t in ts]}
+    return out
 
 
 def sync() -> None:
@@ -72,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(STUDIES))
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "csa_cost"))
@@ -82,9 +100,7 @@ def main() -> None:
     results = {}
     for model in args.models.split(","):
         config, extra = STUDIES[model]
-        results[model] = {}
-        for name, overrides in METHODS.items():
-            results[model][name] = time_method(config, [*extra, *overrides], args.steps, args.repeats, args.warmup)
+        results[model] = time_methods(config, extra, args.steps, args.repeats, args.warmup)
     lines = ["| Backbone (data) | Method | ms / step | s / epoch | × CE | × dual |", "|---|---|---|---|---|---|"]
     for model, rows in results.items():
         ce, dual = rows["CE (single branch)"]["epoch_s"], rows["dual branch"]["epoch_s"]
@@ -100,7 +116,7 @@ def main() -> None:
                                                     "results": results}, indent=1))
     out.with_suffix(".md").write_text(
         f"# CSA training cost (paper Table 12)\n\nDevice: {device}. Command: `python benchmarks/csa_cost.py "
-        f"--steps {args.steps} --repeats {args.repeats}`.\n\n{table}\n\n"
+        f"{' '.join(sys.argv[1:])}`.\n\n{table}\n\n"
         "Paper (RTX 3090, CIFAR-100-LT, ResNet-32): CE 2.04 s, dual 2.38 s, CSA 2.98 s per epoch "
         "(CSA = 1.25 x dual).\n")
 
