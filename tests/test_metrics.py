@@ -32,3 +32,10 @@ def test_summary_values():
     assert s["all"] == pytest.approx(50.0) and s["many"] == 100 and s["med"] == 50 and s["few"] == 0
     assert s["max_pred_share"] == pytest.approx(5 / 6) and not s["collapsed"]
     assert summarize(np.zeros(6, int), labels, 3, {"many": np.array([0])})["collapsed"]
+
+
+def test_empty_groups_and_untested_classes_are_none():
+    labels = np.array([0, 0, 1])
+    s = summarize(np.array([0, 1, 1]), labels, 3, {"many": np.array([], int), "med": np.array([0]), "few": np.array([2])})
+    assert s["many"] is None and s["few"] is None and s["med"] == 50
+    assert s["per_class"] == [50.0, 100.0, None]

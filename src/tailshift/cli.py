@@ -16,8 +16,9 @@ def _train(args) -> None:
     cfg = load_config(config_path(args.config), args.overrides)
     metrics = train(cfg, resume=not args.fresh)
     r = metrics["result"]
-    print(f"{cfg.method.name} ({metrics['default_head']} head): All {r['all']:.2f}  Many {r['many']:.2f}  "
-          f"Med {r['med']:.2f}  Few {r['few']:.2f}  -> {cfg.output}/metrics.json")
+    groups = "  ".join(f"{name} {'-' if r[key] is None else f'{r[key]:.2f}'}"
+                       for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))
+    print(f"{cfg.method.name} ({metrics['default_head']} head): {groups}  -> {cfg.output}/metrics.json")
 
 
 def _reproduce(args) -> None:

@@ -14,13 +14,15 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def summarize(pred: np.ndarray, labels: np.ndarray, num_classes: int, groups: dict[str, np.ndarray]) -> dict:
-    """All = accuracy over the test samples; a group = mean per-class accuracy of its classes."""
+    """All = accuracy over the test samples; a group = mean per-class accuracy of its classes.
+    An empty group, or a class without test samples, is None (valid JSON, unlike NaN)."""
     per_class = per_class_accuracy(pred, labels, num_classes)
     out = {"all": float(np.mean(pred == labels) * 100)}
     for name, classes in groups.items():
-        out[name] = float(np.nanmean(per_class[classes]) * 100) if len(classes) else float("nan")
+        scores = per_class[classes]
+        out[name] = float(np.nanmean(scores) * 100) if np.isfinite(scores).any() else None
     share = np.bincount(pred, minlength=num_classes).max() / max(len(pred), 1)
     out["max_pred_share"] = float(share)
     out["collapsed"] = bool(share > COLLAPSE_SHARE)
-    out["per_class"] = [round(float(a) * 100, 3) for a in per_class]
+    out["per_class"] = [round(float(a) * 100, 3) if np.isfinite(a) else None for a in per_class]
     return out

@@ -94,7 +94,7 @@ def aggregate(values: list[dict]) -> dict:
     out = {"runs": len(values), "diverged": sum(bool(v.get("diverged")) for v in values),
            "collapsed": sum(bool(v.get("collapsed")) for v in values if not v.get("diverged"))}
     for key in GROUP_KEYS:
-        xs = np.array([v[key] for v in healthy], dtype=np.float64)
+        xs = np.array([v[key] for v in healthy if v[key] is not None], dtype=np.float64)
         out[key] = {"mean": float(xs.mean()) if len(xs) else None,
                     "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0 if len(xs) else None,
                     "values": [round(float(x), 2) for x in xs]}
