@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tailshift.models import MODELS, create_model
-from tailshift.models.resnet_cifar import BasicBlockA, ShortcutA
+from tailshift.models.resnet_cifar import cifar_basic_block, ShortcutA
 from tailshift.registry import UnknownNameError
 
 CASES = [
@@ -48,7 +48,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 
 def test_downsampling_block_shape():
-    block = BasicBlockA(32, 64, stride=2)
+    block = cifar_basic_block(32, 64, stride=2)
     assert block(torch.randn(2, 32, 16, 16)).shape == (2, 64, 8, 8)
     assert isinstance(block.shortcut, ShortcutA)
 

@@ -6,6 +6,8 @@ Bottlenecks stride in the 3x3 conv (the common "v1.5" layout).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,15 +25,19 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers plus a shortcut; ``shortcut(in, out, stride)`` builds the
+    latter (option B here, option A for the CIFAR ResNets)."""
+
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 shortcut: Callable[[int, int, int], nn.Module] = _projection):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _projection(in_planes, planes, stride)
+        self.shortcut = shortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone, kaiming_init
+from .resnet import BasicBlock
 
 
 class ShortcutA(nn.Module):
@@ -27,24 +28,16 @@ class ShortcutA(nn.Module):
         return F.pad(x[:, :, :: self.stride, :: self.stride], self.pad)
 
 
-class BasicBlockA(nn.Module):
-    """Two 3x3 conv-BN layers; identity or option-A shortcut."""
+def option_a_shortcut(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Identity where the shape is kept, else the parameter-free option-A shortcut."""
+    if stride != 1 or in_planes != planes:
+        return ShortcutA(in_planes, planes, stride)
+    return nn.Identity()
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        if stride != 1 or in_planes != planes:
-            self.shortcut: nn.Module = ShortcutA(in_planes, planes, stride)
-        else:
-            self.shortcut = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def cifar_basic_block(in_planes: int, planes: int, stride: int = 1) -> BasicBlock:
+    """The CIFAR basic block: two 3x3 conv-BN layers with an option-A shortcut."""
+    return BasicBlock(in_planes, planes, stride, shortcut=option_a_shortcut)
 
 
 class CifarResNet(Backbone):
@@ -74,8 +67,8 @@ class CifarResNet(Backbone):
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlockA(in_planes, planes, stride)]
-        layers += [BasicBlockA(planes, planes) for _ in range(blocks - 1)]
+        layers = [cifar_basic_block(in_planes, planes, stride)]
+        layers += [cifar_basic_block(planes, planes) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
