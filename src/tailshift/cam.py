@@ -10,7 +10,6 @@ ever registered. Everything stays on the tensors' device.
 from __future__ import annotations
 
 import functools
-
 from typing import Callable, NamedTuple
 
 import torch
