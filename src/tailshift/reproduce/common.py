@@ -81,7 +81,10 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
         _init_worker()
         return [_run_job(j) for j in jobs]
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        return pool.map(_run_job, jobs, chunksize=1)
+        results = pool.map(_run_job, jobs, chunksize=1)
+        pool.close()  # let workers exit cleanly rather than be terminated (no leaked semaphores)
+        pool.join()
+    return results
 
 
 def default_workers() -> int:
