@@ -31,6 +31,10 @@ from .metrics import summarize
 from .models import MODELS, create_model
 
 
+#: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
+SECONDARY_PASSES_PER_EPOCH = 100_003
+
+
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss."""
 
@@ -181,7 +185,9 @@ class Trainer:
             else:
                 parts, have, k = [], 0, 0
                 while have < steps * batch:
-                    part = sampler.epoch_indices(epoch * 100_003 + k)
+                    # the k-th pass of this stream within the epoch gets its own draw id;
+                    # the prime spacing keeps the ids of different epochs from colliding
+                    part = sampler.epoch_indices(epoch * SECONDARY_PASSES_PER_EPOCH + k)
                     parts.append(part)
                     have += len(part)
                     k += 1
