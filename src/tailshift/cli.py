@@ -69,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt (default: all found)")
     r.add_argument("--methods", default=None,
-                   help="study rows for table1/figure4: ce,crt,cbrs,csa (table1 default: ce,crt,cbrs; figure4: all)")
+                   help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
+                        "(table1 default: ce,crt,cbrs; figure4: all)")
     r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
     r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
     r.set_defaults(func=_reproduce)

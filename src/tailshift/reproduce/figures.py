@@ -100,8 +100,9 @@ def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
     found = _pick(datasets, mnist_root)
     table = table1.run(found, seeds, workers, out, overrides, mnist_root, methods or list(table1.ROWS))
+    bars = ("ce", "crt", "cbrs", "csa")
     values = {d: {table1.ROW_NAMES[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
-                  for row, agg in rows.items()} for d, rows in table.items()}
+                  for row, agg in rows.items() if row in bars} for d, rows in table.items()}
     plots.grouped_bars(values, out / "figure4.png", "Grey vs coloured context (Figure 4)")
     return table
 

@@ -12,9 +12,12 @@ from .common import Job, aggregate, fmt, fmt_paper, paper_numbers, run_jobs, wri
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
 #: table row -> (run config suffix, head of that run). CE comes from cRT's stage 1, which is
 #: the CE run itself (same seed, same stream: a test checks the identity), saving a third of the work.
-ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main"), "csa": ("csa", "balanced")}
+ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main"), "csa": ("csa", "balanced"),
+        # Table 7: CSA's other two heads, from the same runs
+        "csa-uniform": ("csa", "uniform"), "csa-ensemble": ("csa", "ensemble")}
 DEFAULT_ROWS = ("ce", "crt", "cbrs")
-ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA"}
+ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA", "csa-uniform": "CSA (uniform head)",
+             "csa-ensemble": "CSA (ensemble)"}
 
 
 def available_datasets(root: str | None) -> list[str]:
@@ -95,7 +98,8 @@ def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrid
     note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged (non-finite loss) and "
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
             f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
-            f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.")
+            f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation "
+            f"(runs already complete in the output folder are re-evaluated, not retrained).")
     md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note)
     write_outputs(out, "table1", md, {"table": table, "runs": results, "wall_seconds": wall,
                                       "seeds": seeds, "workers": workers, "overrides": overrides})
