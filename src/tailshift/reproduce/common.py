@@ -115,9 +115,14 @@ def fmt_paper(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def command_line() -> str:
+    """The command that is running, as a user would type it."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def write_outputs(folder: Path, name: str, markdown: str, data: dict) -> None:
     """``name``.md and ``name``.json, both stamped with the command line that made them."""
-    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command_line()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.md").write_text(f"{markdown}\nCommand: `{command}`\n")
     (folder / f"{name}.json").write_text(json.dumps({"command": command, **data}, indent=1))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..engine import Trainer
 from ..methods.context_bank import ContextBank
 from ..methods.mixing import fuse_context
 from . import table1
-from .common import Job, aggregate, config_path, run_jobs, write_outputs
+from .common import Job, aggregate, command_line, config_path, run_jobs, write_outputs
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -36,7 +37,9 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
                 jobs.append(Job(f"{d}/{g}/seed{s}", f"table1/{d}_ce",
                                 ["method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
                                  f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides]))
+    started = time.perf_counter()
     results = {r["key"]: r for r in run_jobs(jobs, workers)}
+    wall = time.perf_counter() - started
     curves, table = {}, {}
     for d in datasets:
         table[d] = {}
@@ -47,7 +50,8 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
         curves[d] = {"mean": [table[d][g]["all"]["mean"] for g in GAMMAS], "std": [table[d][g]["all"]["std"] for g in GAMMAS]}
     plots.accuracy_vs_gamma(curves, GAMMAS, out / "figure1.png", "Re-sampling weight vs accuracy (Figure 1)")
     lines = ["# Figure 1: accuracy vs gamma", "",
-             f"Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, N draws per epoch; mean ± std over {seeds} seeds.", "",
+             f"Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, N draws per epoch; mean ± std over "
+             f"{seeds} seeds. {len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.", "",
              "| Dataset | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
     for d in datasets:
         lines.append(f"| {d} | " + " | ".join(_cell(table[d][g]) for g in GAMMAS) + " |")
@@ -82,6 +86,7 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     dataset = grey[0]
     root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
     panels, summary = {}, {}
+    started = time.perf_counter()
     for method in ("ce", "cbrs"):
         cfg = build_config(read_yaml(config_path(f"table1/{dataset}_{method}")),
                            [f"output={out / 'runs' / method}", *root, *overrides])
@@ -92,7 +97,8 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
         panels[f"{name}: train"] = _embed(trainer, trainer.train_arrays)
         panels[f"{name}: test, acc {summary[method]:.1f}%"] = _embed(trainer, trainer.test_arrays)
     plots.embeddings(panels, 10, out / "figure2.png", f"2-d representations on {dataset} (Figure 2)")
-    (out / "figure2.json").write_text(json.dumps({"dataset": dataset, "test_all": summary}, indent=1))
+    (out / "figure2.json").write_text(json.dumps({"dataset": dataset, "test_all": summary, "command": command_line(),
+                                                  "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1))
     return summary
 
 
@@ -225,6 +231,7 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
     out = Path(out)
     trainers, results, data = {}, {}, None
+    started = time.perf_counter()
     for method in FIGURE3_MODELS:
         cfg = build_config(read_yaml(config_path(f"table1/{dataset}_{method}")),
                            ["seed=0", f"output={out / 'runs' / method}", *root, *overrides])
@@ -258,7 +265,8 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
                                  f"CSA context shift on {dataset}: contexts from the uniform head, fused into a "
                                  "class-balanced batch (Figure 5)", captions=row_captions)
 
-    summary = {"dataset": dataset, "seed": 0, "overrides": list(overrides), "samples": samples,
+    summary = {"dataset": dataset, "seed": 0, "overrides": list(overrides), "command": command_line(),
+               "wall_seconds": round(time.perf_counter() - started, 1), "samples": samples,
                "models": results, "context_shift": bank_info,
                "figures": [str(cam_path), str(bank_path)]}
     (out / "figure3.json").write_text(json.dumps(summary, indent=1))
