@@ -86,6 +86,18 @@ def test_pool_without_grad_and_under_inference_mode():
     assert not relu_max_pool2x2(x).requires_grad
 
 
+def assert_same_conv(new_fn, reference_fn, x, w, b, grad):
+    """Output and the gradients of input, weight and bias agree with the reference convolution."""
+    results = []
+    for fn in (new_fn, reference_fn):
+        xi, wi, bi = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        out = fn(xi, wi, bi)
+        out.backward(grad)
+        results.append((out.detach(), xi.grad, wi.grad, bi.grad))
+    for new, ref in zip(*results):
+        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_folded_first_conv_matches_conv2d(memory_format, in_channels):
@@ -94,14 +106,7 @@ def test_folded_first_conv_matches_conv2d(memory_format, in_channels):
     w = torch.randn(6, in_channels, 5, 5).contiguous(memory_format=memory_format)
     b = torch.randn(6)
     grad = torch.randn(4, 6, 28, 28)
-    results = []
-    for fn in (conv5x5_pad2_s2dw, lambda x, w, b: F.conv2d(x, w, b, padding=2)):
-        xi, wi, bi = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
-        out = fn(xi, wi, bi)
-        out.backward(grad)
-        results.append((out.detach(), xi.grad, wi.grad, bi.grad))
-    for new, ref in zip(*results):
-        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-4)
+    assert_same_conv(conv5x5_pad2_s2dw, lambda x, w, b: F.conv2d(x, w, b, padding=2), x, w, b, grad)
 
 
 @pytest.mark.parametrize("memory_format", FORMATS)
@@ -111,14 +116,7 @@ def test_second_conv_input_grad_matches_conv2d(memory_format):
     w = torch.randn(16, 6, 5, 5).contiguous(memory_format=memory_format)
     b = torch.randn(16)
     grad = torch.randn(4, 16, 10, 10)
-    results = []
-    for fn in (conv2d_s2dh_input_grad, F.conv2d):
-        xi, wi, bi = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
-        out = fn(xi, wi, bi)
-        out.backward(grad)
-        results.append((out.detach(), xi.grad, wi.grad, bi.grad))
-    for new, ref in zip(*results):
-        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-4)
+    assert_same_conv(conv2d_s2dh_input_grad, F.conv2d, x, w, b, grad)
 
 
 def test_fold_weight_keeps_every_tap_once():
