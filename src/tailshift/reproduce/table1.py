@@ -22,14 +22,14 @@ ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA", "csa-unifo
 
 def available_datasets(root: str | None) -> list[str]:
     """The study datasets whose files can be found (MNIST is not on every machine)."""
-    found = []
-    for name, source in DATASETS.items():
+    present = {}
+    for source in dict.fromkeys(DATASETS.values()):  # each source file set is read once
         try:
             load_dataset(source, root if source == "mnist" else None)
+            present[source] = True
         except DataError:
-            continue
-        found.append(name)
-    return found
+            present[source] = False
+    return [name for name, source in DATASETS.items() if present[source]]
 
 
 def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], mnist_root: str | None = None,
