@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "figure1", "figure2", "figure3", "figure4", "figure7")
+REPRODUCIBLE = ("table1", "table2", "figure1", "figure2", "figure3", "figure4", "figure7")
 
 
 def _train(args) -> None:
@@ -22,7 +22,7 @@ def _train(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce import figures, table1
+    from .reproduce import figures, table1, table2
     from .reproduce.common import default_workers
 
     out = Path(args.output or f"runs/reproduce/{args.what}")
@@ -31,6 +31,9 @@ def _reproduce(args) -> None:
     methods = args.methods.split(",") if args.methods else None
     if args.what == "table1":
         table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
+    elif args.what == "table2":
+        rhos = [int(r) for r in args.rhos.split(",")]
+        table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods)
     else:
         getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
                                     overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)
@@ -67,10 +70,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine)")
     r.add_argument("--seeds", type=int, default=5, help="training seeds per row (default 5)")
     r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
-    r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt (default: all found)")
+    r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
     r.add_argument("--methods", default=None,
                    help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
-                        "(table1 default: ce,crt,cbrs; figure4: all)")
+                        "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all)")
+    r.add_argument("--rhos", default="100", help="table2: imbalance ratios, comma-separated (default 100)")
     r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
     r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
     r.set_defaults(func=_reproduce)

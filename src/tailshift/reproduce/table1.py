@@ -59,7 +59,7 @@ def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> 
     return table
 
 
-def markdown(table: dict, paper: dict, title: str, note: str) -> str:
+def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = ROW_NAMES) -> str:
     lines = [f"# {title}", "", note, "",
              "| Dataset | Method | All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -67,7 +67,7 @@ def markdown(table: dict, paper: dict, title: str, note: str) -> str:
         for row, agg in rows.items():
             ref = paper.get(d, {}).get(row, [None] * 4)
             lines.append(
-                f"| {d} | {ROW_NAMES.get(row, row)} | {fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | "
+                f"| {d} | {row_names.get(row, row)} | {fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | "
                 f"{fmt(agg['few'])} | {fmt_paper(ref[0])} | {' / '.join(fmt_paper(x) for x in ref[1:])} | "
                 f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']}) |"
             )

@@ -1,0 +1,102 @@
+"""Table 2 (with Table 7's heads): CIFAR-10/100-LT, ResNet-32, 200 epochs, per imbalance ratio.
+
+Each row is one shipped config ``table2/<dataset>_<run>`` and one head of that run;
+the imbalance ratio is an override, so one config serves rho 100, 50 and 10.
+These runs need a GPU to finish in hours rather than days.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.arrays import DataError
+from ..data.sources import load_dataset
+from . import table1
+from .common import Job, paper_numbers, run_jobs, write_outputs
+
+DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
+#: table row -> (run config suffix, head of that run). CE is stage 1 of the cRT run.
+ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main"), "la": ("la", "main"),
+        "dual": ("dual", "balanced"), "csa": ("csa", "balanced"),
+        "csa-uniform": ("csa", "uniform"), "csa-ensemble": ("csa", "ensemble"),
+        "csa-mixup": ("csa-mixup", "balanced")}
+ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "la": "LA", "dual": "dual branch", "csa": "CSA",
+             "csa-uniform": "CSA (uniform head)", "csa-ensemble": "CSA (ensemble)", "csa-mixup": "CSA + mixup"}
+#: runs that take about twice the time of a single-branch run: started first so the pool ends together
+DUAL_RUNS = ("csa", "csa-mixup", "dual")
+
+
+def study_name(dataset: str, rho: int) -> str:
+    return f"{dataset} rho {rho}"
+
+
+def available_datasets() -> list[str]:
+    found = []
+    for name, source in DATASETS.items():
+        try:
+            load_dataset(source)
+            found.append(name)
+        except DataError:
+            pass
+    return found
+
+
+def jobs_for(datasets: list[str], rhos: list[int], seeds: int, out: Path, overrides: list[str], rows: dict) -> list[Job]:
+    runs = sorted({run for run, _ in rows.values()})
+    jobs = [
+        Job(f"{study_name(d, rho)}/{run}/seed{s}", f"table2/{d}_{run}",
+            [f"data.longtail.rho={rho}", f"seed={s}", f"output={out / 'runs' / f'{d}-rho{rho}' / run / f'seed{s}'}",
+             "progress=false", *overrides])
+        for d in datasets for rho in rhos for run in runs for s in range(seeds)
+    ]
+    return sorted(jobs, key=lambda j: (j.key.split("/")[1] not in DUAL_RUNS, j.key))
+
+
+def paper_rows(rhos: list[int]) -> dict:
+    """The paper's figures in Table 1's shape: {study: {row: [All, Many, Med, Few]}}."""
+    numbers = paper_numbers()
+    out = {}
+    for d, by_rho in numbers["table2"].items():
+        if d == "source":
+            continue
+        for rho in rhos:
+            out[study_name(d, rho)] = {row: [all_, None, None, None] for row, all_ in by_rho.get(rho, {}).items()}
+    t7 = study_name("cifar100-lt", 100)
+    if t7 in out:
+        out[t7].update({"csa": numbers["table7"]["balanced"], "csa-uniform": numbers["table7"]["uniform"],
+                        "csa-ensemble": numbers["table7"]["ensemble"]})
+    return out
+
+
+def select_rows(methods: list[str] | None) -> dict:
+    methods = methods or list(ROWS)
+    unknown = sorted(set(methods) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown Table 2 method {unknown[0]!r}; known: {', '.join(ROWS)}")
+    return {m: ROWS[m] for m in ROWS if m in methods}
+
+
+def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, out: Path, overrides: list[str],
+        methods: list[str] | None = None) -> dict:
+    datasets = datasets or available_datasets()
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"unknown Table 2 dataset {unknown[0]!r}; known: {', '.join(DATASETS)}")
+    if not datasets:
+        raise DataError("no CIFAR data found: pass --datasets and data.root=..., or see `tailshift download`")
+    rows = select_rows(methods)
+    jobs = jobs_for(datasets, rhos, seeds, out, overrides, rows)
+    started = time.perf_counter()
+    results = run_jobs(jobs, workers)
+    wall = time.perf_counter() - started
+    studies = [study_name(d, rho) for d in datasets for rho in rhos]
+    table = table1.collect(results, studies, seeds, rows)
+    paper = paper_numbers()["table2"]
+    note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
+            f"and left out. Paper: {paper['source']}. {len(jobs)} runs, {workers} worker processes, wall time "
+            f"{wall:.0f} s for this invocation.")
+    md = table1.markdown(table, paper_rows(rhos), "Table 2: CIFAR-LT, ResNet-32", note, ROW_NAMES)
+    write_outputs(out, "table2", md, {"table": table, "runs": results, "wall_seconds": wall, "seeds": seeds,
+                                      "rhos": rhos, "workers": workers, "overrides": overrides})
+    print(md)
+    return table
