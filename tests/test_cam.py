@@ -57,6 +57,24 @@ def test_grad_cam_leaves_parameters_alone():
         assert p.requires_grad == flags[name], name
 
 
+def test_grad_cam_through_the_callers_graph_equals_a_second_head_pass():
+    model = create_model("resnet20").train()
+    fc = nn.Linear(model.out_dim, 10)
+    x, targets = torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 9])
+    fmap = model.feature_map(x)
+    logits = fc(model.embed(fmap))  # a training forward
+    with torch.no_grad():
+        reused = grad_cam(fmap, None, targets, logits)
+    again = grad_cam(fmap, lambda a: fc(model.embed(a)), targets)
+    torch.testing.assert_close(reused.cam, again.cam)
+    torch.testing.assert_close(reused.logits, logits.detach())
+    assert fc.weight.grad is None
+    logits.sum().backward()  # the graph survives for the training backward
+    assert fc.weight.grad is not None
+    with pytest.raises(ValueError, match="autograd recording"):
+        grad_cam(fmap.detach(), None, targets, logits.detach())
+
+
 def test_grad_cam_under_no_grad():
     _, fmap, targets, head = _gap_linear()
     with torch.no_grad():

@@ -135,11 +135,18 @@ def test_extraction_leaks_no_gradient_and_no_state(model, cam_mode):
         torch.testing.assert_close(value, buffers[key], rtol=0, atol=0)
     assert mask.shape == (B, 1, *batch.x.shape[-2:]) and not mask.requires_grad
     assert confident.shape == (B,) and confident.dtype == torch.bool
-    # Reusing a training forward's map (which carries gradient) leaks nothing either.
+    # Reusing a training forward (map and logits carry gradient) leaks nothing either,
+    # and leaves that forward's graph intact for the training backward.
     fmap = method.backbone.feature_map(batch.x)
-    mask, _ = method._extract(batch.x, batch.y, fmap)
-    assert not mask.requires_grad
+    logits = method.uniform_head(method.backbone.embed(fmap))
+    reused, reused_confident = method._extract(batch.x, batch.y, (fmap, logits))
+    assert not reused.requires_grad
     assert all(p.grad is None for p in method.parameters())
+    if model == "lenet2d" or cam_mode == "train":  # same forward as the extra one: same masks
+        torch.testing.assert_close(reused, mask)
+        assert torch.equal(reused_confident, confident)
+    logits.sum().backward()
+    assert method.uniform_head.weight.grad is not None
 
 
 @pytest.mark.parametrize(

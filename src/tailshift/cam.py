@@ -28,8 +28,9 @@ class CamResult(NamedTuple):
 
 def grad_cam(
     feature_map: torch.Tensor,
-    head: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor] | None,
     targets: torch.Tensor,
+    logits: torch.Tensor | None = None,
 ) -> CamResult:
     """Grad-CAM (Selvaraju et al.) of ``targets`` at ``feature_map`` (B x C x h x w).
 
@@ -38,14 +39,28 @@ def grad_cam(
     logit depends only on its own map, so one gradient gives every per-sample
     gradient. Channel weights are the spatial means of that gradient and
     ``cam = ReLU(sum_k w_k A_k)``. Works under ``torch.no_grad()`` too.
+
+    ``logits``: the caller's own logits, computed from ``feature_map`` with
+    autograd recording (e.g. a training forward). The gradient is then taken
+    through that graph, which is kept for the caller's backward, so the head
+    is not run a second time; ``head`` is not used.
     """
-    fmap = feature_map.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = head(fmap)
-        objective = logits.gather(1, targets.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(objective, fmap)
+    if logits is not None:
+        if not feature_map.requires_grad or not logits.requires_grad:
+            raise ValueError("grad_cam(logits=...) needs logits computed from feature_map with autograd recording")
+        with torch.enable_grad():
+            objective = logits.gather(1, targets.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(objective, feature_map, retain_graph=True)
+    else:
+        if head is None:
+            raise ValueError("grad_cam needs a head callable or the logits of feature_map")
+        fmap = feature_map.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = head(fmap)
+            objective = logits.gather(1, targets.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(objective, fmap)
     weights = grad.mean(dim=(2, 3))
-    cam = F.relu(torch.einsum("bc,bchw->bhw", weights, fmap.detach()))
+    cam = F.relu(torch.einsum("bc,bchw->bhw", weights, feature_map.detach()))
     return CamResult(cam, logits.detach())
 
 
@@ -123,18 +138,19 @@ def context_masks(
     method: str = "gradcam",
     power: float = 1.0,
     classifier_weight: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Background masks B x 1 x H x W in [0, 1] for the images behind ``feature_map``.
 
     cam -> per-sample min-max -> bicubic to ``image_size`` -> clamp -> (1 - cam) ** power.
     Returns ``(mask, logits)``; logits come from the Grad-CAM pass and are
     ``None`` for ``method="cam"``, which never runs the head (it needs
-    ``classifier_weight`` instead).
+    ``classifier_weight`` instead). ``logits``: see ``grad_cam``.
     """
     if method == "gradcam":
-        if head is None:
+        if head is None and logits is None:
             raise ValueError("method 'gradcam' needs a head callable")
-        cam, logits = grad_cam(feature_map, head, targets)
+        cam, logits = grad_cam(feature_map, head, targets, logits)
     elif method == "cam":
         if classifier_weight is None:
             raise ValueError("method 'cam' needs classifier_weight (K x C)")

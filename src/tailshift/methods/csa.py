@@ -156,11 +156,15 @@ class ContextShiftAugmentation(Method):
                 for m in norms:
                     m.track_running_stats = True
 
-    def _extract(self, x: torch.Tensor, y: torch.Tensor, train_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _extract(
+        self, x: torch.Tensor, y: torch.Tensor, train_forward: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Background masks (B x 1 x H x W) of clean images ``x`` and which samples pass ``delta``.
 
-        ``train_map``: the training forward's feature map to reuse, or None for an
-        extra forward. Nothing here reaches a parameter's gradient or a buffer.
+        ``train_forward``: the training forward's (feature map, uniform logits) to reuse
+        (Grad-CAM then differentiates that forward's own graph, so neither the backbone
+        nor the head runs again), or None for an extra forward. Nothing here reaches a
+        parameter's gradient or a buffer.
         """
         p = self.params
 
@@ -168,9 +172,12 @@ class ContextShiftAugmentation(Method):
             return self.uniform_head(self.backbone.embed(a))
 
         with torch.no_grad(), self._cam_forward_mode():
-            fmap = train_map.detach() if train_map is not None else self.backbone.feature_map(x)
-            mask, logits = context_masks(fmap, head, y, x.shape[-2:], p.cam, p.mask_power, self.uniform_head.weight)
-            if logits is None:
+            fmap, logits = train_forward if train_forward is not None else (self.backbone.feature_map(x), None)
+            mask, cam_logits = context_masks(fmap, head, y, x.shape[-2:], p.cam, p.mask_power,
+                                             self.uniform_head.weight, logits)
+            if cam_logits is not None:
+                logits = cam_logits
+            elif logits is None:  # plain CAM on an extra forward: the head runs once, for delta
                 logits = head(fmap)
         confident = logits.softmax(dim=1).gather(1, y.view(-1, 1)).squeeze(1) >= p.delta
         return mask, confident
@@ -224,8 +231,8 @@ class ContextShiftAugmentation(Method):
         pushed: torch.Tensor | float = 0.0
         contexts = None
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
-            train_map = fmap if self._reuse_train_map and not mixing else None
-            mask, confident = self._extract(uni.x, uni.y, train_map)
+            train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
+            mask, confident = self._extract(uni.x, uni.y, train_forward)
             images, masks = uni.x[confident], mask[confident]
             pushed = confident.sum().float()
             if p.use_bank:
