@@ -128,7 +128,7 @@ def test_extraction_leaks_no_gradient_and_no_state(model, cam_mode):
     method.train()
     batch = _batches(method)["uniform"]
     buffers = {k: v.clone() for k, v in method.state_dict().items()}
-    mask, confident = method._extract(batch.x, batch.y, None)
+    mask, confident = method.extract_contexts(batch.x, batch.y, None)
     assert all(p.grad is None for p in method.parameters())
     assert all(m.training for m in method.modules())
     for key, value in method.state_dict().items():
@@ -139,7 +139,7 @@ def test_extraction_leaks_no_gradient_and_no_state(model, cam_mode):
     # and leaves that forward's graph intact for the training backward.
     fmap = method.backbone.feature_map(batch.x)
     logits = method.uniform_head(method.backbone.embed(fmap))
-    reused, reused_confident = method._extract(batch.x, batch.y, (fmap, logits))
+    reused, reused_confident = method.extract_contexts(batch.x, batch.y, (fmap, logits))
     assert not reused.requires_grad
     assert all(p.grad is None for p in method.parameters())
     if model == "lenet2d" or cam_mode == "train":  # same forward as the extra one: same masks
@@ -172,7 +172,7 @@ def test_train_mode_cam_with_mixup_keeps_running_stats():
     method.train()
     batch = _batches(method)["uniform"]
     before = method.backbone.stem[1].running_mean.clone()
-    method._extract(batch.x, batch.y, None)
+    method.extract_contexts(batch.x, batch.y, None)
     torch.testing.assert_close(method.backbone.stem[1].running_mean, before, rtol=0, atol=0)
     assert all(m.track_running_stats for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
@@ -261,7 +261,7 @@ def test_without_bank_uses_this_steps_confident_samples():
 
 def test_final_epochs_train_balanced_head_on_plain_batches(monkeypatch):
     method = _method(epochs=5, stop_last_epochs=2, delta=0.0, warmup_epochs=0)
-    monkeypatch.setattr(method, "_extract", lambda *a: pytest.fail("no extraction in the plain epochs"))
+    monkeypatch.setattr(method, "extract_contexts", lambda *a: pytest.fail("no extraction in the plain epochs"))
     batches = _batches(method)
     method.train()
     out = method.training_step(batches, _ctx(method, 3))
@@ -275,7 +275,7 @@ def test_final_epochs_train_balanced_head_on_plain_batches(monkeypatch):
 def test_dual_never_extracts_and_trains_balanced_head_from_the_start(monkeypatch):
     method = _method("dual")
     assert method.params.context_shift is False
-    monkeypatch.setattr(method, "_extract", lambda *a: pytest.fail("dual computes no CAM"))
+    monkeypatch.setattr(method, "extract_contexts", lambda *a: pytest.fail("dual computes no CAM"))
     for epoch in (0, 15):
         out = _step(method, epoch)
         assert out.logs["fused"] == 0.0 and out.logs["pushed"] == 0

@@ -156,8 +156,8 @@ class ContextShiftAugmentation(Method):
                 for m in norms:
                     m.track_running_stats = True
 
-    def _extract(
-        self, x: torch.Tensor, y: torch.Tensor, train_forward: tuple[torch.Tensor, torch.Tensor] | None
+    def extract_contexts(
+        self, x: torch.Tensor, y: torch.Tensor, train_forward: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Background masks (B x 1 x H x W) of clean images ``x`` and which samples pass ``delta``.
 
@@ -232,7 +232,7 @@ class ContextShiftAugmentation(Method):
         contexts = None
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
             train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
-            mask, confident = self._extract(uni.x, uni.y, train_forward)
+            mask, confident = self.extract_contexts(uni.x, uni.y, train_forward)
             images, masks = uni.x[confident], mask[confident]
             pushed = confident.sum().float()
             if p.use_bank:
