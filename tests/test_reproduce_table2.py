@@ -16,6 +16,17 @@ def test_table2_jobs_one_per_run_rho_and_seed_dual_runs_first(tmp_path):
     assert cfg.output.endswith("cifar10-lt-rho10/la/seed1")
 
 
+def test_run_scoped_overrides_reach_only_their_run(tmp_path):
+    rows = table2.select_rows(["crt", "csa"])
+    jobs = table2.jobs_for(["cifar10-lt"], [100], 1, tmp_path,
+                           ["train.epochs=16", "train.optim.warmup_epochs=1", "csa:method.params.warmup_epochs=2"], rows)
+    by_run = {j.key.split("/")[1]: j.resolve() for j in jobs}
+    assert by_run["csa"].method.params["warmup_epochs"] == 2 and by_run["csa"].train.epochs == 16
+    assert "warmup_epochs" not in by_run["crt"].method.params and by_run["crt"].train.epochs == 16
+    with pytest.raises(ValueError, match="scoped to run 'bbn'; runs of this grid: crt, csa"):
+        table2.jobs_for(["cifar10-lt"], [100], 1, tmp_path, ["bbn:seed=1"], rows)
+
+
 def test_table2_paper_rows_take_table7_heads_for_cifar100_rho100():
     paper = table2.paper_rows([100, 10])
     assert paper["cifar10-lt rho 100"]["csa"] == [80.6, None, None, None]

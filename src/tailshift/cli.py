@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's")
     r.add_argument("what", choices=REPRODUCIBLE)
-    r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine)")
+    r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine); "
+                        "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
     r.add_argument("--seeds", type=int, default=5, help="training seeds per row (default 5)")
     r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")

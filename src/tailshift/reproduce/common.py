@@ -37,6 +37,24 @@ def paper_numbers() -> dict:
     return yaml.safe_load((resources.files("tailshift.reproduce") / "paper.yaml").read_text())
 
 
+def overrides_for_run(run: str, overrides: list[str], runs: list[str]) -> list[str]:
+    """The overrides that apply to one run of a grid. ``key=value`` applies to every run;
+    ``RUN:key=value`` only to that run's configs, for settings that exist only there
+    (e.g. ``csa:method.params.warmup_epochs=1`` when shortening the schedule)."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if ":" not in key:
+            out.append(item)
+            continue
+        scope, scoped = item.split(":", 1)
+        if scope not in runs:
+            raise ValueError(f"override {item!r} is scoped to run {scope!r}; runs of this grid: {', '.join(runs)}")
+        if scope == run:
+            out.append(scoped)
+    return out
+
+
 @dataclass
 class Job:
     """One training run of a study: a config name, overrides, and the study's labels for it."""

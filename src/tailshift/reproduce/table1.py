@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import Job, aggregate, fmt, fmt_paper, paper_numbers, run_jobs, write_outputs
+from .common import Job, aggregate, fmt, fmt_paper, overrides_for_run, paper_numbers, run_jobs, write_outputs
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -38,7 +38,8 @@ def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], m
     root = {d: [f"data.root={mnist_root}"] if mnist_root and DATASETS[d] == "mnist" else [] for d in datasets}
     jobs = [
         Job(f"{d}/{run}/seed{s}", f"table1/{d}_{run}",
-            [f"seed={s}", f"output={out / 'runs' / d / run / f'seed{s}'}", "progress=false", *root[d], *overrides])
+            [f"seed={s}", f"output={out / 'runs' / d / run / f'seed{s}'}", "progress=false", *root[d],
+             *overrides_for_run(run, overrides, runs)])
         for d in datasets for run in runs for s in range(seeds)
     ]
     # longest first (balanced runs take ~4x the steps), so the pool finishes together

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
 from . import table1
-from .common import Job, paper_numbers, run_jobs, write_outputs
+from .common import Job, overrides_for_run, paper_numbers, run_jobs, write_outputs
 
 DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
 #: table row -> (run config suffix, head of that run). CE is stage 1 of the cRT run.
@@ -46,7 +46,7 @@ def jobs_for(datasets: list[str], rhos: list[int], seeds: int, out: Path, overri
     jobs = [
         Job(f"{study_name(d, rho)}/{run}/seed{s}", f"table2/{d}_{run}",
             [f"data.longtail.rho={rho}", f"seed={s}", f"output={out / 'runs' / f'{d}-rho{rho}' / run / f'seed{s}'}",
-             "progress=false", *overrides])
+             "progress=false", *overrides_for_run(run, overrides, runs)])
         for d in datasets for rho in rhos for run in runs for s in range(seeds)
     ]
     return sorted(jobs, key=lambda j: (j.key.split("/")[1] not in DUAL_RUNS, j.key))
