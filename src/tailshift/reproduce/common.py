@@ -55,6 +55,15 @@ def overrides_for_run(run: str, overrides: list[str], runs: list[str]) -> list[s
     return out
 
 
+def pick_rows(methods: list[str] | None, rows: dict, default, what: str) -> dict:
+    """The rows of a table that ``methods`` names (``default`` when None), in the table's order."""
+    methods = methods or list(default)
+    unknown = sorted(set(methods) - set(rows))
+    if unknown:
+        raise ValueError(f"unknown {what} method {unknown[0]!r}; known: {', '.join(rows)}")
+    return {m: rows[m] for m in rows if m in methods}
+
+
 @dataclass
 class Job:
     """One training run of a study: a config name, overrides, and the study's labels for it."""

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import Job, aggregate, fmt, fmt_paper, overrides_for_run, paper_numbers, run_jobs, write_outputs
+from .common import (Job, aggregate, fmt, fmt_paper, overrides_for_run, paper_numbers, pick_rows, run_jobs,
+                     write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -76,11 +77,7 @@ def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = 
 
 
 def select_rows(methods: list[str] | None) -> dict:
-    methods = methods or list(DEFAULT_ROWS)
-    unknown = sorted(set(methods) - set(ROWS))
-    if unknown:
-        raise ValueError(f"unknown study method {unknown[0]!r}; known: {', '.join(ROWS)}")
-    return {m: ROWS[m] for m in ROWS if m in methods}
+    return pick_rows(methods, ROWS, DEFAULT_ROWS, "study")
 
 
 def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str], mnist_root: str | None,

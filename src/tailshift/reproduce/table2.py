@@ -12,7 +12,7 @@ from pathlib import Path
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
 from . import table1
-from .common import Job, overrides_for_run, paper_numbers, run_jobs, write_outputs
+from .common import Job, overrides_for_run, paper_numbers, pick_rows, run_jobs, write_outputs
 
 DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
 #: table row -> (run config suffix, head of that run). CE is stage 1 of the cRT run.
@@ -69,11 +69,7 @@ def paper_rows(rhos: list[int]) -> dict:
 
 
 def select_rows(methods: list[str] | None) -> dict:
-    methods = methods or list(ROWS)
-    unknown = sorted(set(methods) - set(ROWS))
-    if unknown:
-        raise ValueError(f"unknown Table 2 method {unknown[0]!r}; known: {', '.join(ROWS)}")
-    return {m: ROWS[m] for m in ROWS if m in methods}
+    return pick_rows(methods, ROWS, ROWS, "Table 2")
 
 
 def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, out: Path, overrides: list[str],
