@@ -17,6 +17,12 @@ def test_errors_are_one_line_without_traceback(capsys):
     assert err == "tailshift: error: data.longtail.rho must be >= 1, got 0.5"
 
 
+def test_table2_rhos_must_be_integers(capsys, tmp_path):
+    assert cli.main(["reproduce", "table2", "--rhos", "100,ten", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "tailshift: error: --rhos must be comma-separated integers such as 100,50,10, got '100,ten'"
+
+
 def test_overrides_may_follow_options(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr("tailshift.reproduce.table1.run", lambda *a: seen.setdefault("args", a))

@@ -32,7 +32,10 @@ def _reproduce(args) -> None:
     if args.what == "table1":
         table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
     elif args.what == "table2":
-        rhos = [int(r) for r in args.rhos.split(",")]
+        try:
+            rhos = [int(r) for r in args.rhos.split(",")]
+        except ValueError:
+            raise ValueError(f"--rhos must be comma-separated integers such as 100,50,10, got {args.rhos!r}") from None
         table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods)
     else:
         getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
