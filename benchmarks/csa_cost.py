@@ -1,7 +1,10 @@
 """Training cost of CSA vs its dual-branch baseline vs single-branch CE (paper Table 12).
 
 Per-epoch time = median time per step (over repeats of ``--steps`` steps, after
-warm-up steps) x steps per epoch of the uniform-driven epoch. CSA runs with
+warm-up steps) x steps per epoch of the uniform-driven epoch. The "x dual" ratio
+is the median over repeats of each method's time over the dual branch's time in
+the same round (methods run round-robin), with its quartiles: pairing within a
+round cancels the machine's drift, which on a shared CPU moves whole runs by 20 %. CSA runs with
 delta = 0 and no warm-up so that context extraction, bank pushes and fusion
 run on every step, as in CSA's steady state (with delta = 0.8 a fresh network
 pushes nothing and fusion would be skipped, which would flatter CSA).
@@ -76,8 +79,11 @@ def time_methods(config: str, extra: list[str], steps: int, repeats: int, warmup
         trainer = prepared[name][0]
         per_step = statistics.median(ts)
         steps_per_epoch = math.ceil(len(trainer.data.train) / trainer.cfg.train.batch_size)
+        paired = [t / d for t, d in zip(ts, times["dual branch"])]
+        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
         out[name] = {"per_step_ms": per_step * 1000, "steps_per_epoch": steps_per_epoch,
-                     "epoch_s": per_step * steps_per_epoch, "repeats_ms": [t * 1000 for t in ts]}
+                     "epoch_s": per_step * steps_per_epoch, "repeats_ms": [t * 1000 for t in ts],
+                     "x_dual_paired": {"median": statistics.median(paired), "q1": quartiles[0], "q3": quartiles[2]}}
     return out
 
 
@@ -101,12 +107,14 @@ def main() -> None:
     for model in args.models.split(","):
         config, extra = STUDIES[model]
         results[model] = time_methods(config, extra, args.steps, args.repeats, args.warmup)
-    lines = ["| Backbone (data) | Method | ms / step | s / epoch | × CE | × dual |", "|---|---|---|---|---|---|"]
+    lines = ["| Backbone (data) | Method | ms / step | s / epoch | × CE | × dual (paired, quartiles) |",
+             "|---|---|---|---|---|---|"]
     for model, rows in results.items():
-        ce, dual = rows["CE (single branch)"]["epoch_s"], rows["dual branch"]["epoch_s"]
+        ce = rows["CE (single branch)"]["epoch_s"]
         for name, r in rows.items():
+            x = r["x_dual_paired"]
             lines.append(f"| {model} | {name} | {r['per_step_ms']:.1f} | {r['epoch_s']:.2f} | "
-                         f"{r['epoch_s'] / ce:.2f} | {r['epoch_s'] / dual:.2f} |")
+                         f"{r['epoch_s'] / ce:.2f} | {x['median']:.2f} ({x['q1']:.2f}–{x['q3']:.2f}) |")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     table = "\n".join(lines)
     print(f"device: {device}\n\n{table}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..tensors import gather_rows
 from .arrays import ArrayDataset
 
 AUGMENTATIONS = ("none", "crop_flip")
@@ -83,10 +84,10 @@ class DeviceArrays:
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
         index = index.to(self.device)
-        raw = self.images[index]
+        raw = gather_rows(self.images, index)
         if self.augment == "crop_flip":
             raw = random_crop_flip(raw, self.padding, generator)
-        return Batch(self.normalise(raw), self.labels[index], index, self.augment != "none")
+        return Batch(self.normalise(raw), self.labels.index_select(0, index), index, self.augment != "none")
 
     def iterate(self, batch_size: int):
         """Sequential batches without augmentation (evaluation)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..tensors import gather_rows
+
 
 class ContextBank:
     """FIFO of at most ``capacity`` (image C x H x W, mask 1 x H x W) pairs.
@@ -88,7 +90,7 @@ class ContextBank:
         if self._size == 0:
             raise RuntimeError("the context bank is empty")
         slots = self._slots_oldest_first()
-        return self._images[slots], self._masks[slots]
+        return gather_rows(self._images, slots), gather_rows(self._masks, slots)
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` (image, mask) pairs in random order, reproducible under ``generator``.
@@ -105,7 +107,7 @@ class ContextBank:
         else:
             slots = torch.randint(self._size, (n,), generator=generator, device=gen_device)
         slots = slots.to(self._images.device)
-        return self._images[slots], self._masks[slots]
+        return gather_rows(self._images, slots), gather_rows(self._masks, slots)
 
     def state_dict(self) -> dict:
         """Everything needed to restore the bank exactly (tensors are copies, safe to keep across pushes)."""

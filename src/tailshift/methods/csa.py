@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..cam import CAM_METHODS, context_masks
+from ..tensors import gather_rows, select_rows
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .context_bank import ContextBank
 from .losses import LOSSES
@@ -171,7 +172,9 @@ class ContextShiftAugmentation(Method):
         def head(a: torch.Tensor) -> torch.Tensor:
             return self.uniform_head(self.backbone.embed(a))
 
-        with torch.no_grad(), self._cam_forward_mode():
+        # Reusing the training forward runs no module, so no mode needs switching.
+        modes = self._cam_forward_mode() if train_forward is None else contextlib.nullcontext()
+        with torch.no_grad(), modes:
             fmap, logits = train_forward if train_forward is not None else (self.backbone.feature_map(x), None)
             mask, cam_logits = context_masks(fmap, head, y, x.shape[-2:], p.cam, p.mask_power,
                                              self.uniform_head.weight, logits)
@@ -195,7 +198,7 @@ class ContextShiftAugmentation(Method):
         if images.shape[0] == 0:
             return None
         pick = torch.randint(images.shape[0], (n,), generator=generator, device=generator.device).to(images.device)
-        return images[pick], masks[pick]
+        return gather_rows(images, pick), gather_rows(masks, pick)
 
     def _fuse(self, x: torch.Tensor, contexts: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """Eq. 6-7 with lambda from the configured distribution, one per batch or per sample."""
@@ -233,7 +236,7 @@ class ContextShiftAugmentation(Method):
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
             train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
             mask, confident = self.extract_contexts(uni.x, uni.y, train_forward)
-            images, masks = uni.x[confident], mask[confident]
+            images, masks = select_rows(uni.x, confident), select_rows(mask, confident)
             pushed = confident.sum().float()
             if p.use_bank:
                 self.bank.push(images, masks)

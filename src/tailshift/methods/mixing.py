@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from ..tensors import gather_rows
+
 LAMBDA_DISTRIBUTIONS = ("uniform", "beta")
 
 
@@ -111,7 +113,7 @@ def mixup(
     lam = float(sample_lambda(1, "beta", alpha, alpha, generator=generator)) if alpha > 0 else 1.0
     gen_device = generator.device if generator is not None else torch.device("cpu")
     perm = torch.randperm(x.shape[0], generator=generator, device=gen_device).to(x.device)
-    return torch.lerp(x[perm], x, lam), y, y[perm], lam
+    return torch.lerp(gather_rows(x, perm), x, lam), y, y[perm], lam
 
 
 def mixup_loss(

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from tailshift.methods.context_bank import ContextBank
+from tailshift.tensors import gather_rows, select_rows
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_gather_rows_equals_indexing_and_keeps_the_layout(layout, dtype):
+    x = torch.randint(0, 200, (9, 3, 4, 5)).to(dtype).contiguous(memory_format=layout)
+    index = torch.tensor([4, 0, 4, 8, 2])
+    out = gather_rows(x, index)
+    assert torch.equal(out, x[index])
+    assert out.is_contiguous(memory_format=layout)
+
+
+def test_gather_rows_on_other_shapes_and_empty_index():
+    labels = torch.arange(10) * 3
+    assert gather_rows(labels, torch.tensor([9, 1])).tolist() == [27, 3]
+    x = torch.rand(6, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    assert gather_rows(x, torch.tensor([], dtype=torch.long)).shape == (0, 3, 2, 2)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_select_rows_equals_boolean_indexing(layout):
+    x = torch.rand(7, 3, 4, 4).contiguous(memory_format=layout)
+    keep = torch.tensor([True, False, False, True, True, False, True])
+    assert torch.equal(select_rows(x, keep), x[keep])
+    assert select_rows(x, torch.zeros(7, dtype=torch.bool)).shape == (0, 3, 4, 4)
+
+
+def test_bank_keeps_channels_last_images_through_push_and_draw():
+    images = torch.rand(4, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    masks = torch.rand(4, 1, 4, 4)
+    bank = ContextBank(4)
+    bank.push(images, masks)
+    drawn, drawn_masks = bank.draw(4, torch.Generator().manual_seed(0))
+    assert drawn.is_contiguous(memory_format=torch.channels_last)
+    order = [int((images == d).all(dim=(1, 2, 3)).nonzero()) for d in drawn]
+    assert sorted(order) == [0, 1, 2, 3]
+    assert torch.equal(drawn_masks, masks[order])
