@@ -1,6 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 
+from tailshift.data.sources import KNOWN_CAVEATS
 from tailshift.reproduce import table2
 from tailshift.reproduce.common import config_path
 
@@ -54,7 +57,7 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
         return x, y.astype(np.int64)
 
     (xtr, ytr), (xte, yte) = split(12), split(3)
-    path = tmp_path / "tiny.npz"
+    path = tmp_path / "cifar10-jpeg.npz"  # the name of the known JPEG-decoded copy: its caveat must show
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     out = tmp_path / "out"
     table = table2.run(["cifar10-lt"], [10], 1, 1, out,
@@ -63,4 +66,6 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     assert set(table["cifar10-lt rho 10"]) == {"ce", "crt", "csa", "csa-uniform"}
     md = (out / "table2.md").read_text()
     assert "| cifar10-lt rho 10 | CSA (uniform head) |" in md and "| 89.8 |" in md
-    assert (out / "runs" / "cifar10-lt-rho10" / "csa" / "seed0" / "metrics.json").exists()
+    assert f"Data: {path} (**a JPEG-decoded copy of CIFAR-10" in md
+    metrics = json.loads((out / "runs" / "cifar10-lt-rho10" / "csa" / "seed0" / "metrics.json").read_text())
+    assert metrics["data_source"] == {"path": str(path), "caveat": KNOWN_CAVEATS["cifar10-jpeg.npz"]}

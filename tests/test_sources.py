@@ -74,6 +74,7 @@ def test_load_mnist_format(tmp_path):
     data = load_mnist_format(tmp_path)
     assert data.train.images.shape == (5, 1, 28, 28) and data.test.images.shape == (3, 1, 28, 28)
     assert data.train.labels.dtype == np.int64 and list(data.test.labels) == [0, 1, 2]
+    assert (data.source, data.caveat) == (str(tmp_path), "")
 
 
 def test_load_mnist_format_missing_file(tmp_path):
@@ -107,6 +108,7 @@ def test_cifar10_pickles(tmp_path):
         assert list(data.train.labels) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3
         assert (data.test.images == 5).all() and list(data.test.labels) == [5, 5, 5]
         assert data.train.class_names == CIFAR10_CLASSES
+        assert data.source == str(tmp_path / "cifar-10-batches-py") and data.caveat == ""
     assert load_dataset("cifar10", str(tmp_path)).train.images.shape == (15, 3, 32, 32)
 
 
@@ -164,6 +166,15 @@ def test_npz_round_trip(tmp_path):
     assert data.train.images.shape == (6, 3, 32, 32) and data.test.images.shape == (4, 3, 32, 32)
     np.testing.assert_array_equal(data.train.images, x_train.transpose(0, 3, 1, 2))
     assert data.train.labels.dtype == np.int64 and list(data.test.labels) == [0, 1, 2, 0]
+    assert (data.source, data.caveat) == (str(path), "")
+
+
+def test_npz_known_to_differ_from_the_official_data_carries_its_caveat(tmp_path):
+    path = tmp_path / "cifar10-jpeg.npz"
+    save_npz(path)
+    data = load_dataset("cifar10", str(path))
+    assert data.source == str(path) and "JPEG-decoded copy of CIFAR-10" in data.caveat
+    assert "indicative only" in data.caveat
 
 
 def test_npz_missing_key_and_corrupt(tmp_path):
@@ -200,6 +211,7 @@ def test_image_folder(tmp_path):
     assert data.train.images.shape == (4, 3, 6, 8) and data.test.images.shape == (4, 3, 6, 8)
     assert list(data.train.labels) == [0, 0, 1, 1] and data.train.class_names == ("cat", "dog")
     assert data.train.images[0, 0].min() == 255 and data.train.images[3, 2].min() == 255
+    assert data.source == str(tmp_path)
 
 
 def test_image_folder_sizes(tmp_path):

@@ -290,6 +290,7 @@ class Trainer:
             "fingerprint": self.cfg.fingerprint(),
             "versions": versions(),
             "device": str(self.device),
+            "data_source": {"path": self.data.source, "caveat": self.data.caveat},
             "train_seconds": round(state.train_seconds, 3),
             "class_counts": self.data.class_counts.tolist(),
             "groups": {k: v.tolist() for k, v in self.data.groups.items()},

@@ -48,10 +48,16 @@ class ArrayDataset:
 
 @dataclass(frozen=True)
 class SplitDataset:
-    """A training set and its (balanced) test set."""
+    """A training set and its (balanced) test set, with where they were read from.
+
+    ``caveat`` is non-empty when the files are known to differ from the official
+    dataset (e.g. a JPEG-decoded copy), so every table built on them can say so.
+    """
 
     train: ArrayDataset
     test: ArrayDataset
+    source: str = ""
+    caveat: str = ""
 
 
 def to_nchw(images: np.ndarray) -> np.ndarray:

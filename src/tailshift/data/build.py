@@ -22,6 +22,9 @@ class PreparedData:
     groups: dict[str, np.ndarray]
     #: training labels before label noise (coloured sets); None when there is no noise
     noise_free_labels: np.ndarray | None = None
+    #: where the files were read from, and why results on them may differ (see SplitDataset)
+    source: str = ""
+    caveat: str = ""
 
     @property
     def clean_labels(self) -> np.ndarray:
@@ -61,4 +64,4 @@ def _prepare(key: str) -> PreparedData:
     bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
     groups = class_groups(clean_counts, cfg["groups"], bounds)
     noise_free = clean_labels if ctx["enabled"] else None
-    return PreparedData(train, test, num_classes, groups, noise_free)
+    return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat)

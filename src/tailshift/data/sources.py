@@ -40,6 +40,10 @@ CIFAR10_CLASSES = (
 KNOWN_SHA256 = {
     "cifar10-jpeg.npz": "b07ae050623c0a8632271f8e08ad3bb0060058fdcacc5acfcab8445d32e85be2",
 }
+#: Files known to differ from the official data, by file name: the caveat every result on them carries.
+KNOWN_CAVEATS = {
+    "cifar10-jpeg.npz": "a JPEG-decoded copy of CIFAR-10, not the official pixels: accuracy is indicative only",
+}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -105,7 +109,7 @@ def load_mnist_format(root: str | Path, class_names: tuple[str, ...] | None = No
                 f"{images_file} {images.shape} and {labels_file} {labels.shape} do not match"
             )
         splits.append(ArrayDataset(to_nchw(images), labels.astype(np.int64), class_names))
-    return SplitDataset(*splits)
+    return SplitDataset(*splits, source=str(root))
 
 
 # ----------------------------------------------------------------------------- CIFAR pickles
@@ -207,6 +211,7 @@ def load_cifar(root: str | Path, num_classes: int) -> SplitDataset:
     return SplitDataset(
         ArrayDataset(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]), names),
         ArrayDataset(test_images, test_labels, names),
+        source=str(found),
     )
 
 
@@ -256,7 +261,7 @@ def load_npz(path: str | Path, verify: bool = False,
             splits.append(ArrayDataset(to_nchw(x), y.astype(np.int64), class_names))
         except DataError as e:
             raise DataError(f"{path}: {split} split: {e}") from None
-    return SplitDataset(*splits)
+    return SplitDataset(*splits, source=str(path), caveat=KNOWN_CAVEATS.get(path.name, ""))
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -325,7 +330,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None) -> SplitD
         labels = np.array([label for _, label in files], dtype=np.int64)
         return ArrayDataset(to_nchw(np.stack(images)), labels, tuple(classes))
 
-    return SplitDataset(load(train_files), load(test_files))
+    return SplitDataset(load(train_files), load(test_files), source=str(root))
 
 
 # ----------------------------------------------------------------------------- defaults and registry

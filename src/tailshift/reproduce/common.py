@@ -92,6 +92,7 @@ def _run_job(job: Job) -> dict:
         "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
         "output": cfg.output,
+        "data_source": metrics["data_source"],
     }
 
 
@@ -130,6 +131,15 @@ def aggregate(values: list[dict]) -> dict:
                     "values": [round(float(x), 2) for x in xs]}
     out["all_runs"] = [round(v["all"], 2) if not v.get("diverged") else None for v in values]
     return out
+
+
+def data_note(results: list[dict]) -> str:
+    """A sentence naming the data files behind the runs, with the caveat of any file known to
+    differ from the official data ("" when no run reports its source)."""
+    sources = sorted({(r["data_source"]["path"], r["data_source"]["caveat"]) for r in results if r.get("data_source")})
+    if not sources:
+        return ""
+    return " Data: " + "; ".join(f"{path} (**{caveat}**)" if caveat else path for path, caveat in sources) + "."
 
 
 def fmt(stat: dict) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import (Job, aggregate, fmt, fmt_paper, overrides_for_run, paper_numbers, pick_rows, run_jobs,
-                     write_outputs)
+from .common import (Job, aggregate, data_note, fmt, fmt_paper, overrides_for_run, paper_numbers, pick_rows,
+                     run_jobs, write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -97,7 +97,7 @@ def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrid
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
             f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
             f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation "
-            f"(runs already complete in the output folder are re-evaluated, not retrained).")
+            f"(runs already complete in the output folder are re-evaluated, not retrained).{data_note(results)}")
     md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note)
     write_outputs(out, "table1", md, {"table": table, "runs": results, "wall_seconds": wall,
                                       "seeds": seeds, "workers": workers, "overrides": overrides})
