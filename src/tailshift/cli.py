@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "table2", "figure1", "figure2", "figure3", "figure4", "figure7")
+REPRODUCIBLE = ("table1", "table2", "ablations", "figure1", "figure2", "figure3", "figure4", "figure7")
 
 
 def _train(args) -> None:
@@ -22,7 +22,7 @@ def _train(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce import figures, table1, table2
+    from .reproduce import ablations, figures, table1, table2
     from .reproduce.common import default_workers
 
     out = Path(args.output or f"runs/reproduce/{args.what}")
@@ -37,6 +37,9 @@ def _reproduce(args) -> None:
         except ValueError:
             raise ValueError(f"--rhos must be comma-separated integers such as 100,50,10, got {args.rhos!r}") from None
         table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods)
+    elif args.what == "ablations":
+        tables = args.tables.split(",") if args.tables else None
+        ablations.run(args.study, tables, args.seeds, workers, out, args.overrides)
     else:
         getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
                                     overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)
@@ -79,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
                    help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
                         "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all)")
     r.add_argument("--rhos", default="100", help="table2: imbalance ratios, comma-separated (default 100)")
+    r.add_argument("--study", default="cifar100-lt",
+                   help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
+                        "fashion-lt or cfashion-lt run on a CPU)")
+    r.add_argument("--tables", default=None,
+                   help="ablations: comma-separated of table4,table5,table6,table8,figure8 (default: all the "
+                        "study's backbone allows; table8 needs a pooled backbone)")
     r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
     r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
     r.set_defaults(func=_reproduce)

@@ -142,6 +142,17 @@ def data_note(results: list[dict]) -> str:
     return " Data: " + "; ".join(f"{path} (**{caveat}**)" if caveat else path for path, caveat in sources) + "."
 
 
+#: the measured and paper columns every reproduce table ends with (see ``result_cells``)
+RESULT_COLUMNS = "All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed)"
+
+
+def result_cells(agg: dict, paper_row: list | None) -> str:
+    """One row's ``RESULT_COLUMNS``: an ``aggregate`` beside the paper's [All, Many, Med, Few]."""
+    ref = paper_row or [None] * 4
+    return (f"{fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | {fmt(agg['few'])} | {fmt_paper(ref[0])} | "
+            f"{' / '.join(fmt_paper(x) for x in ref[1:])} | {agg['runs']} ({agg['diverged']}, {agg['collapsed']})")
+
+
 def fmt(stat: dict) -> str:
     if stat["mean"] is None:
         return "-"

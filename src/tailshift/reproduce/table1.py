@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import (Job, aggregate, data_note, fmt, fmt_paper, overrides_for_run, paper_numbers, pick_rows,
-                     run_jobs, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, data_note, overrides_for_run, paper_numbers, pick_rows,
+                     result_cells, run_jobs, write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -62,17 +62,10 @@ def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> 
 
 
 def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = ROW_NAMES) -> str:
-    lines = [f"# {title}", "", note, "",
-             "| Dataset | Method | All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# {title}", "", note, "", f"| Dataset | Method | {RESULT_COLUMNS} |", "|---|---|---|---|---|---|---|---|---|"]
     for d, rows in table.items():
         for row, agg in rows.items():
-            ref = paper.get(d, {}).get(row, [None] * 4)
-            lines.append(
-                f"| {d} | {row_names.get(row, row)} | {fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | "
-                f"{fmt(agg['few'])} | {fmt_paper(ref[0])} | {' / '.join(fmt_paper(x) for x in ref[1:])} | "
-                f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']}) |"
-            )
+            lines.append(f"| {d} | {row_names.get(row, row)} | {result_cells(agg, paper.get(d, {}).get(row))} |")
     return "\n".join(lines) + "\n"
 
 
