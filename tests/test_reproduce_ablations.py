@@ -26,6 +26,14 @@ def test_run_scoped_overrides_reach_every_csa_variant(tmp_path):
     assert [j.resolve().method.params["warmup_epochs"] for j in jobs] == [0, 0]
 
 
+def test_mnist_studies_read_the_mnist_root(tmp_path):
+    tables = ablations.select_tables(["table4"], "cmnist-lt")
+    jobs, _ = ablations.plan("cmnist-lt", tables, 1, tmp_path, [], mnist_root="/data/mnist")
+    assert {j.resolve().data.root for j in jobs} == {"/data/mnist"}
+    jobs, _ = ablations.plan("fashion-lt", tables, 1, tmp_path, [], mnist_root="/data/mnist")
+    assert {j.resolve().data.root for j in jobs} == {None}
+
+
 def test_unknown_table_study_and_cam_on_a_non_pooled_backbone_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown ablation 'table9'; known: table4, table5, table6, table8, figure8"):
         ablations.select_tables(["table9"], "fashion-lt")

@@ -39,7 +39,7 @@ def _reproduce(args) -> None:
         table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods)
     elif args.what == "ablations":
         tables = args.tables.split(",") if args.tables else None
-        ablations.run(args.study, tables, args.seeds, workers, out, args.overrides)
+        ablations.run(args.study, tables, args.seeds, workers, out, args.overrides, args.mnist_root)
     else:
         getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
                                     overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)

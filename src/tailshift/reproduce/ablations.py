@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import create_model
+from . import table1
 from .common import (RESULT_COLUMNS, Job, aggregate, data_note, overrides_for_run, paper_numbers, result_cells,
                      run_jobs, write_outputs)
 
@@ -78,14 +79,16 @@ def select_tables(names: list[str] | None, study: str) -> dict[str, Ablation]:
     return {n: a for n, a in chosen.items() if n not in blocked}
 
 
-def plan(study: str, tables: dict[str, Ablation], seeds: int, out: Path, overrides: list[str]):
+def plan(study: str, tables: dict[str, Ablation], seeds: int, out: Path, overrides: list[str],
+         mnist_root: str | None = None):
     """Jobs (one per distinct config and seed) and, per table row, the run folder it reads.
 
     Rows are matched to runs by config fingerprint, so a row that changes nothing
     (or the same thing as another row) reuses that run.
     """
     config = STUDIES[study]
-    user = overrides_for_run("csa", overrides, ["csa"])
+    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS.get(study) == "mnist" else []
+    user = [*root, *overrides_for_run("csa", overrides, ["csa"])]
     runs: dict[str, str] = {}  # fingerprint -> run folder name
     variants: list[tuple[str, list[str]]] = []
     rows: dict[str, dict[str, str]] = {}
@@ -114,11 +117,12 @@ def markdown(table: dict, tables: dict[str, Ablation], paper: dict, title: str, 
     return "\n".join(lines) + "\n"
 
 
-def run(study: str, tables: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str]) -> dict:
+def run(study: str, tables: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str],
+        mnist_root: str | None = None) -> dict:
     if study not in STUDIES:
         raise ValueError(f"unknown ablation study {study!r}; known: {', '.join(STUDIES)}")
     chosen = select_tables(tables, study)
-    jobs, rows = plan(study, chosen, seeds, out, overrides)
+    jobs, rows = plan(study, chosen, seeds, out, overrides, mnist_root)
     started = time.perf_counter()
     results = run_jobs(jobs, workers)
     wall = time.perf_counter() - started
