@@ -4,7 +4,8 @@ Per-epoch time = median time per step (over repeats of ``--steps`` steps, after
 warm-up steps) x steps per epoch of the uniform-driven epoch. The "x dual" ratio
 is the median over repeats of each method's time over the dual branch's time in
 the same round (methods run round-robin), with its quartiles: pairing within a
-round cancels the machine's drift, which on a shared CPU moves whole runs by 20 %. CSA runs with
+round cancels the machine's drift, which on a shared CPU moves whole runs by up
+to 25 %. CSA runs with
 delta = 0 and no warm-up so that context extraction, bank pushes and fusion
 run on every step, as in CSA's steady state (with delta = 0.8 a fresh network
 pushes nothing and fusion would be skipped, which would flatter CSA).

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..models import create_model
 from . import table1
-from .common import (RESULT_COLUMNS, Job, aggregate, data_note, overrides_for_run, paper_numbers, result_cells,
-                     run_jobs, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, overrides_for_run, paper_numbers, result_cells,
+                     run_jobs, runs_note, write_outputs)
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
 STUDIES = {"cifar100-lt": "table2/cifar100-lt_csa", "cifar10-lt": "table2/cifar10-lt_csa",
@@ -135,8 +135,7 @@ def run(study: str, tables: list[str] | None, seeds: int, workers: int, out: Pat
     note = (f"Study {study}: the shipped config `{STUDIES[study]}` with one switch per row, {HEAD} head, "
             f"mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
             f"and left out. Rows that resolve to the same config share its runs. Paper: {paper['source']}. "
-            f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation (runs "
-            f"already complete in the output folder are re-evaluated, not retrained).{data_note(results)}")
+            f"{runs_note(results, workers, wall)}")
     if study != PAPER_STUDY:
         note += f" The paper's figures are for {PAPER_STUDY}, not this study: compare trends across rows, not values."
     md = markdown(table, chosen, paper, "CSA ablations (paper App. D)", note)

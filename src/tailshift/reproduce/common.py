@@ -133,6 +133,12 @@ def aggregate(values: list[dict]) -> dict:
     return out
 
 
+def runs_note(results: list[dict], workers: int, wall: float) -> str:
+    """The sentences every reproduce table's note ends with: how many runs, how long, on which data."""
+    return (f"{len(results)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation (runs "
+            f"already complete in the output folder are re-evaluated, not retrained).{data_note(results)}")
+
+
 def data_note(results: list[dict]) -> str:
     """A sentence naming the data files behind the runs, with the caveat of any file known to
     differ from the official data ("" when no run reports its source)."""

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import (RESULT_COLUMNS, Job, aggregate, data_note, overrides_for_run, paper_numbers, pick_rows,
-                     result_cells, run_jobs, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, overrides_for_run, paper_numbers, pick_rows,
+                     result_cells, run_jobs, runs_note, write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -89,8 +89,7 @@ def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrid
     note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged (non-finite loss) and "
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
             f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
-            f"{len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation "
-            f"(runs already complete in the output folder are re-evaluated, not retrained).{data_note(results)}")
+            f"{runs_note(results, workers, wall)}")
     md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note)
     write_outputs(out, "table1", md, {"table": table, "runs": results, "wall_seconds": wall,
                                       "seeds": seeds, "workers": workers, "overrides": overrides})

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
 from . import table1
-from .common import Job, data_note, overrides_for_run, paper_numbers, pick_rows, run_jobs, write_outputs
+from .common import Job, overrides_for_run, paper_numbers, pick_rows, run_jobs, runs_note, write_outputs
 
 DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
 #: table row -> (run config suffix, head of that run). CE is stage 1 of the cRT run.
@@ -89,9 +89,7 @@ def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, o
     table = table1.collect(results, studies, seeds, rows)
     paper = paper_numbers()["table2"]
     note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
-            f"and left out. Paper: {paper['source']}. {len(jobs)} runs, {workers} worker processes, wall time "
-            f"{wall:.0f} s for this invocation (runs already complete in the output folder are re-evaluated, "
-            f"not retrained).{data_note(results)}")
+            f"and left out. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
     md = table1.markdown(table, paper_rows(rhos), "Table 2: CIFAR-LT, ResNet-32", note, ROW_NAMES)
     write_outputs(out, "table2", md, {"table": table, "runs": results, "wall_seconds": wall, "seeds": seeds,
                                       "rhos": rhos, "workers": workers, "overrides": overrides})
