@@ -133,3 +133,18 @@ def test_matmul_upsampling_equals_bicubic_interpolate():
         cam = torch.rand(4, h, h)
         ref = F.interpolate(cam[:, None], size=size, mode="bicubic", align_corners=False).clamp(0, 1)
         torch.testing.assert_close(upsample_cam(cam, size), ref, atol=1e-6, rtol=0)
+
+
+def test_per_channel_upsampling_repeats_the_map_in_channels_last_memory():
+    cam = torch.rand(4, 5, 5)
+    one = upsample_cam(cam, (28, 20))
+    three = upsample_cam(cam, (28, 20), channels=3)
+    assert three.shape == (4, 3, 28, 20)
+    assert three.is_contiguous(memory_format=torch.channels_last)
+    for c in range(3):
+        torch.testing.assert_close(three[:, c], one[:, 0], atol=1e-6, rtol=0)
+    fc, fmap, targets, head = _gap_linear()
+    mask, _ = context_masks(fmap, head, targets, 8, power=2.0, channels=3)
+    assert mask.shape == (3, 3, 8, 8) and mask.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels must be >= 1, got 0"):
+        upsample_cam(cam, 8, channels=0)

@@ -47,6 +47,29 @@ def test_clear_and_empty_errors():
     assert _ids(bank.contents()[0]) == [10]
 
 
+def test_push_of_chosen_rows_equals_pushing_the_selection():
+    images, masks = _batch(0, 6)
+    rows = torch.tensor([5, 0, 3])
+    chosen, reference = ContextBank(4), ContextBank(4)
+    for bank, args in ((chosen, (images, masks, rows)), (reference, (images[rows], masks[rows]))):
+        bank.push(*_batch(10, 3))
+        bank.push(*args)  # wraps around the ring
+    for got, want in zip(chosen.contents(), reference.contents()):
+        assert torch.equal(got, want)
+    assert _ids(chosen.contents()[0]) == [12, 5, 0, 3]
+
+
+def test_per_channel_channels_last_masks_keep_their_layout():
+    cl = torch.channels_last
+    images, masks = _batch(0, 3)
+    images, masks = images.contiguous(memory_format=cl), masks.expand(3, 3, 2, 2).contiguous(memory_format=cl)
+    bank = ContextBank(3)
+    bank.push(images, masks)
+    drawn_images, drawn_masks = bank.draw(3, torch.Generator().manual_seed(0))
+    assert drawn_images.is_contiguous(memory_format=cl) and drawn_masks.is_contiguous(memory_format=cl)
+    assert torch.equal(drawn_masks[:, 0], drawn_images[:, 0] / 100)
+
+
 def test_push_shape_checks():
     bank = ContextBank(4)
     bank.push(*_batch(0, 2))
@@ -54,6 +77,8 @@ def test_push_shape_checks():
         bank.push(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError):
         bank.push(torch.zeros(2, 3, 2, 2), torch.zeros(3, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"masks B x 1 \(or C\)"):
+        bank.push(torch.zeros(2, 3, 2, 2), torch.zeros(2, 2, 2, 2))
     with pytest.raises(ValueError, match="capacity"):
         ContextBank(0)
 

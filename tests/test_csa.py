@@ -12,6 +12,7 @@ from tailshift.data.pipeline import Batch
 from tailshift.engine import Trainer, train
 from tailshift.methods import METHODS, StepContext
 from tailshift.models import create_model
+from tailshift.tensors import is_channels_last
 
 COUNTS = np.array([60, 40, 30, 20, 15, 10, 10, 6, 5, 4])
 B = 16
@@ -133,7 +134,10 @@ def test_extraction_leaks_no_gradient_and_no_state(model, cam_mode):
     assert all(m.training for m in method.modules())
     for key, value in method.state_dict().items():
         torch.testing.assert_close(value, buffers[key], rtol=0, atol=0)
-    assert mask.shape == (B, 1, *batch.x.shape[-2:]) and not mask.requires_grad
+    # channels-last batches get per-channel channels-last masks (one map repeated), for a fast fusion
+    channels = batch.x.shape[1] if is_channels_last(batch.x) else 1
+    assert mask.shape == (B, channels, *batch.x.shape[-2:]) and not mask.requires_grad
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))
     assert confident.shape == (B,) and confident.dtype == torch.bool
     # Reusing a training forward (map and logits carry gradient) leaks nothing either,
     # and leaves that forward's graph intact for the training backward.

@@ -36,8 +36,18 @@ def test_fusion_formula_and_per_sample_lambda():
         torch.testing.assert_close(out[i], w * ctx[i] + (1 - w) * x[i])
     with pytest.raises(ValueError, match="lam"):
         fuse_context(x, ctx, mask, torch.rand(3))
-    with pytest.raises(ValueError):
-        fuse_context(x, ctx, mask.expand(2, 3, 4, 4), 0.5)
+    with pytest.raises(ValueError, match="mask B x 1 \\(or C\\)"):
+        fuse_context(x, ctx, mask.expand(2, 2, 4, 4), 0.5)
+
+
+def test_fusion_with_a_per_channel_channels_last_mask_equals_the_broadcast_one():
+    x, ctx, mask = _images()
+    cl = torch.channels_last
+    x, ctx = x.contiguous(memory_format=cl), ctx.contiguous(memory_format=cl)
+    per_channel = mask.expand(2, 3, 4, 4).contiguous(memory_format=cl)
+    out = fuse_context(x, ctx, per_channel, 0.7)
+    assert torch.equal(out, fuse_context(x, ctx, mask, 0.7))
+    assert out.is_contiguous(memory_format=cl)
 
 
 def test_uniform_lambda_range_and_mean():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import gather_rows
+from ..tensors import gather_rows, gather_rows_into, is_channels_last
 
 
 class ContextBank:
-    """FIFO of at most ``capacity`` (image C x H x W, mask 1 x H x W) pairs.
+    """FIFO of at most ``capacity`` (image C x H x W, mask 1 x H x W or C x H x W) pairs.
 
     Buffers are allocated on the first push, when the shapes and dtypes are known,
     on ``device`` (or the pushed tensors' device when ``device`` is None).
@@ -44,20 +44,26 @@ class ContextBank:
         self._size = 0
 
     def _allocate(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        device = self.device if self.device is not None else images.device
-        # Same memory layout as the pushed images (channels-last in training), so fusing
+        # Same memory layout as what is pushed (channels-last in training), so fusing
         # drawn contexts with a batch stays an elementwise op on matching strides.
-        layout = torch.channels_last if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
-            else torch.contiguous_format
-        self._images = torch.empty((self.capacity, *images.shape[1:]), dtype=images.dtype, device=device,
-                                   memory_format=layout)
-        self._masks = torch.empty((self.capacity, *masks.shape[1:]), dtype=masks.dtype, device=device)
+        def like(t: torch.Tensor) -> torch.Tensor:
+            layout = torch.channels_last if is_channels_last(t) else torch.contiguous_format
+            return torch.empty((self.capacity, *t.shape[1:]), dtype=t.dtype, memory_format=layout,
+                               device=self.device if self.device is not None else t.device)
 
-    def push(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        """Append B pairs, overwriting the oldest when full; of more than ``capacity``, the newest survive."""
-        if images.dim() != 4 or masks.dim() != 4 or images.shape[0] != masks.shape[0]:
+        self._images, self._masks = like(images), like(masks)
+
+    def push(self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Append B pairs, overwriting the oldest when full; of more than ``capacity``, the newest survive.
+
+        ``rows``: push only ``images[rows]``, ``masks[rows]`` (in that order), gathered straight
+        into the ring buffer instead of through a selected copy.
+        """
+        if images.dim() != 4 or masks.dim() != 4 or images.shape[0] != masks.shape[0] \
+                or masks.shape[1] not in (1, images.shape[1]):
             raise ValueError(
-                f"push needs images B x C x H x W and masks B x 1 x H x W, got {tuple(images.shape)} and {tuple(masks.shape)}"
+                f"push needs images B x C x H x W and masks B x 1 (or C) x H x W, got {tuple(images.shape)} and "
+                f"{tuple(masks.shape)}"
             )
         if self._images is None:
             self._allocate(images, masks)
@@ -66,18 +72,19 @@ class ContextBank:
                 f"bank holds images {tuple(self._images.shape[1:])} and masks {tuple(self._masks.shape[1:])}, "
                 f"got {tuple(images.shape[1:])} and {tuple(masks.shape[1:])}"
             )
-        n = images.shape[0]
+        if rows is None:
+            rows = torch.arange(images.shape[0], device=images.device)
+        n = rows.shape[0]
         if n == 0:
             return
         if n > self.capacity:
-            images, masks, n = images[-self.capacity :], masks[-self.capacity :], self.capacity
-        images, masks = images.detach(), masks.detach()
+            rows, n = rows[-self.capacity :], self.capacity
+        images, masks, rows = images.detach(), masks.detach(), rows.to(images.device)
         first = min(n, self.capacity - self._next)
-        self._images[self._next : self._next + first].copy_(images[:first])
-        self._masks[self._next : self._next + first].copy_(masks[:first])
-        if first < n:
-            self._images[: n - first].copy_(images[first:])
-            self._masks[: n - first].copy_(masks[first:])
+        for buffer, source in ((self._images, images), (self._masks, masks)):
+            gather_rows_into(buffer[self._next : self._next + first], source, rows[:first])
+            if first < n:
+                gather_rows_into(buffer[: n - first], source, rows[first:])
         self._next = (self._next + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..cam import CAM_METHODS, context_masks
-from ..tensors import gather_rows, select_rows
+from ..tensors import gather_rows, is_channels_last
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .context_bank import ContextBank
 from .losses import LOSSES
@@ -160,7 +160,10 @@ class ContextShiftAugmentation(Method):
     def extract_contexts(
         self, x: torch.Tensor, y: torch.Tensor, train_forward: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Background masks (B x 1 x H x W) of clean images ``x`` and which samples pass ``delta``.
+        """Background masks of clean images ``x`` and which samples pass ``delta``.
+
+        Masks are B x 1 x H x W, or B x C x H x W channels-last for a channels-last ``x``
+        (the fusion then runs on matching strides, see ``upsample_cam``).
 
         ``train_forward``: the training forward's (feature map, uniform logits) to reuse
         (Grad-CAM then differentiates that forward's own graph, so neither the backbone
@@ -176,8 +179,9 @@ class ContextShiftAugmentation(Method):
         modes = self._cam_forward_mode() if train_forward is None else contextlib.nullcontext()
         with torch.no_grad(), modes:
             fmap, logits = train_forward if train_forward is not None else (self.backbone.feature_map(x), None)
+            channels = x.shape[1] if is_channels_last(x) else 1
             mask, cam_logits = context_masks(fmap, head, y, x.shape[-2:], p.cam, p.mask_power,
-                                             self.uniform_head.weight, logits)
+                                             self.uniform_head.weight, logits, channels)
             if cam_logits is not None:
                 logits = cam_logits
             elif logits is None:  # plain CAM on an extra forward: the head runs once, for delta
@@ -186,19 +190,20 @@ class ContextShiftAugmentation(Method):
         return mask, confident
 
     def _draw_contexts(
-        self, images: torch.Tensor, masks: torch.Tensor, n: int, generator: torch.Generator
+        self, images: torch.Tensor, masks: torch.Tensor, confident: torch.Tensor, n: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``n`` contexts for fusion, or None when there are not enough yet.
 
         With the bank: a random draw once it is full. Without (``use_bank`` False):
-        this step's confident samples, drawn with replacement.
+        this step's ``confident`` rows of ``images`` / ``masks``, drawn with replacement.
         """
         if self.params.use_bank:
             return self.bank.draw(n, generator) if self.bank.is_full else None
-        if images.shape[0] == 0:
+        if confident.shape[0] == 0:
             return None
-        pick = torch.randint(images.shape[0], (n,), generator=generator, device=generator.device).to(images.device)
-        return gather_rows(images, pick), gather_rows(masks, pick)
+        pick = torch.randint(confident.shape[0], (n,), generator=generator, device=generator.device)
+        rows = confident.index_select(0, pick.to(confident.device))
+        return gather_rows(images, rows), gather_rows(masks, rows)
 
     def _fuse(self, x: torch.Tensor, contexts: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """Eq. 6-7 with lambda from the configured distribution, one per batch or per sample."""
@@ -231,17 +236,17 @@ class ContextShiftAugmentation(Method):
         # Context extraction (Sec. 3.1) and the contexts for this step's fusion.
         if p.context_shift and p.use_bank and self.bank is None:  # capacity fixed by the first batch
             self.bank = ContextBank(p.bank_multiple * uni.x.shape[0], device=uni.x.device)
-        pushed: torch.Tensor | float = 0.0
+        pushed = 0.0
         contexts = None
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
             train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
             mask, confident = self.extract_contexts(uni.x, uni.y, train_forward)
-            images, masks = select_rows(uni.x, confident), select_rows(mask, confident)
-            pushed = confident.sum().float()
+            confident = confident.nonzero().squeeze(1)
+            pushed = float(confident.shape[0])
             if p.use_bank:
-                self.bank.push(images, masks)
+                self.bank.push(uni.x, mask, confident)
             if ctx.epoch >= p.warmup_epochs:
-                contexts = self._draw_contexts(images, masks, bal.x.shape[0], ctx.generator)
+                contexts = self._draw_contexts(uni.x, mask, confident, bal.x.shape[0], ctx.generator)
 
         # Balanced branch (Eq. 8-9): fused, plain (dual / final epochs) or no loss at all.
         if contexts is not None:

@@ -22,12 +22,14 @@ def fuse_context(
     """``lam * M * x_ctx + (1 - lam * M) * x`` (Eq. 7), computed as one ``lerp``.
 
     ``x``, ``context``: normalised images B x C x H x W; ``mask``: B x 1 x H x W
-    (the context's background mask); ``lam``: a float, a 0-d tensor (one per
+    or B x C x H x W (the context's background mask; for channels-last images a
+    channels-last C-channel mask is much faster on CPU, see ``upsample_cam``); ``lam``: a float, a 0-d tensor (one per
     batch) or a (B,) tensor (one per sample). The label of ``x`` is kept.
     """
-    if context.shape != x.shape or mask.dim() != 4 or mask.shape[0] != x.shape[0] or mask.shape[1] != 1:
+    if context.shape != x.shape or mask.dim() != 4 or mask.shape[0] != x.shape[0] \
+            or mask.shape[1] not in (1, x.shape[1]) or mask.shape[2:] != x.shape[2:]:
         raise ValueError(
-            f"fusion needs x and context B x C x H x W and mask B x 1 x H x W, got "
+            f"fusion needs x and context B x C x H x W and mask B x 1 (or C) x H x W, got "
             f"{tuple(x.shape)}, {tuple(context.shape)}, {tuple(mask.shape)}"
         )
     lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
