@@ -27,6 +27,7 @@ def test_shipped_table1_configs_load():
         ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
         ("data.colour=1", "unknown key data.colour; known: dataset, root"),
         ("data.context.noise=1.5", r"data.context.noise must be in \[0, 1\), got 1.5"),
+        ("train.optim.clip_grad_norm=-1", r"train.optim.clip_grad_norm must be >= 0 \(0: off\), got -1"),
         ("device=tpu", "device must be auto, cpu or cuda"),
         ("data.mean=[0.5]", "data.mean and data.std must be given together"),
     ],
@@ -70,3 +71,12 @@ def test_missing_data_path_is_reported(tmp_path):
 def test_unknown_config_name_lists_shipped_ones():
     with pytest.raises(ValueError, match="known: table1/cfashion-lt_cbrs"):
         config_path("table9/nothing")
+
+
+def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
+    # recorded before train.optim.clip_grad_norm existed (commit 56849d5): its runs must stay resumable
+    from tailshift.reproduce.common import config_path
+
+    cfg = load_config(config_path("table1/fashion-lt_ce"))
+    assert cfg.fingerprint() == "cb89157a65fcd9be"
+    assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()

@@ -112,3 +112,18 @@ def test_learning_rate_schedules():
     assert learning_rate(cos, 0.1, "cosine", 8, 0) == pytest.approx(0.1)
     assert learning_rate(cos, 0.1, "cosine", 8, 4) == pytest.approx(0.05)
     assert learning_rate(cos, 0.1, "constant", 8, 7.9) == 0.1
+
+
+def test_gradient_clipping_bounds_every_step_and_is_logged(prepared, tmp_path):
+    clip, lr = 1e-4, 0.1
+    cfg = cfg_for(tmp_path, "method.name=ce", "train.epochs=1", f"train.optim.clip_grad_norm={clip}", f"train.optim.lr={lr}")
+    trainer = Trainer(cfg, prepared)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.method.parameters()])
+    metrics = trainer.fit()
+    after = torch.cat([p.detach().flatten() for p in trainer.method.parameters()])
+    steps = -(-len(prepared.train.labels) // 32)
+    # plain SGD moves the parameters by lr x (clipped gradient) a step: at most lr x clip
+    assert 0 < float((after - before).norm()) <= steps * lr * clip * 1.001
+    assert metrics["curve"][0]["clipped"] == 1.0  # a fresh network's gradient is far above 1e-4
+    unclipped = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=1", name="plain"), prepared)
+    assert "clipped" not in unclipped["curve"][0]

@@ -5,6 +5,7 @@ Every check fails with one line naming the key, the bad value and what is allowe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -80,6 +81,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # > 0: rescale each step's gradient to at most this total L2 norm
 
 
 @dataclass
@@ -109,11 +111,24 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the trained model (not where it is written or how it is shown)."""
+        """Hash of everything that shapes the trained model (not where it is written or how it is shown).
+
+        Options added after runs were recorded are left out while they hold the value that
+        reproduces the older behaviour, so those runs' checkpoints still match their configs.
+        """
         d = self.to_dict()
         for key in ("output", "progress", "threads", "device"):
             d.pop(key)
+        for path, neutral in NEUTRAL_LATER_OPTIONS.items():
+            *parents, leaf = path.split(".")
+            section = functools.reduce(lambda node, k: node[k], parents, d)
+            if section[leaf] == neutral:
+                del section[leaf]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
+NEUTRAL_LATER_OPTIONS = {"train.optim.clip_grad_norm": 0.0}
 
 
 CHOICES = {
@@ -223,6 +238,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"train.eval_every must be >= 0, got {tr.eval_every}")
     if tr.optim.lr <= 0:
         raise ConfigError(f"train.optim.lr must be > 0, got {tr.optim.lr}")
+    if not tr.optim.clip_grad_norm >= 0:
+        raise ConfigError(f"train.optim.clip_grad_norm must be >= 0 (0: off), got {tr.optim.clip_grad_norm}")
     if tr.optim.warmup_epochs < 0 or tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):

@@ -253,6 +253,9 @@ class Trainer:
         schedule = stage.schedule or cfg.train.optim.schedule
         total = torch.zeros((), device=dev)
         sums: dict[str, torch.Tensor] = {}
+        clip = cfg.train.optim.clip_grad_norm
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clipped = torch.zeros((), device=dev)  # steps whose gradient norm exceeded clip (kept on device: no sync)
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
         for step in bar:
@@ -265,6 +268,9 @@ class Trainer:
             out = self.method.training_step(batches, ctx)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                clipped = clipped + (norm > clip)
             optimizer.step()
             total += out.loss.detach()
             for key, value in out.logs.items():
@@ -277,6 +283,8 @@ class Trainer:
             )
         logs = {"loss": round(mean_loss, 5), "lr": lr}
         logs.update({k: round(float(v) / steps, 5) for k, v in sums.items()})
+        if clip > 0:
+            logs["clipped"] = round(float(clipped) / steps, 5)
         return logs
 
     def _evaluate(self) -> dict:
