@@ -137,7 +137,8 @@ def background_mask(cam: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """
     if power <= 0:
         raise ValueError(f"mask power must be > 0, got {power}")
-    return (1.0 - cam).pow(power)
+    mask = 1.0 - cam
+    return mask if power == 1 else mask.pow_(power)
 
 
 def context_masks(
