@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tailshift.methods.context_bank import ContextBank
-from tailshift.tensors import gather_rows, select_rows
+from tailshift.tensors import gather_rows, gather_rows_into
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 
@@ -24,12 +24,17 @@ def test_gather_rows_on_other_shapes_and_empty_index():
     assert gather_rows(x, torch.tensor([], dtype=torch.long)).shape == (0, 3, 2, 2)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_select_rows_equals_boolean_indexing(layout):
-    x = torch.rand(7, 3, 4, 4).contiguous(memory_format=layout)
-    keep = torch.tensor([True, False, False, True, True, False, True])
-    assert torch.equal(select_rows(x, keep), x[keep])
-    assert select_rows(x, torch.zeros(7, dtype=torch.bool)).shape == (0, 3, 4, 4)
+@pytest.mark.parametrize("source_layout", LAYOUTS)
+@pytest.mark.parametrize("out_layout", LAYOUTS)
+def test_gather_rows_into_writes_only_its_slice(source_layout, out_layout):
+    x = torch.rand(7, 3, 4, 4).contiguous(memory_format=source_layout)
+    ring = torch.zeros(6, 3, 4, 4).contiguous(memory_format=out_layout)
+    index = torch.tensor([6, 0, 3])
+    gather_rows_into(ring[2:5], x, index)
+    assert torch.equal(ring[2:5], x[index])
+    assert (ring[:2] == 0).all() and (ring[5:] == 0).all()
+    with pytest.raises(ValueError, match=r"cannot gather 2 rows of \(7, 3, 4, 4\) into \(3, 3, 4, 4\)"):
+        gather_rows_into(ring[2:5], x, index[:2])
 
 
 def test_bank_keeps_channels_last_images_through_push_and_draw():

@@ -43,7 +43,3 @@ def gather_rows_into(out: torch.Tensor, x: torch.Tensor, index: torch.Tensor) ->
     else:
         out.copy_(gather_rows(x, index))
 
-
-def select_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``x[keep]`` for a boolean ``keep`` of length ``x.shape[0]``, in ``x``'s memory layout."""
-    return gather_rows(x, keep.nonzero().squeeze(1))

@@ -21,10 +21,11 @@ def fuse_context(
 ) -> torch.Tensor:
     """``lam * M * x_ctx + (1 - lam * M) * x`` (Eq. 7), computed as one ``lerp``.
 
-    ``x``, ``context``: normalised images B x C x H x W; ``mask``: B x 1 x H x W
-    or B x C x H x W (the context's background mask; for channels-last images a
-    channels-last C-channel mask is much faster on CPU, see ``upsample_cam``); ``lam``: a float, a 0-d tensor (one per
-    batch) or a (B,) tensor (one per sample). The label of ``x`` is kept.
+    ``x``, ``context``: normalised images B x C x H x W; ``mask``: the context's
+    background mask, B x 1 x H x W or B x C x H x W (for channels-last images a
+    channels-last C-channel mask is much faster on CPU, see ``upsample_cam``);
+    ``lam``: a float, a 0-d tensor (one per batch) or a (B,) tensor (one per
+    sample). The label of ``x`` is kept.
     """
     if context.shape != x.shape or mask.dim() != 4 or mask.shape[0] != x.shape[0] \
             or mask.shape[1] not in (1, x.shape[1]) or mask.shape[2:] != x.shape[2:]:
