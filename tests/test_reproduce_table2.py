@@ -69,3 +69,45 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     assert f"Data: {path} (**a JPEG-decoded copy of CIFAR-10" in md
     metrics = json.loads((out / "runs" / "cifar10-lt-rho10" / "csa" / "seed0" / "metrics.json").read_text())
     assert metrics["data_source"] == {"path": str(path), "caveat": KNOWN_CAVEATS["cifar10-jpeg.npz"]}
+
+
+def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
+    rows = table2.select_rows(None, table2.TABLE10)
+    assert list(rows) == ["csa-cbrs", "csa-la", "csa-both"]
+    jobs = table2.jobs_for(["cifar100-lt"], [100], 2, tmp_path, [], rows, table2.TABLE10)
+    assert len(jobs) == 3 * 2 and all(j.config.startswith("table10/cifar100-lt_csa-") for j in jobs)
+    params = {j.key.split("/")[1]: j.resolve().method.params for j in jobs}
+    assert params["csa-la"]["balanced_stream"] == "uniform" and params["csa-la"]["balanced_loss"] == "la"
+    assert params["csa-both"].get("balanced_stream", "balanced") == "balanced" and params["csa-both"]["balanced_loss"] == "la"
+    paper = table2.paper_rows([100, 50], table2.TABLE10)
+    assert paper == {"cifar100-lt rho 100": {"csa-cbrs": [45.8, 64.3, 49.7, 18.2], "csa-la": [47.2, 62.4, 48.8, 26.1],
+                                             "csa-both": [45.0, 48.7, 51.0, 31.4]},
+                     "cifar100-lt rho 50": {}}
+    with pytest.raises(ValueError, match="unknown Table 10 method 'csa'; known: csa-cbrs, csa-la, csa-both"):
+        table2.select_rows(["csa"], table2.TABLE10)
+    with pytest.raises(ValueError, match="unknown Table 10 dataset 'cifar10-lt'; known: cifar100-lt"):
+        table2.run(["cifar10-lt"], [100], 1, 1, tmp_path, [], grid=table2.TABLE10)
+
+
+def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
+    """`reproduce table10` on a tiny generated CIFAR-100 folder: CSA w/ LA beside the paper's row."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, per_class in (("train", 4), ("test", 1)):
+        labels = np.repeat(np.arange(100), per_class)
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels.tolist(),
+                                                  b"coarse_labels": [0] * len(labels)}, protocol=2))
+    names = [f"class{i}".encode() for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))
+    out = tmp_path / "out"
+    table = table2.run(["cifar100-lt"], [100], 1, 1, out,
+                       [f"data.root={tmp_path}", "data.longtail.n_max=4", "train.epochs=1", "train.optim.warmup_epochs=0",
+                        "train.batch_size=32", "model.name=resnet20"], ["csa-la"], table2.TABLE10)
+    assert set(table["cifar100-lt rho 100"]) == {"csa-la"}
+    md = (out / "table10.md").read_text()
+    assert md.startswith("# Table 10: CSA with logit adjustment")
+    assert "| cifar100-lt rho 100 | CSA w/ LA |" in md and "| 47.2 | 62.4 / 48.8 / 26.1 |" in md

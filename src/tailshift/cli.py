@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "table2", "ablations", "figure1", "figure2", "figure3", "figure4", "figure7")
+REPRODUCIBLE = ("table1", "table2", "table10", "ablations", "figure1", "figure2", "figure3", "figure4", "figure7")
 
 
 def _train(args) -> None:
@@ -31,12 +31,12 @@ def _reproduce(args) -> None:
     methods = args.methods.split(",") if args.methods else None
     if args.what == "table1":
         table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
-    elif args.what == "table2":
+    elif args.what in table2.GRIDS:
         try:
             rhos = [int(r) for r in args.rhos.split(",")]
         except ValueError:
             raise ValueError(f"--rhos must be comma-separated integers such as 100,50,10, got {args.rhos!r}") from None
-        table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods)
+        table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods, table2.GRIDS[args.what])
     elif args.what == "ablations":
         tables = args.tables.split(",") if args.tables else None
         ablations.run(args.study, tables, args.seeds, workers, out, args.overrides, args.mnist_root)
@@ -80,8 +80,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
     r.add_argument("--methods", default=None,
                    help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
-                        "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all)")
-    r.add_argument("--rhos", default="100", help="table2: imbalance ratios, comma-separated (default 100)")
+                        "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all); "
+                        "table10: csa-cbrs,csa-la,csa-both (default: all)")
+    r.add_argument("--rhos", default="100", help="table2, table10: imbalance ratios, comma-separated (default 100)")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
                         "fashion-lt or cfashion-lt run on a CPU)")
