@@ -1,7 +1,9 @@
 import pytest
 
-from tailshift.reproduce.common import aggregate, config_path
-from tailshift.reproduce.table1 import collect, jobs_for, markdown, select_rows
+import numpy as np
+
+from tailshift.reproduce.common import aggregate, config_path, paired_difference, sign_flip_p
+from tailshift.reproduce.table1 import collect, jobs_for, markdown, paired, select_rows
 
 
 def run(all_, collapsed=False):
@@ -32,6 +34,49 @@ def test_table_rows_come_from_the_right_heads_and_print_beside_the_paper():
     assert table["fashion-lt"]["ce"]["all"]["mean"] == 40.5 and table["fashion-lt"]["cbrs"]["all"]["mean"] == 80.5
     md = markdown(table, {"fashion-lt": {"ce": [45.6, 94.7, 43.1, 0.0]}}, "T", "note")
     assert "| fashion-lt | CE | 40.5 ± 0.7 |" in md and "| 45.6 | 94.7 / 43.1 / 0.0 |" in md
+
+
+def test_sign_flip_test_enumerates_every_sign_pattern():
+    # +-1 +-2 +-3: |sum| >= 6 only for all-plus and all-minus, 2 of 8 patterns
+    assert sign_flip_p(np.array([1.0, 2.0, 3.0])) == 0.25
+    # the 8 sums are +-6, +-4, +-2, 0, 0: |sum| >= 4 for 4 of them, >= 2 for 6
+    assert sign_flip_p(np.array([-1.0, 2.0, 3.0])) == 0.5
+    assert sign_flip_p(np.array([1.0, -2.0, 3.0])) == 0.75
+    assert sign_flip_p(np.full(5, 0.3)) == 2 / 32
+    assert sign_flip_p(np.array([2.0, -2.0, 2.0, -2.0])) == 1.0
+
+
+def test_sign_flip_test_falls_back_to_a_seeded_monte_carlo_for_many_pairs():
+    consistent = sign_flip_p(np.full(25, 1.0))
+    assert consistent == 1 / 200_001  # no draw reaches all-plus or all-minus
+    noise = np.random.default_rng(1).normal(size=25)
+    assert sign_flip_p(noise) == sign_flip_p(noise) > 0.05
+
+
+def test_paired_difference_keeps_only_seeds_where_both_runs_are_healthy():
+    a = [run(60.0), run(55.0), run(70.0), run(90.0, collapsed=True), run(50.0)]
+    b = [run(58.0), run(55.0), {"diverged": True}, run(40.0), run(51.0)]
+    pair = paired_difference(a, b)
+    assert pair["seeds"] == 3 and (pair["wins"], pair["ties"], pair["losses"]) == (1, 1, 1)
+    assert pair["mean"] == pytest.approx(1 / 3) and pair["std"] == pytest.approx(np.std([2, 0, -1], ddof=1))
+    assert pair["p"] == sign_flip_p(np.array([2.0, 0.0, -1.0]))
+    assert paired_difference([run(1.0)], [run(2.0)])["p"] is None
+
+
+def test_table1_pairs_csa_with_each_baseline_seed_by_seed():
+    results = [{"key": f"cmnist-lt/{r}/seed{s}", "diverged": False,
+                "heads": {"ce": run(40.0 + s), "crt": run(60.0 + 2 * s), "main": run(45.0), "balanced": run(59.0 + 3 * s),
+                          "uniform": run(50.0), "ensemble": run(55.0)}}
+               for r in ("crt", "cbrs", "csa") for s in range(4)]
+    rows = select_rows(["ce", "crt", "cbrs", "csa"])
+    pairs = paired(results, ["cmnist-lt"], 4, rows)["cmnist-lt"]
+    assert list(pairs) == ["csa - ce", "csa - crt", "csa - cbrs"]
+    assert pairs["csa - crt"]["mean"] == pytest.approx(0.5)  # differences -1, 0, 1, 2
+    assert (pairs["csa - crt"]["wins"], pairs["csa - crt"]["ties"], pairs["csa - crt"]["losses"]) == (2, 1, 1)
+    assert pairs["csa - ce"]["wins"] == 4 and pairs["csa - ce"]["p"] == 2 / 16
+    md = markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note", pairs={"cmnist-lt": pairs})
+    assert "| cmnist-lt | CSA − cRT | 4 | +0.5 ± 1.3 | 2 / 1 / 1 | 0.750 |" in md
+    assert "Paired by seed" not in markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note")
 
 
 def test_unknown_study_method_lists_known():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import (RESULT_COLUMNS, Job, aggregate, overrides_for_run, paper_numbers, pick_rows,
-                     result_cells, run_jobs, runs_note, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, fmt_paired, overrides_for_run, paired_difference, paper_numbers,
+                     pick_rows, result_cells, run_jobs, runs_note, write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -17,6 +17,8 @@ ROWS = {"ce": ("crt", "ce"), "crt": ("crt", "crt"), "cbrs": ("cbrs", "main"), "c
         # Table 7: CSA's other two heads, from the same runs
         "csa-uniform": ("csa", "uniform"), "csa-ensemble": ("csa", "ensemble")}
 DEFAULT_ROWS = ("ce", "crt", "cbrs")
+#: the method rows compared seed by seed with the baseline rows (when both are in the table)
+PAIRED = {"csa": ("ce", "crt", "cbrs")}
 ROW_NAMES = {"ce": "CE", "crt": "cRT", "cbrs": "CB-RS", "csa": "CSA", "csa-uniform": "CSA (uniform head)",
              "csa-ensemble": "CSA (ensemble)"}
 
@@ -47,25 +49,48 @@ def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], m
     return sorted(jobs, key=lambda j: ("cbrs" not in j.key and "csa" not in j.key, j.key))
 
 
-def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+def row_values(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+    """dataset -> row -> one result per seed, in seed order ({"diverged": True} for a diverged run)."""
     by_key = {r["key"]: r for r in results}
-    table = {}
+    values = {}
     for d in datasets:
-        table[d] = {}
+        values[d] = {}
         for row, (run, head) in rows.items():
-            values = []
-            for s in range(seeds):
-                r = by_key[f"{d}/{run}/seed{s}"]
-                values.append({"diverged": True} if r["diverged"] else r["heads"][head])
-            table[d][row] = aggregate(values)
-    return table
+            runs = [by_key[f"{d}/{run}/seed{s}"] for s in range(seeds)]
+            values[d][row] = [{"diverged": True} if r["diverged"] else r["heads"][head] for r in runs]
+    return values
 
 
-def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = ROW_NAMES) -> str:
+def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+    return {d: {row: aggregate(v) for row, v in by_row.items()}
+            for d, by_row in row_values(results, datasets, seeds, rows).items()}
+
+
+def paired(results: list[dict], datasets: list[str], seeds: int, rows=ROWS, compare: dict = PAIRED) -> dict:
+    """dataset -> "method - baseline" -> ``paired_difference`` of All, for the ``compare`` rows present
+    (method row -> its baseline rows)."""
+    values = row_values(results, datasets, seeds, rows)
+    return {d: {f"{a} - {b}": paired_difference(by_row[a], by_row[b])
+                for a, baselines in compare.items() if a in by_row for b in baselines if b in by_row}
+            for d, by_row in values.items()}
+
+
+def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = ROW_NAMES, pairs: dict | None = None) -> str:
     lines = [f"# {title}", "", note, "", f"| Dataset | Method | {RESULT_COLUMNS} |", "|---|---|---|---|---|---|---|---|---|"]
     for d, rows in table.items():
         for row, agg in rows.items():
             lines.append(f"| {d} | {row_names.get(row, row)} | {result_cells(agg, paper.get(d, {}).get(row))} |")
+    if pairs and any(pairs.values()):
+        lines += ["", "## Paired by seed", "",
+                  "All accuracy of a method minus a baseline's, seed by seed (same long-tail draw and initial "
+                  "weights), over the seeds where both runs are healthy: mean ± std of the differences, the "
+                  "seeds it wins / ties / loses, and the two-sided p-value of the exact sign-flip test of a "
+                  "zero mean difference.", "",
+                  "| Dataset | Comparison | Seeds | Difference (points) | Wins / ties / losses | p |", "|---|---|---|---|---|---|"]
+        for d, comparisons in pairs.items():
+            for name, pair in comparisons.items():
+                a, b = name.split(" - ")
+                lines.append(f"| {d} | {row_names.get(a, a)} − {row_names.get(b, b)} | {pair['seeds']} | {fmt_paired(pair)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +115,9 @@ def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrid
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
             f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
             f"{runs_note(results, workers, wall)}")
-    md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note)
-    write_outputs(out, "table1", md, {"table": table, "runs": results, "wall_seconds": wall,
+    pairs = paired(results, datasets, seeds, rows)
+    md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note, pairs=pairs)
+    write_outputs(out, "table1", md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall,
                                       "seeds": seeds, "workers": workers, "overrides": overrides})
     print(md)
     return table

@@ -37,19 +37,22 @@ class Grid:
     rows: dict
     row_names: dict
     datasets: tuple
+    paired: dict  # method row -> baseline rows it is compared with seed by seed
 
     @property
     def title(self) -> str:
         return f"{self.label}: {self.subject}"
 
 
-TABLE2 = Grid("table2", "Table 2", "CIFAR-LT, ResNet-32", ROWS, ROW_NAMES, tuple(DATASETS))
+TABLE2 = Grid("table2", "Table 2", "CIFAR-LT, ResNet-32", ROWS, ROW_NAMES, tuple(DATASETS),
+              {"csa": ("ce", "crt", "cbrs", "la", "dual")})
 #: Table 10: CSA's balanced branch re-sampled (CB-RS, the default CSA), drawn uniformly with the
 #: logit-adjusted loss (LA), or re-sampled with the LA loss (both); CIFAR-100-LT only, as in the paper.
 TABLE10 = Grid("table10", "Table 10", "CSA with logit adjustment, CIFAR-100-LT, ResNet-32",
                {"csa-cbrs": ("csa-cbrs", "balanced"), "csa-la": ("csa-la", "balanced"),
                 "csa-both": ("csa-both", "balanced")},
-               {"csa-cbrs": "CSA w/ CB-RS", "csa-la": "CSA w/ LA", "csa-both": "CSA w/ both"}, ("cifar100-lt",))
+               {"csa-cbrs": "CSA w/ CB-RS", "csa-la": "CSA w/ LA", "csa-both": "CSA w/ both"}, ("cifar100-lt",),
+               {"csa-la": ("csa-cbrs",), "csa-both": ("csa-cbrs",)})
 GRIDS = {grid.name: grid for grid in (TABLE2, TABLE10)}
 
 
@@ -121,8 +124,9 @@ def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, o
     paper = paper_numbers()[grid.name]
     note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
             f"and left out. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
-    md = table1.markdown(table, paper_rows(rhos, grid), grid.title, note, grid.row_names)
-    write_outputs(out, grid.name, md, {"table": table, "runs": results, "wall_seconds": wall, "seeds": seeds,
+    pairs = table1.paired(results, studies, seeds, rows, grid.paired)
+    md = table1.markdown(table, paper_rows(rhos, grid), grid.title, note, grid.row_names, pairs)
+    write_outputs(out, grid.name, md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall, "seeds": seeds,
                                        "rhos": rhos, "workers": workers, "overrides": overrides})
     print(md)
     return table
