@@ -67,6 +67,11 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     md = (out / "table2.md").read_text()
     assert "| cifar10-lt rho 10 | CSA (uniform head) |" in md and "| 89.8 |" in md
     assert f"Data: {path} (**a JPEG-decoded copy of CIFAR-10" in md
+    # CSA paired with the baselines in the table only (CB-RS, LA and dual were not run); one seed: no p-value
+    # (a tiny one-epoch run may collapse, and then has no pair at all)
+    pairs = json.loads((out / "table2.json").read_text())["paired"]["cifar10-lt rho 10"]
+    assert list(pairs) == ["csa - ce", "csa - crt"] and pairs["csa - crt"]["p"] is None
+    assert f"| cifar10-lt rho 10 | CSA − cRT | {pairs['csa - crt']['seeds']} |" in md
     metrics = json.loads((out / "runs" / "cifar10-lt-rho10" / "csa" / "seed0" / "metrics.json").read_text())
     assert metrics["data_source"] == {"path": str(path), "caveat": KNOWN_CAVEATS["cifar10-jpeg.npz"]}
 
