@@ -23,12 +23,22 @@ def test_table2_rhos_must_be_integers(capsys, tmp_path):
     assert err == "tailshift: error: --rhos must be comma-separated integers such as 100,50,10, got '100,ten'"
 
 
+def test_bad_seeds_option_names_the_value_and_the_forms_allowed(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "table1", "--seeds", "3-1"])
+    err = capsys.readouterr().err
+    assert "--seeds must be a count (5), an inclusive range (5-19) or a comma-separated list (0,3,7)" in err
+    assert "got '3-1'" in err
+
+
 def test_overrides_may_follow_options(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr("tailshift.reproduce.table1.run", lambda *a: seen.setdefault("args", a))
     assert cli.main(["reproduce", "table1", "--seeds", "2", "seed=1", "--workers", "1", "train.epochs=3"]) == 0
     datasets, seeds, workers, out, overrides, mnist_root, methods = seen["args"]
-    assert (seeds, workers, overrides) == (2, 1, ["seed=1", "train.epochs=3"])
+    assert (seeds, workers, overrides) == ([0, 1], 1, ["seed=1", "train.epochs=3"])
+    seen.clear()
+    assert cli.main(["reproduce", "table1", "--seeds", "5-7"]) == 0 and seen["args"][1] == [5, 6, 7]
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "table1", "--bogus"])
 

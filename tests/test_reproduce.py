@@ -107,3 +107,25 @@ def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
     md = (out / "table1.md").read_text()
     assert "| cmnist-lt | CE |" in md and "| 39.1 | 94.4 / 12.2 / 15.2 |" in md and "Command:" in md
     assert (out / "runs" / "cmnist-lt" / "crt" / "seed0" / "metrics.json").exists()
+
+
+def test_seeds_parse_from_a_count_a_range_or_a_list_and_name_themselves():
+    from tailshift.reproduce.common import parse_seeds, seed_list, seeds_note
+
+    assert parse_seeds("3") == [0, 1, 2] == seed_list(3)
+    assert parse_seeds("5-8") == [5, 6, 7, 8] and parse_seeds("0,3,7") == [0, 3, 7]
+    assert seeds_note(5) == "5 seeds" and seeds_note(range(5, 20)) == "15 seeds (5-19)"
+    assert seeds_note([0, 3, 7]) == "3 seeds (0, 3, 7)"
+    for bad in ("0", "x", "9-5", "1,1", "-3", "2.5"):
+        with pytest.raises(ValueError, match=f"--seeds must be a count .* got {bad!r}"):
+            parse_seeds(bad)
+
+
+def test_a_seed_range_names_its_runs_by_seed_and_extends_a_study(tmp_path):
+    jobs = jobs_for(["fashion-lt"], [5, 6], tmp_path, [], rows=select_rows(["ce", "cbrs"]))
+    assert sorted(j.key for j in jobs) == ["fashion-lt/cbrs/seed5", "fashion-lt/cbrs/seed6",
+                                           "fashion-lt/crt/seed5", "fashion-lt/crt/seed6"]
+    assert {j.resolve().seed for j in jobs} == {5, 6}
+    results = [{"key": j.key, "diverged": False, "heads": {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}}
+               for j in jobs]
+    assert collect(results, ["fashion-lt"], [5, 6], select_rows(["ce", "cbrs"]))["fashion-lt"]["cbrs"]["runs"] == 2

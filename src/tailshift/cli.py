@@ -45,6 +45,15 @@ def _reproduce(args) -> None:
                                     overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)
 
 
+def _seeds(text: str) -> list[int]:
+    from .reproduce.common import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _download(args) -> None:
     from .data.sources import download
 
@@ -75,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("what", choices=REPRODUCIBLE)
     r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine); "
                         "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
-    r.add_argument("--seeds", type=int, default=5, help="training seeds per row (default 5)")
+    r.add_argument("--seeds", type=_seeds, default=list(range(5)),
+                   help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) or a list (0,3,7)")
     r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
     r.add_argument("--methods", default=None,

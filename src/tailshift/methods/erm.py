@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LOSSES

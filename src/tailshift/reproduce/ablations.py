@@ -16,7 +16,7 @@ from pathlib import Path
 from ..models import create_model
 from . import table1
 from .common import (RESULT_COLUMNS, Job, aggregate, overrides_for_run, paper_numbers, result_cells,
-                     run_jobs, runs_note, write_outputs)
+                     run_jobs, runs_note, seed_list, seeds_note, write_outputs)
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
 STUDIES = {"cifar100-lt": "table2/cifar100-lt_csa", "cifar10-lt": "table2/cifar10-lt_csa",
@@ -79,7 +79,7 @@ def select_tables(names: list[str] | None, study: str) -> dict[str, Ablation]:
     return {n: a for n, a in chosen.items() if n not in blocked}
 
 
-def plan(study: str, tables: dict[str, Ablation], seeds: int, out: Path, overrides: list[str],
+def plan(study: str, tables: dict[str, Ablation], seeds: int | list[int], out: Path, overrides: list[str],
          mnist_root: str | None = None):
     """Jobs (one per distinct config and seed) and, per table row, the run folder it reads.
 
@@ -104,7 +104,7 @@ def plan(study: str, tables: dict[str, Ablation], seeds: int, out: Path, overrid
     del rows["base"]
     jobs = [Job(f"{slug}/seed{s}", config,
                 [*extra, f"seed={s}", f"output={out / 'runs' / study / slug / f'seed{s}'}", "progress=false"])
-            for slug, extra in variants for s in range(seeds)]
+            for slug, extra in variants for s in seed_list(seeds)]
     return jobs, rows
 
 
@@ -117,7 +117,7 @@ def markdown(table: dict, tables: dict[str, Ablation], paper: dict, title: str, 
     return "\n".join(lines) + "\n"
 
 
-def run(study: str, tables: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str],
+def run(study: str, tables: list[str] | None, seeds: int | list[int], workers: int, out: Path, overrides: list[str],
         mnist_root: str | None = None) -> dict:
     if study not in STUDIES:
         raise ValueError(f"unknown ablation study {study!r}; known: {', '.join(STUDIES)}")
@@ -128,19 +128,19 @@ def run(study: str, tables: list[str] | None, seeds: int, workers: int, out: Pat
     wall = time.perf_counter() - started
     by_key = {r["key"]: r for r in results}
     table = {name: {label: aggregate([{"diverged": True} if (r := by_key[f"{slug}/seed{s}"])["diverged"]
-                                      else r["heads"][HEAD] for s in range(seeds)])
+                                      else r["heads"][HEAD] for s in seed_list(seeds)])
                     for label, slug in by_row.items()}
              for name, by_row in rows.items()}
     paper = paper_numbers()["ablations"]
     note = (f"Study {study}: the shipped config `{STUDIES[study]}` with one switch per row, {HEAD} head, "
-            f"mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
+            f"mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged and collapsed runs are counted "
             f"and left out. Rows that resolve to the same config share its runs. Paper: {paper['source']}. "
             f"{runs_note(results, workers, wall)}")
     if study != PAPER_STUDY:
         note += f" The paper's figures are for {PAPER_STUDY}, not this study: compare trends across rows, not values."
     md = markdown(table, chosen, paper, "CSA ablations (paper App. D)", note)
     write_outputs(out, "ablations", md, {"study": study, "table": table, "rows": rows, "runs": results,
-                                         "wall_seconds": wall, "seeds": seeds, "workers": workers,
+                                         "wall_seconds": wall, "seeds": seed_list(seeds), "workers": workers,
                                          "overrides": overrides})
     print(md)
     return table

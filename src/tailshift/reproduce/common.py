@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import yaml
@@ -117,6 +118,43 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
 
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 16))
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """The training seeds of a study: a count n means seeds 0 .. n-1."""
+    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a count ("5": seeds 0-4), an inclusive range ("5-19") or a list ("0,3,7").
+
+    A range or list lets a study grow (more seeds into the same output folder: finished
+    runs are re-evaluated, not retrained) or report seeds held out from tuning."""
+    bad = ValueError(f"--seeds must be a count (5), an inclusive range (5-19) or a comma-separated list (0,3,7) "
+                     f"of non-negative integers, got {text!r}")
+    try:
+        if "-" in text:
+            first, last = (int(x) for x in text.split("-"))
+            seeds = list(range(first, last + 1))
+        elif "," in text:
+            seeds = [int(x) for x in text.split(",")]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise bad from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise bad
+    return seeds
+
+
+def seeds_note(seeds: int | Sequence[int]) -> str:
+    """"5 seeds" for seeds 0-4, else which ones, e.g. "15 seeds (5-19)"."""
+    seeds = seed_list(seeds)
+    if seeds == list(range(len(seeds))):
+        return f"{len(seeds)} seeds"
+    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    which = f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
+    return f"{len(seeds)} seeds ({which})"
 
 
 def healthy(run: dict) -> bool:

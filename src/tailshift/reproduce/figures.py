@@ -17,7 +17,7 @@ from ..engine import Trainer
 from ..methods.context_bank import ContextBank
 from ..methods.mixing import fuse_context
 from . import table1
-from .common import Job, aggregate, command_line, config_path, run_jobs, write_outputs
+from .common import Job, aggregate, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -33,7 +33,7 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     for d in datasets:
         root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[d] == "mnist" else []
         for g in GAMMAS:
-            for s in range(seeds):
+            for s in seed_list(seeds):
                 jobs.append(Job(f"{d}/{g}/seed{s}", f"table1/{d}_ce",
                                 ["method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
                                  f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides]))
@@ -45,13 +45,13 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
         table[d] = {}
         for g in GAMMAS:
             values = [{"diverged": True} if results[f"{d}/{g}/seed{s}"]["diverged"] else results[f"{d}/{g}/seed{s}"]["heads"]["main"]
-                      for s in range(seeds)]
+                      for s in seed_list(seeds)]
             table[d][g] = aggregate(values)
         curves[d] = {"mean": [table[d][g]["all"]["mean"] for g in GAMMAS], "std": [table[d][g]["all"]["std"] for g in GAMMAS]}
     plots.accuracy_vs_gamma(curves, GAMMAS, out / "figure1.png", "Re-sampling weight vs accuracy (Figure 1)")
     lines = ["# Figure 1: accuracy vs gamma", "",
              f"Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, N draws per epoch; mean ± std over "
-             f"{seeds} seeds. {len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.", "",
+             f"{seeds_note(seeds)}. {len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.", "",
              "| Dataset | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
     for d in datasets:
         lines.append(f"| {d} | " + " | ".join(_cell(table[d][g]) for g in GAMMAS) + " |")

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
 from .common import (RESULT_COLUMNS, Job, aggregate, fmt_paired, overrides_for_run, paired_difference, paper_numbers,
-                     pick_rows, result_cells, run_jobs, runs_note, write_outputs)
+                     pick_rows, result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
 
 #: study dataset -> the dataset it is built from
 DATASETS = {"mnist-lt": "mnist", "cmnist-lt": "mnist", "fashion-lt": "fashion-mnist", "cfashion-lt": "fashion-mnist"}
@@ -35,7 +35,7 @@ def available_datasets(root: str | None) -> list[str]:
     return [name for name, source in DATASETS.items() if present[source]]
 
 
-def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], mnist_root: str | None = None,
+def jobs_for(datasets: list[str], seeds: int | list[int], out: Path, overrides: list[str], mnist_root: str | None = None,
              rows=ROWS) -> list[Job]:
     runs = sorted({run for run, _ in rows.values()})
     root = {d: [f"data.root={mnist_root}"] if mnist_root and DATASETS[d] == "mnist" else [] for d in datasets}
@@ -43,30 +43,30 @@ def jobs_for(datasets: list[str], seeds: int, out: Path, overrides: list[str], m
         Job(f"{d}/{run}/seed{s}", f"table1/{d}_{run}",
             [f"seed={s}", f"output={out / 'runs' / d / run / f'seed{s}'}", "progress=false", *root[d],
              *overrides_for_run(run, overrides, runs)])
-        for d in datasets for run in runs for s in range(seeds)
+        for d in datasets for run in runs for s in seed_list(seeds)
     ]
     # longest first (balanced runs take ~4x the steps), so the pool finishes together
     return sorted(jobs, key=lambda j: ("cbrs" not in j.key and "csa" not in j.key, j.key))
 
 
-def row_values(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+def row_values(results: list[dict], datasets: list[str], seeds: int | list[int], rows=ROWS) -> dict:
     """dataset -> row -> one result per seed, in seed order ({"diverged": True} for a diverged run)."""
     by_key = {r["key"]: r for r in results}
     values = {}
     for d in datasets:
         values[d] = {}
         for row, (run, head) in rows.items():
-            runs = [by_key[f"{d}/{run}/seed{s}"] for s in range(seeds)]
+            runs = [by_key[f"{d}/{run}/seed{s}"] for s in seed_list(seeds)]
             values[d][row] = [{"diverged": True} if r["diverged"] else r["heads"][head] for r in runs]
     return values
 
 
-def collect(results: list[dict], datasets: list[str], seeds: int, rows=ROWS) -> dict:
+def collect(results: list[dict], datasets: list[str], seeds: int | list[int], rows=ROWS) -> dict:
     return {d: {row: aggregate(v) for row, v in by_row.items()}
             for d, by_row in row_values(results, datasets, seeds, rows).items()}
 
 
-def paired(results: list[dict], datasets: list[str], seeds: int, rows=ROWS, compare: dict = PAIRED) -> dict:
+def paired(results: list[dict], datasets: list[str], seeds: int | list[int], rows=ROWS, compare: dict = PAIRED) -> dict:
     """dataset -> "method - baseline" -> ``paired_difference`` of All, for the ``compare`` rows present
     (method row -> its baseline rows)."""
     values = row_values(results, datasets, seeds, rows)
@@ -98,7 +98,7 @@ def select_rows(methods: list[str] | None) -> dict:
     return pick_rows(methods, ROWS, DEFAULT_ROWS, "study")
 
 
-def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrides: list[str], mnist_root: str | None,
+def run(datasets: list[str] | None, seeds: int | list[int], workers: int, out: Path, overrides: list[str], mnist_root: str | None,
         methods: list[str] | None = None) -> dict:
     datasets = datasets or available_datasets(mnist_root)
     unknown = sorted(set(datasets) - set(DATASETS))
@@ -111,13 +111,13 @@ def run(datasets: list[str] | None, seeds: int, workers: int, out: Path, overrid
     wall = time.perf_counter() - started
     table = collect(results, datasets, seeds, rows)
     paper = paper_numbers()["table1"]
-    note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged (non-finite loss) and "
+    note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss) and "
             f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
             f"Paper: {paper['source']}; CMNIST-LT reference = the release's printed numbers. "
             f"{runs_note(results, workers, wall)}")
     pairs = paired(results, datasets, seeds, rows)
     md = markdown(table, paper, "Table 1: re-sampling on MNIST-family long-tail sets", note, pairs=pairs)
     write_outputs(out, "table1", md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall,
-                                      "seeds": seeds, "workers": workers, "overrides": overrides})
+                                      "seeds": seed_list(seeds), "workers": workers, "overrides": overrides})
     print(md)
     return table

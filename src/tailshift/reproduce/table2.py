@@ -13,7 +13,8 @@ from pathlib import Path
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
 from . import table1
-from .common import Job, overrides_for_run, paper_numbers, pick_rows, run_jobs, runs_note, write_outputs
+from .common import (Job, overrides_for_run, paper_numbers, pick_rows, run_jobs, runs_note, seed_list, seeds_note,
+                     write_outputs)
 
 DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
 #: table row -> (run config suffix, head of that run). CE is stage 1 of the cRT run.
@@ -72,14 +73,14 @@ def available_datasets(grid: Grid = TABLE2) -> list[str]:
     return found
 
 
-def jobs_for(datasets: list[str], rhos: list[int], seeds: int, out: Path, overrides: list[str], rows: dict,
+def jobs_for(datasets: list[str], rhos: list[int], seeds: int | list[int], out: Path, overrides: list[str], rows: dict,
              grid: Grid = TABLE2) -> list[Job]:
     runs = sorted({run for run, _ in rows.values()})
     jobs = [
         Job(f"{study_name(d, rho)}/{run}/seed{s}", f"{grid.name}/{d}_{run}",
             [f"data.longtail.rho={rho}", f"seed={s}", f"output={out / 'runs' / f'{d}-rho{rho}' / run / f'seed{s}'}",
              "progress=false", *overrides_for_run(run, overrides, runs)])
-        for d in datasets for rho in rhos for run in runs for s in range(seeds)
+        for d in datasets for rho in rhos for run in runs for s in seed_list(seeds)
     ]
     return sorted(jobs, key=lambda j: (j.key.split("/")[1] not in DUAL_RUNS, j.key))
 
@@ -106,7 +107,7 @@ def select_rows(methods: list[str] | None, grid: Grid = TABLE2) -> dict:
     return pick_rows(methods, grid.rows, grid.rows, grid.label)
 
 
-def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, out: Path, overrides: list[str],
+def run(datasets: list[str] | None, rhos: list[int], seeds: int | list[int], workers: int, out: Path, overrides: list[str],
         methods: list[str] | None = None, grid: Grid = TABLE2) -> dict:
     rows = select_rows(methods, grid)  # a bad method name is reported before any data is looked for
     datasets = datasets or available_datasets(grid)
@@ -122,11 +123,11 @@ def run(datasets: list[str] | None, rhos: list[int], seeds: int, workers: int, o
     studies = [study_name(d, rho) for d in datasets for rho in rhos]
     table = table1.collect(results, studies, seeds, rows)
     paper = paper_numbers()[grid.name]
-    note = (f"Mean ± std (sample) over {seeds} seeds of the healthy runs; diverged and collapsed runs are counted "
+    note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged and collapsed runs are counted "
             f"and left out. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
     pairs = table1.paired(results, studies, seeds, rows, grid.paired)
     md = table1.markdown(table, paper_rows(rhos, grid), grid.title, note, grid.row_names, pairs)
-    write_outputs(out, grid.name, md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall, "seeds": seeds,
+    write_outputs(out, grid.name, md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall, "seeds": seed_list(seeds),
                                        "rhos": rhos, "workers": workers, "overrides": overrides})
     print(md)
     return table
