@@ -185,7 +185,7 @@ def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0
     for start in range(0, len(uniform), batch):
         b = arrays.batch(torch.from_numpy(uniform[start:start + batch]))
         mask, confident = method.extract_contexts(b.x, b.y)
-        bank.push(b.x[confident], mask[confident])
+        bank.push(b.x, mask, confident.nonzero().squeeze(1))
         seen += len(b.y)
         if bank.is_full:
             break
