@@ -76,6 +76,8 @@ def test_table1_pairs_csa_with_each_baseline_seed_by_seed():
     assert pairs["csa - ce"]["wins"] == 4 and pairs["csa - ce"]["p"] == 2 / 16
     md = markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note", pairs={"cmnist-lt": pairs})
     assert "| cmnist-lt | CSA − cRT | 4 | +0.5 ± 1.3 | 2 / 1 / 1 | 0.750 |" in md
+    strong = {"cmnist-lt": {"csa - ce": {**pairs["csa - ce"], "p": 2 / 2**20}}}
+    assert "| 4 / 0 / 0 | < 0.001 |" in markdown({}, {}, "T", "note", pairs=strong)
     assert "Paired by seed" not in markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note")
 
 

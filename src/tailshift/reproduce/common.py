@@ -215,7 +215,7 @@ def fmt_paired(pair: dict) -> str:
     if pair["mean"] is None:
         return "- | - | -"
     spread = "" if pair["std"] is None else f" ± {pair['std']:.1f}"
-    p = "-" if pair["p"] is None else f"{pair['p']:.3f}"
+    p = "-" if pair["p"] is None else "< 0.001" if pair["p"] < 0.001 else f"{pair['p']:.3f}"
     return f"{pair['mean']:+.1f}{spread} | {pair['wins']} / {pair['ties']} / {pair['losses']} | {p}"
 
 
