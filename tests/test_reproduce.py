@@ -70,7 +70,8 @@ def test_table1_pairs_csa_with_each_baseline_seed_by_seed():
                for r in ("crt", "cbrs", "csa") for s in range(4)]
     rows = select_rows(["ce", "crt", "cbrs", "csa"])
     pairs = paired(results, ["cmnist-lt"], 4, rows)["cmnist-lt"]
-    assert list(pairs) == ["csa - ce", "csa - crt", "csa - cbrs"]
+    assert list(pairs) == ["csa - ce", "csa - crt", "csa - cbrs", "cbrs - ce", "cbrs - crt"]
+    assert (pairs["cbrs - crt"]["mean"], pairs["cbrs - crt"]["losses"]) == (-18.0, 4)  # 45 against 60, 62, 64, 66
     assert pairs["csa - crt"]["mean"] == pytest.approx(0.5)  # differences -1, 0, 1, 2
     assert (pairs["csa - crt"]["wins"], pairs["csa - crt"]["ties"], pairs["csa - crt"]["losses"]) == (2, 1, 1)
     assert pairs["csa - ce"]["wins"] == 4 and pairs["csa - ce"]["p"] == 2 / 16
