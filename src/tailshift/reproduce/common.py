@@ -90,6 +90,7 @@ def _run_job(job: Job) -> dict:
         "key": job.key,
         "diverged": False,
         "seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
         "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
         "output": cfg.output,
@@ -220,9 +221,14 @@ def fmt_paired(pair: dict) -> str:
 
 
 def runs_note(results: list[dict], workers: int, wall: float) -> str:
-    """The sentences every reproduce table's note ends with: how many runs, how long, on which data."""
+    """The sentences every reproduce table's note ends with: how many runs, how long, on which data.
+
+    A report rebuilt from finished runs takes seconds, so the runs' own training time (kept in
+    each run's metrics across resumes) is given beside this invocation's wall time."""
+    trained = sum(r.get("train_seconds") or 0.0 for r in results)
     return (f"{len(results)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation (runs "
-            f"already complete in the output folder are re-evaluated, not retrained).{data_note(results)}")
+            f"already complete in the output folder are re-evaluated, not retrained); training time of the runs "
+            f"that did not diverge: {trained:.0f} s of worker time.{data_note(results)}")
 
 
 def data_note(results: list[dict]) -> str:
