@@ -85,8 +85,8 @@ def markdown(table: dict, paper: dict, title: str, note: str, row_names: dict = 
         lines += ["", "## Paired by seed", "",
                   "All accuracy of a method minus a baseline's, seed by seed (same long-tail draw and initial "
                   "weights), over the seeds where both runs are healthy: mean ± std of the differences, the "
-                  "seeds it wins / ties / loses, and the two-sided p-value of the exact sign-flip test of a "
-                  "zero mean difference.", "",
+                  "seeds it wins / ties / loses, and the two-sided p-value of the sign-flip test of a zero mean "
+                  "difference (exact up to 20 seeds, seeded Monte Carlo beyond).", "",
                   "| Dataset | Comparison | Seeds | Difference (points) | Wins / ties / losses | p |", "|---|---|---|---|---|---|"]
         for d, comparisons in pairs.items():
             for name, pair in comparisons.items():
