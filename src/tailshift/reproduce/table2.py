@@ -127,7 +127,8 @@ def run(datasets: list[str] | None, rhos: list[int], seeds: int | list[int], wor
             f"and left out. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
     pairs = table1.paired(results, studies, seeds, rows, grid.paired)
     md = table1.markdown(table, paper_rows(rhos, grid), grid.title, note, grid.row_names, pairs)
-    write_outputs(out, grid.name, md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall, "seeds": seed_list(seeds),
-                                       "rhos": rhos, "workers": workers, "overrides": overrides})
+    write_outputs(out, grid.name, md, {"table": table, "paired": pairs, "runs": results, "wall_seconds": wall,
+                                       "seeds": seed_list(seeds), "rhos": rhos, "workers": workers,
+                                       "overrides": overrides})
     print(md)
     return table
