@@ -25,20 +25,21 @@ def _gap_linear(seed=0, c=5, k=4):
 def test_cam_matches_analytic_map():
     fc, fmap, targets, _ = _gap_linear()
     expected = torch.stack(
-        [torch.relu((fc.weight[y][:, None, None] * fmap[i]).sum(0)) for i, y in enumerate(targets)]
+        [(fc.weight[y][:, None, None] * fmap[i]).sum(0) for i, y in enumerate(targets)]
     )
     torch.testing.assert_close(class_activation_map(fmap, fc.weight, targets), expected.detach())
 
 
-def test_grad_cam_equals_cam_for_gap_linear():
+def test_grad_cam_is_the_relu_of_cam_for_gap_linear():
     fc, fmap, targets, head = _gap_linear()
     result = grad_cam(fmap, head, targets)
     assert isinstance(result, CamResult)
     cam = class_activation_map(fmap, fc.weight, targets)
     h, w = fmap.shape[2:]
-    # Exact relation before normalisation: Grad-CAM = CAM / (h * w).
-    torch.testing.assert_close(result.cam, cam / (h * w))
-    torch.testing.assert_close(normalize_cam(result.cam), normalize_cam(cam))
+    # Exact relation before normalisation: Grad-CAM = ReLU(CAM) / (h * w).
+    torch.testing.assert_close(result.cam, torch.relu(cam) / (h * w))
+    nonnegative = (cam >= 0).flatten(1).all(1)
+    torch.testing.assert_close(normalize_cam(result.cam)[nonnegative], normalize_cam(cam)[nonnegative])
     torch.testing.assert_close(result.logits, head(fmap).detach())
     assert not result.logits.requires_grad
 
@@ -148,3 +149,22 @@ def test_per_channel_upsampling_repeats_the_map_in_channels_last_memory():
     assert mask.shape == (3, 3, 8, 8) and mask.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="channels must be >= 1, got 0"):
         upsample_cam(cam, 8, channels=0)
+
+
+def test_cam_without_relu_differs_from_grad_cam_where_the_weighted_sum_is_negative():
+    # the release's CAM branch has no ReLU (Table 8): a map with a negative part keeps
+    # its ordering there, while Grad-CAM flattens it to zero
+    fc = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
+    fmap = torch.zeros(1, 2, 2, 2)
+    fmap[0, 0] = torch.tensor([[3.0, 1.0], [0.0, 0.0]])
+    fmap[0, 1] = torch.tensor([[0.0, 0.0], [1.0, 2.0]])  # weighted sum: [[3, 1], [-1, -2]]
+    targets = torch.tensor([0])
+    cam = normalize_cam(class_activation_map(fmap, fc.weight, targets))
+    gradcam = normalize_cam(grad_cam(fmap, lambda a: fc(a.mean(dim=(2, 3))), targets).cam)
+    torch.testing.assert_close(cam[0], torch.tensor([[1.0, 0.6], [0.2, 0.0]]))
+    torch.testing.assert_close(gradcam[0], torch.tensor([[1.0, 1 / 3], [0.0, 0.0]]))
+    mask_cam, _ = context_masks(fmap, None, targets, 2, "cam", 1.0, fc.weight)
+    mask_grad, _ = context_masks(fmap, lambda a: fc(a.mean(dim=(2, 3))), targets, 2, "gradcam", 1.0)
+    assert not torch.allclose(mask_cam, mask_grad)

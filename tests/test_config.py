@@ -15,7 +15,7 @@ def test_defaults_and_overrides():
 
 def test_shipped_table1_configs_load():
     cfg = load_config(config_path("table1/fashion-lt_crt"))
-    assert cfg.method.name == "crt" and cfg.data.longtail.rho == 100 and cfg.train.optim.schedule == "constant"
+    assert cfg.method.name == "crt" and cfg.data.longtail.rho == 100 and cfg.train.optim.schedule == "cosine_epoch"
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,9 @@ def test_shipped_table1_configs_load():
     [
         ("data.longtail.rho=0.5", "data.longtail.rho must be >= 1, got 0.5"),
         ("train.epochs=0", "train.epochs must be >= 1, got 0"),
-        ("train.optim.schedule=linear", "train.optim.schedule must be one of constant, cosine, step; got 'linear'"),
+        ("train.optim.schedule=linear", "train.optim.schedule must be one of constant, cosine, cosine_epoch, step; got 'linear'"),
+        ("data.context.palette=viridis", "data.context.palette must be one of tab10, deep; got 'viridis'"),
+        ("train.optim.cosine_period=0", r"train.optim.cosine_period must be >= 1 \(or null: train.epochs\), got 0"),
         ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
         ("data.colour=1", "unknown key data.colour; known: dataset, root"),
         ("data.context.noise=1.5", r"data.context.noise must be in \[0, 1\), got 1.5"),
@@ -77,6 +79,8 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     # recorded before train.optim.clip_grad_norm existed (commit 56849d5): its runs must stay resumable
     from tailshift.reproduce.common import config_path
 
-    cfg = load_config(config_path("table1/fashion-lt_ce"))
+    # (the config of that time: a constant rate; its coloured twins used seaborn "deep", the neutral palette)
+    cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
     assert cfg.fingerprint() == "cb89157a65fcd9be"
+    assert build_config(cfg.to_dict(), ["data.context.palette=tab10"]).fingerprint() != cfg.fingerprint()
     assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()

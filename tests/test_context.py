@@ -3,7 +3,8 @@ import pytest
 
 from tailshift.data.arrays import ArrayDataset, DataError
 from tailshift.data.context import (
-    SEABORN_DEEP,
+    PALETTES,
+    TAB10,
     _sequential_choice,
     add_label_noise,
     colourize,
@@ -60,7 +61,7 @@ def test_head_colours_vary_tail_colours_are_fixed():
     out = make_coloured_train(ds, 0.0, 5, np.random.RandomState(0))
     assert out.images.shape == (3000, 3, 2, 2)
     colours = out.images[:, :, 0, 0]
-    palette = (255 * SEABORN_DEEP).astype(np.uint8)
+    palette = np.round(255 * TAB10).astype(np.uint8)
     for c in range(5, 10):
         assert (colours[labels == c] == palette[c]).all()
     for c in range(5):
@@ -73,7 +74,7 @@ def test_test_colours_are_uniform_and_labels_kept():
     ds = ArrayDataset(np.full((2000, 1, 1, 1), 255, np.uint8), labels)
     out = make_coloured_test(ds, np.random.RandomState(0))
     assert (out.labels == labels).all()
-    palette = (255 * SEABORN_DEEP).astype(np.uint8)
+    palette = np.round(255 * TAB10).astype(np.uint8)
     tail = out.images[labels == 9][:, :, 0, 0]
     assert len({tuple(x) for x in tail}) == 10
     hits = [(tail == palette[k]).all(1).mean() for k in range(10)]
@@ -83,7 +84,18 @@ def test_test_colours_are_uniform_and_labels_kept():
 def test_colourize_truncates_toward_zero():
     img = np.array([[[[3]]]], np.uint8)
     out = colourize(img, np.array([0]))
-    assert out[0, :, 0, 0].tolist() == [int(3 * c) for c in SEABORN_DEEP[0]]
+    assert out[0, :, 0, 0].tolist() == [int(3 * c) for c in TAB10[0]]
+
+
+def test_palettes_hold_the_release_tab10_colours_and_seaborn_deep():
+    # the release's sns.color_palette() without a theme = matplotlib's tab10 cycle (protocol.md)
+    tab10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    assert [("#%02x%02x%02x" % tuple(np.round(255 * c).astype(int))) for c in PALETTES["tab10"]] == tab10
+    assert PALETTES["tab10"][0].tolist() == [31 / 255, 119 / 255, 180 / 255]
+    assert PALETTES["deep"][0].tolist() == [0x4C / 255, 0x72 / 255, 0xB0 / 255]
+    # grey 255 x colour, truncated: a full-intensity pixel of tail class 9 is exactly #17becf
+    out = colourize(np.full((1, 1, 1, 1), 255, np.uint8), np.array([9]))
+    assert out[0, :, 0, 0].tolist() == [0x17, 0xBE, 0xCF]
 
 
 def test_colour_needs_grey_input():
@@ -105,3 +117,11 @@ def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
     flipped = data.clean_labels != data.train.labels
     assert flipped.mean() == pytest.approx(0.25, abs=0.001)
     assert np.bincount(data.clean_labels).tolist() == [5923, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]
+    # tab10 by default, seaborn "deep" on request: the same draws, other colours
+    tail = data.train.images[data.train.labels == 9][:, :, 0, 0]
+    assert (tail == np.floor(200 * TAB10[9]).astype(np.uint8)).all()
+    deep = build.prepare_data(build_config({}, ["data.dataset=mnist", "data.context.enabled=true",
+                                                "data.longtail.n_max=6000", "data.context.palette=deep"]).data)
+    build._prepare.cache_clear()
+    assert (deep.train.labels == data.train.labels).all()
+    assert (deep.train.images[deep.train.labels == 9][:, :, 0, 0] == np.floor(200 * PALETTES["deep"][9]).astype(np.uint8)).all()

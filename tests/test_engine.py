@@ -1,9 +1,10 @@
 import json
+import math
 
 import pytest
 import torch
 
-from tailshift.config import build_config
+from tailshift.config import build_config, load_config
 from tailshift.engine import CheckpointMismatchError, DivergenceError, Trainer, learning_rate, train
 
 
@@ -112,6 +113,38 @@ def test_learning_rate_schedules():
     assert learning_rate(cos, 0.1, "cosine", 8, 0) == pytest.approx(0.1)
     assert learning_rate(cos, 0.1, "cosine", 8, 4) == pytest.approx(0.05)
     assert learning_rate(cos, 0.1, "constant", 8, 7.9) == 0.1
+
+
+RELEASE_LENET_RATES = [0.1, 0.0962, 0.0854, 0.0691, 0.05, 0.0309, 0.0146, 0.0038]
+
+
+@pytest.mark.parametrize("dataset", ["mnist-lt", "cmnist-lt", "fashion-lt", "cfashion-lt"])
+def test_release_cosine_epoch_rates_of_both_crt_stages(dataset):
+    # protocol.md: epoch e trains at 0.05 (1 + cos(pi e / 8)); cRT's 4-epoch re-training uses divisor 8 too
+    from tailshift.methods import METHODS
+    from tailshift.methods.base import build_params
+    from tailshift.reproduce.common import config_path
+
+    cfg = load_config(config_path(f"table1/{dataset}_crt"))
+    assert cfg.train.optim.schedule == "cosine_epoch" and cfg.train.optim.warmup_epochs == 0
+    params = build_params(METHODS.get("crt"), cfg.method.params)
+    period = cfg.train.optim.cosine_period or cfg.train.epochs
+    steps = 7  # the rate is constant within an epoch: every step of it gets the same value
+    for epochs, lr, schedule, expected in ((cfg.train.epochs, cfg.train.optim.lr, cfg.train.optim.schedule, RELEASE_LENET_RATES),
+                                           (params.retrain_epochs, params.retrain_lr, params.retrain_schedule, RELEASE_LENET_RATES[:4])):
+        rates = [[learning_rate(cfg.train.optim, lr, schedule, epochs, e + s / steps, period) for s in range(steps)]
+                 for e in range(epochs)]
+        assert [round(r[0], 4) for r in rates] == expected
+        assert all(len(set(r)) == 1 for r in rates)
+
+
+def test_engine_trains_each_crt_epoch_at_the_release_rate(prepared, tmp_path):
+    metrics = train(cfg_for(tmp_path, "method.name=crt", "train.epochs=3", "train.optim.schedule=cosine_epoch",
+                            "method.params.retrain_epochs=2", "method.params.retrain_schedule=cosine_epoch"), prepared)
+    rates = [round(r["lr"], 6) for r in metrics["curve"]]
+    one_third = round(0.1 * 0.5 * (1 + math.cos(math.pi / 3)), 6)
+    two_thirds = round(0.1 * 0.5 * (1 + math.cos(2 * math.pi / 3)), 6)
+    assert rates == [0.1, one_third, two_thirds, 0.1, one_third]
 
 
 def test_gradient_clipping_bounds_every_step_and_is_logged(prepared, tmp_path):

@@ -19,7 +19,7 @@ CAM_METHODS = ("gradcam", "cam")
 
 
 class CamResult(NamedTuple):
-    """``cam``: B x h x w, non-negative, unnormalised. ``logits``: B x K, detached, reusable for
+    """``cam``: B x h x w, unnormalised (non-negative for Grad-CAM). ``logits``: B x K, detached, reusable for
     the confidence filter (delta) without a second head pass."""
 
     cam: torch.Tensor
@@ -67,15 +67,15 @@ def grad_cam(
 def class_activation_map(
     feature_map: torch.Tensor, classifier_weight: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """CAM (Zhou et al. 2016) for GAP + linear models: ``ReLU(sum_k W[y, k] A_k)``, B x h x w.
+    """CAM (Zhou et al. 2016) for GAP + linear models: ``sum_k W[y, k] A_k``, B x h x w.
 
-    For such a model d logit_y / d A_kij = W[y, k] / (h * w) at every position,
-    so Grad-CAM equals this map times the positive factor 1 / (h * w) and the two
-    agree exactly after ``normalize_cam``. (The paper's Table 8 gap between them
-    therefore cannot come from the maps of a GAP + linear head alone.)
+    No ReLU, as in the release's CAM branch (protocol.md, Table 8): negative evidence
+    is kept and min-max scaled with the rest. For such a model Grad-CAM is the ReLU of
+    this map times 1 / (h * w), so the two masks agree exactly where the map is
+    non-negative everywhere and differ wherever the weighted sum is negative.
     """
     weights = classifier_weight.detach()[targets]
-    return F.relu(torch.einsum("bc,bchw->bhw", weights, feature_map.detach()))
+    return torch.einsum("bc,bchw->bhw", weights, feature_map.detach())
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -35,6 +35,7 @@ class ContextConfig:
     enabled: bool = False
     noise: float = 0.25
     head_classes: int | None = None  # None: C // 2
+    palette: str = "tab10"  # tab10: the release's sns.color_palette() (matplotlib's cycle); deep: seaborn "deep"
 
 
 @dataclass
@@ -77,7 +78,8 @@ class OptimConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
-    schedule: str = "constant"  # constant | cosine | step
+    schedule: str = "constant"  # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
+    cosine_period: int | None = None  # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
     warmup_epochs: int = 0
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -128,7 +130,11 @@ class RunConfig:
 
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
-NEUTRAL_LATER_OPTIONS = {"train.optim.clip_grad_norm": 0.0}
+NEUTRAL_LATER_OPTIONS = {
+    "train.optim.clip_grad_norm": 0.0,
+    "train.optim.cosine_period": None,
+    "data.context.palette": "deep",  # the colours of every coloured run recorded before the option existed
+}
 
 
 CHOICES = {
@@ -137,7 +143,8 @@ CHOICES = {
     "data.augment": ("none", "crop_flip"),
     "sampling.balanced": ("class_aware", "power"),
     "sampling.balanced_epoch": ("balanced", "dataset"),
-    "train.optim.schedule": ("constant", "cosine", "step"),
+    "train.optim.schedule": ("constant", "cosine", "cosine_epoch", "step"),
+    "data.context.palette": ("tab10", "deep"),
 }
 
 
@@ -212,6 +219,7 @@ def _check(cfg: RunConfig) -> None:
         "sampling.balanced": cfg.sampling.balanced,
         "sampling.balanced_epoch": cfg.sampling.balanced_epoch,
         "train.optim.schedule": cfg.train.optim.schedule,
+        "data.context.palette": cfg.data.context.palette,
     }
     for key, value in flat.items():
         if value not in CHOICES[key]:
@@ -240,6 +248,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"train.optim.lr must be > 0, got {tr.optim.lr}")
     if not tr.optim.clip_grad_norm >= 0:
         raise ConfigError(f"train.optim.clip_grad_norm must be >= 0 (0: off), got {tr.optim.clip_grad_norm}")
+    if tr.optim.cosine_period is not None and tr.optim.cosine_period < 1:
+        raise ConfigError(f"train.optim.cosine_period must be >= 1 (or null: train.epochs), got {tr.optim.cosine_period}")
     if tr.optim.warmup_epochs < 0 or tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):

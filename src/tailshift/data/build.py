@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from .arrays import ArrayDataset
-from .context import make_coloured_test, make_coloured_train
+from .context import PALETTES, make_coloured_test, make_coloured_train
 from .groups import class_groups
 from .longtail import make_longtail
 from .sources import load_dataset
@@ -59,8 +59,9 @@ def _prepare(key: str) -> PreparedData:
     ctx = cfg["context"]
     if ctx["enabled"]:
         head = ctx["head_classes"] if ctx["head_classes"] is not None else num_classes // 2
-        train = make_coloured_train(train, ctx["noise"], head, rng)
-        test = make_coloured_test(test, np.random.RandomState(lt["seed"]))
+        palette = PALETTES[ctx["palette"]]
+        train = make_coloured_train(train, ctx["noise"], head, rng, palette)
+        test = make_coloured_test(test, np.random.RandomState(lt["seed"]), palette)
     bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
     groups = class_groups(clean_counts, cfg["groups"], bounds)
     noise_free = clean_labels if ctx["enabled"] else None

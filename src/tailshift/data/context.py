@@ -11,22 +11,19 @@ import numpy as np
 
 from .arrays import ArrayDataset, DataError
 
-#: seaborn's default 10-colour palette ("deep", seaborn >= 0.9), RGB in [0, 1].
-SEABORN_DEEP = np.array(
-    [
-        [0x4C, 0x72, 0xB0],
-        [0xDD, 0x84, 0x52],
-        [0x55, 0xA8, 0x68],
-        [0xC4, 0x4E, 0x52],
-        [0x81, 0x72, 0xB3],
-        [0x93, 0x78, 0x60],
-        [0xDA, 0x8B, 0xC3],
-        [0x8C, 0x8C, 0x8C],
-        [0xCC, 0xB9, 0x74],
-        [0x64, 0xB5, 0xCD],
-    ],
-    dtype=np.float64,
-) / 255.0
+def _hex_palette(*codes: str) -> np.ndarray:
+    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in codes], dtype=np.float64) / 255.0
+
+
+#: Named 10-colour palettes, RGB in [0, 1]. "tab10" (matplotlib's default cycle) is what the
+#: release's ``sns.color_palette()`` returned with no seaborn theme set: CMNIST-LT's colours.
+PALETTES = {
+    "tab10": _hex_palette("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                          "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
+    "deep": _hex_palette("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3",  # seaborn >= 0.9 "deep"
+                         "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"),
+}
+TAB10 = PALETTES["tab10"]
 
 
 def _sequential_choice(rng: np.random.RandomState, probabilities: np.ndarray) -> np.ndarray:
@@ -74,7 +71,7 @@ def colour_probabilities(labels: np.ndarray, num_colours: int, head_classes: int
     return p
 
 
-def colourize(images: np.ndarray, colours: np.ndarray, palette: np.ndarray = SEABORN_DEEP) -> np.ndarray:
+def colourize(images: np.ndarray, colours: np.ndarray, palette: np.ndarray = TAB10) -> np.ndarray:
     """Grey (N, 1, H, W) uint8 x palette[colour] per channel -> (N, 3, H, W), truncated to uint8."""
     if images.shape[1] != 1:
         raise DataError(f"coloured context needs grey images (N, 1, H, W), got {images.shape}")
@@ -87,7 +84,7 @@ def make_coloured_train(
     noise: float,
     head_classes: int,
     rng: np.random.RandomState,
-    palette: np.ndarray = SEABORN_DEEP,
+    palette: np.ndarray = TAB10,
 ) -> ArrayDataset:
     """Label noise, then colours keyed on the noisy label (the release's steps 2-4)."""
     labels = add_label_noise(train.labels, noise, train.num_classes, rng)
@@ -95,7 +92,7 @@ def make_coloured_train(
     return ArrayDataset(colourize(train.images, colours, palette), labels, train.class_names)
 
 
-def make_coloured_test(test: ArrayDataset, rng: np.random.RandomState, palette: np.ndarray = SEABORN_DEEP) -> ArrayDataset:
+def make_coloured_test(test: ArrayDataset, rng: np.random.RandomState, palette: np.ndarray = TAB10) -> ArrayDataset:
     """Every test sample takes a uniformly random colour."""
     p = np.full((len(test), len(palette)), 1.0 / len(palette))
     colours = _sequential_choice(rng, p)

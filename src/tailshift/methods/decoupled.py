@@ -10,6 +10,8 @@ from torch import nn
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LOSSES
 
+RETRAIN_SCHEDULES = ("constant", "cosine", "cosine_epoch")  # a step schedule would use the run's milestones
+
 
 @METHODS.register("crt")
 class ClassifierRetraining(Method):
@@ -26,8 +28,13 @@ class ClassifierRetraining(Method):
         retrain_epochs: int = 4
         retrain_lr: float = 0.1
         reinit: bool = False
-        retrain_schedule: str = "constant"
+        retrain_schedule: str = "constant"  # cosine_epoch: the release's LeNet cRT (period = train.epochs)
         loss: str = "ce"
+
+        def __post_init__(self):
+            if self.retrain_schedule not in RETRAIN_SCHEDULES:
+                raise ValueError(f"method.params.retrain_schedule must be one of {', '.join(RETRAIN_SCHEDULES)}; "
+                                 f"got {self.retrain_schedule!r}")
 
     default_head = "crt"
 
