@@ -305,6 +305,26 @@ def test_la_losses_use_class_prior():
     torch.testing.assert_close(out.logs["loss_uniform"], expected.detach())
 
 
+def test_release_table10_la_is_on_the_uniform_head_only():
+    # table10/cifar100-lt_csa-la as shipped: LA on the uniform head, plain CE on the (plain, dual) balanced batch
+    from tailshift.config import load_config
+    from tailshift.reproduce.common import config_path
+
+    params = load_config(config_path("table10/cifar100-lt_csa-la")).method.params
+    method = _method("dual", **{k: params[k] for k in ("uniform_loss", "balanced_loss", "balanced_stream")})
+    batches = _batches(method)
+    method.train()
+    out = method.training_step(batches, _ctx(method, 0))
+    prior = torch.log(torch.as_tensor(COUNTS / COUNTS.sum(), dtype=torch.float32))
+    u, b = batches["uniform"], batches["balanced"]
+    with torch.no_grad():
+        uniform_logits = method.uniform_head(method.backbone(u.x))
+        balanced_logits = method.balanced_head(method.backbone(b.x))
+    torch.testing.assert_close(out.logs["loss_uniform"], F.cross_entropy(uniform_logits + prior, u.y))
+    torch.testing.assert_close(out.logs["loss_balanced"], F.cross_entropy(balanced_logits, b.y))
+    assert not torch.allclose(out.logs["loss_balanced"], F.cross_entropy(balanced_logits + prior, b.y))
+
+
 def test_predict_heads():
     method = _method().eval()
     x = _batches(method)["uniform"].x

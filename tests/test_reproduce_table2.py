@@ -82,13 +82,21 @@ def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
     jobs = table2.jobs_for(["cifar100-lt"], [100], 2, tmp_path, [], rows, table2.TABLE10)
     assert len(jobs) == 3 * 2 and all(j.config.startswith("table10/cifar100-lt_csa-") for j in jobs)
     params = {j.key.split("/")[1]: j.resolve().method.params for j in jobs}
-    assert params["csa-la"]["balanced_stream"] == "uniform" and params["csa-la"]["balanced_loss"] == "la"
-    assert params["csa-both"].get("balanced_stream", "balanced") == "balanced" and params["csa-both"]["balanced_loss"] == "la"
+    # the release: LA on the uniform head only, plain CE on the balanced branch
+    assert params["csa-la"]["balanced_stream"] == "uniform"
+    assert params["csa-la"]["uniform_loss"] == "la" and params["csa-la"]["balanced_loss"] == "ce"
+    assert params["csa-both"].get("balanced_stream", "balanced") == "balanced"
+    assert params["csa-both"]["uniform_loss"] == "la" and params["csa-both"]["balanced_loss"] == "ce"
+    variants = table2.select_rows(["csa-la-balanced-head", "csa-both-balanced-head"], table2.TABLE10)
+    old = {j.key.split("/")[1]: j.resolve().method.params
+           for j in table2.jobs_for(["cifar100-lt"], [100], 1, tmp_path, [], variants, table2.TABLE10)}
+    assert old["csa-la-balanced-head"]["balanced_loss"] == "la" and old["csa-la-balanced-head"].get("uniform_loss", "ce") == "ce"
+    assert old["csa-both-balanced-head"]["balanced_loss"] == "la"
     paper = table2.paper_rows([100, 50], table2.TABLE10)
     assert paper == {"cifar100-lt rho 100": {"csa-cbrs": [45.8, 64.3, 49.7, 18.2], "csa-la": [47.2, 62.4, 48.8, 26.1],
                                              "csa-both": [45.0, 48.7, 51.0, 31.4]},
                      "cifar100-lt rho 50": {}}
-    with pytest.raises(ValueError, match="unknown Table 10 method 'csa'; known: csa-cbrs, csa-la, csa-both"):
+    with pytest.raises(ValueError, match="unknown Table 10 method 'csa'; known: csa-cbrs, csa-la, csa-both, csa-la-balanced-head"):
         table2.select_rows(["csa"], table2.TABLE10)
     with pytest.raises(ValueError, match="unknown Table 10 dataset 'cifar10-lt'; known: cifar100-lt"):
         table2.run(["cifar10-lt"], [100], 1, 1, tmp_path, [], grid=table2.TABLE10)
@@ -116,3 +124,26 @@ def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
     md = (out / "table10.md").read_text()
     assert md.startswith("# Table 10: CSA with logit adjustment")
     assert "| cifar100-lt rho 100 | CSA w/ LA |" in md and "| 47.2 | 62.4 / 48.8 / 26.1 |" in md
+
+
+@pytest.mark.parametrize("grid, dataset", [("table2", "cifar10-lt"), ("table2", "cifar100-lt"), ("table10", "cifar100-lt")])
+def test_cifar_balanced_streams_draw_n_max_times_classes_per_epoch(grid, dataset):
+    # the release's class-balanced loader: n_max x C draws an epoch (CIFAR-100-LT rho 100: 50,000, not 10,847)
+    from tailshift.data.longtail import profile_counts
+    from tailshift.data.sampling import Sampler
+    from tailshift.methods.base import stream_spec, StreamRequest
+    from tailshift.reproduce.common import config_path
+    from tailshift.config import load_config
+
+    classes = 10 if dataset == "cifar10-lt" else 100
+    for cfg_path in sorted(config_path(f"{grid}/{dataset}_csa-mixup" if grid == "table2" else f"{grid}/{dataset}_csa-la")
+                           .parent.glob(f"{dataset}_*.yaml")):
+        cfg = load_config(cfg_path)
+        counts = profile_counts("exp", classes, cfg.data.longtail.n_max, cfg.data.longtail.rho)
+        labels = np.repeat(np.arange(classes), counts)
+        s = cfg.sampling
+        sampler = Sampler(labels, stream_spec(StreamRequest("balanced"), s.balanced, s.per_class, s.balanced_epoch), 0)
+        assert len(sampler) == max(counts) * classes, cfg_path.name
+        assert len(sampler.epoch_indices(0)) == max(counts) * classes
+    if dataset == "cifar100-lt":
+        assert max(counts) * classes == 50_000 and len(labels) == 10_847
