@@ -53,15 +53,14 @@ def test_override_syntax():
      ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, [override])
+    # refused when the config is built, before any data is read
     with pytest.raises(UnknownNameError, match=message):
-        Trainer(cfg)
+        build_config({"output": str(tmp_path)}, [override])
 
 
-def test_q_outside_unit_interval_is_refused(prepared, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
-    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got 2.0"):
-        Trainer(cfg, prepared).fit()
+def test_q_outside_unit_interval_is_refused_when_the_config_is_built(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.params.q must be in \[0, 1\], got 2.0"):
+        build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
 
 
 def test_missing_data_path_is_reported(tmp_path):
