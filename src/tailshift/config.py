@@ -289,6 +289,13 @@ def _check_components(cfg: RunConfig) -> None:
     build_params(METHODS.get(cfg.method.name), cfg.method.params)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(str(getattr(err, "problem", None) or err).split()) + where
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` with the value parsed as YAML (so 0.1, true, [1, 2] and null work)."""
     if "=" not in text:
@@ -297,7 +304,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err.problem})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(err)})") from None
     return key.strip().split("."), value
 
 
@@ -317,8 +324,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # safe_load: a python/... tag is refused here, never run
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -7,6 +7,7 @@ any point resumes from its last epoch checkpoint and replays exactly.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 import zlib
@@ -85,6 +86,14 @@ def versions() -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
     }
+
+
+def _load_failure(err: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to load it unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    reason = [line for line in lines if not line.startswith(advice)] or lines or [type(err).__name__]
+    return reason[0][:200]
 
 
 @dataclass
@@ -179,16 +188,23 @@ class Trainer:
         try:
             payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:  # a truncated, foreign or hostile file: say which, in one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(
-                f"cannot read checkpoint {self.checkpoint_path} ({first[:200]}); only tensors and plain values "
-                "are ever loaded: delete it or use a new output folder") from None
+                f"cannot read checkpoint {self.checkpoint_path} ({_load_failure(err)}); only tensors and plain "
+                "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
         if not isinstance(payload, dict) or payload.get("fingerprint") != self.cfg.fingerprint():
             raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
         self.method.load_extra_state(payload["extra"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
         return state, payload["optimizer"]
+
+    def _checkpoint_identity(self) -> tuple | None:
+        """Which file the checkpoint is (every write renames a new one into place); None if absent."""
+        try:
+            st = os.stat(self.checkpoint_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _mismatch_message(self, payload) -> str:
         stored = payload.get("config") if isinstance(payload, dict) else None
@@ -229,11 +245,15 @@ class Trainer:
         return out
 
     def fit(self, resume: bool = True) -> dict:
-        """Train under the run folder's lock; the checkpoint is checked before anything is written."""
+        """Train under the run folder's lock. The checkpoint is read, and one of another config
+        refused, before anything is written; under the lock it is read again only if it changed."""
+        seen = self._checkpoint_identity()
+        loaded = self._load() if resume else (RunState(), None)
         with RunLock(self.out):
-            state, optimizer_state = self._load() if resume else (RunState(), None)
+            if resume and self._checkpoint_identity() != seen:  # another writer finished in between
+                loaded = self._load()
             save_config(self.cfg, self.out / "config.yaml")
-            return self._fit(state, optimizer_state)
+            return self._fit(*loaded)
 
     def _fit(self, state: RunState, optimizer_state: dict | None) -> dict:
         cfg = self.cfg

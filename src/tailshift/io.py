@@ -23,7 +23,11 @@ LOCK_NAME = ".tailshift.lock"
 TEMP_SUFFIX = ".tmp"
 
 
-class RunFolderBusyError(RuntimeError):
+class RunFolderError(RuntimeError):
+    """The run folder cannot be written (e.g. a file stands in its place)."""
+
+
+class RunFolderBusyError(RunFolderError):
     """Another process is writing the run folder."""
 
 
@@ -77,7 +81,7 @@ def _holder(lock_path: Path) -> str:
 
 def _refuse_non_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
-        raise RunFolderBusyError(f"output {folder} is a file, not a folder; choose a folder for the run")
+        raise RunFolderError(f"output {folder} is a file, not a folder; choose a folder for the run")
 
 
 def check_folder_free(folder: str | Path) -> None:
