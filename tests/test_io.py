@@ -11,6 +11,9 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
     atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert target.stat().st_mode == plain.stat().st_mode  # the mode open() gives, not a temp file's 0600
 
 
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):

@@ -21,6 +21,9 @@ from typing import IO, Iterator
 LOCK_NAME = ".tailshift.lock"
 #: temp files are named ``.<target>.<pid>.<random>.tmp``
 TEMP_SUFFIX = ".tmp"
+#: mkstemp makes private (0600) files; written files get the usual mode, as open() would give them
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class RunFolderError(RuntimeError):
@@ -47,6 +50,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
