@@ -91,7 +91,8 @@ def test_existing_incomplete_folder_is_refused_not_patched(mirror, tmp_path, mon
     target = tmp_path / "data" / "fashion-mnist"
     target.mkdir(parents=True)
     shutil.copyfile(served / "train-images-idx3-ubyte.gz", target / "train-images-idx3-ubyte.gz")
-    with pytest.raises(sources.DataError, match="fashion-mnist exists but lacks or has altered t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-labels-idx1-ubyte.gz; delete the folder"):
+    lacking = "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-labels-idx1-ubyte.gz"
+    with pytest.raises(sources.DataError, match=f"fashion-mnist exists but lacks or has altered {lacking}; delete the"):
         sources.download("fashion-mnist", tmp_path / "data")
     assert fetched == [] and [p.name for p in target.iterdir()] == ["train-images-idx3-ubyte.gz"]
 

@@ -249,3 +249,15 @@ def test_fashion_mnist_system_install():
     data = load_dataset("fashion-mnist")
     assert data.train.images.shape == (60000, 1, 28, 28) and data.test.images.shape == (10000, 1, 28, 28)
     assert data.train.num_classes == 10 and np.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_links_outside_the_data_root_are_refused_unless_allowed(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    make_folder(root, {})
+    outside.mkdir()
+    Image.new("RGB", (8, 6), (0, 255, 0)).save(outside / "green.png")
+    (root / "train" / "cat" / "2.png").symlink_to(outside / "green.png")
+    with pytest.raises(DataError, match=f"2.png resolves to {outside / 'green.png'}, outside the data root {root}"):
+        load_dataset("folder", str(root))
+    data = load_dataset("folder", str(root), allow_outside_root=True)
+    assert len(data.train) == 5 and data.train.images[2, 1].min() == 255

@@ -178,9 +178,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for each option that shapes the model and differs (absent: the neutral default)."""
     a, b = _flatten(shaping(old)), _flatten(shaping(new))
-    missing = "(unset)"
-    return [f"{key}: {a.get(key, missing)!r} -> {b.get(key, missing)!r}"
-            for key in sorted(set(a) | set(b)) if a.get(key, missing) != b.get(key, missing)]
+    shown = lambda d, key: repr(d[key]) if key in d else "(unset)"  # noqa: E731
+    return [f"{key}: {shown(a, key)} -> {shown(b, key)}"
+            for key in sorted(set(a) | set(b)) if shown(a, key) != shown(b, key)]
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:

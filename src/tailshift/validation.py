@@ -34,7 +34,8 @@ class Bounds:
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            text = f"in {'(' if self.low_strict else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_strict else ']'}"
+            opening, closing = "(" if self.low_strict else "[", ")" if self.high_strict else "]"
+            text = f"in {opening}{_num(self.low)}, {_num(self.high)}{closing}"
         elif self.low is not None:
             text = f"{'>' if self.low_strict else '>='} {_num(self.low)}"
         else:

@@ -296,7 +296,8 @@ def _list_images(split_dir: Path, root: Path, allow_outside_root: bool) -> tuple
     return classes, files
 
 
-def load_image_folder(root: str | Path, image_size: int | None = None, allow_outside_root: bool = False) -> SplitDataset:
+def load_image_folder(root: str | Path, image_size: int | None = None,
+                      allow_outside_root: bool = False) -> SplitDataset:
     """Load root/train/<class>/* and root/test/<class>/* (or val/) with Pillow.
 
     Grayscale sets stay one channel; without `image_size` all images must share one size.
