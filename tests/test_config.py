@@ -53,15 +53,14 @@ def test_override_syntax():
      ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, [override])
+    # refused when the config is built, before any data is read
     with pytest.raises(UnknownNameError, match=message):
-        Trainer(cfg)
+        build_config({"output": str(tmp_path)}, [override])
 
 
-def test_q_outside_unit_interval_is_refused(prepared, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
-    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got 2.0"):
-        Trainer(cfg, prepared).fit()
+def test_q_outside_unit_interval_is_refused_when_the_config_is_built(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.params.q must be in \[0, 1\], got 2.0"):
+        build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
 
 
 def test_missing_data_path_is_reported(tmp_path):
@@ -84,3 +83,15 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     assert cfg.fingerprint() == "cb89157a65fcd9be"
     assert build_config(cfg.to_dict(), ["data.context.palette=tab10"]).fingerprint() != cfg.fingerprint()
     assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()
+
+
+def test_opting_into_outside_paths_does_not_change_the_fingerprint():
+    assert build_config({}, ["data.allow_outside_root=true"]).fingerprint() == build_config({}).fingerprint()
+
+
+def test_config_differences_name_each_shaping_key_with_both_values():
+    from tailshift.config import config_differences
+
+    old = build_config({}, ["method.name=resample"]).to_dict()
+    new = build_config({}, ["method.name=resample", "method.params.q=0.5", "output=elsewhere", "seed=2"]).to_dict()
+    assert config_differences(old, new) == ["method.params.q: (unset) -> 0.5", "seed: 0 -> 2"]

@@ -123,7 +123,7 @@ def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
     from tailshift.data.arrays import SplitDataset
 
     split = SplitDataset(mnist_shaped(), mnist_shaped())
-    monkeypatch.setattr(build, "load_dataset", lambda name, root: split)
+    monkeypatch.setattr(build, "load_dataset", lambda name, root, allow_outside_root=False: split)
     build._prepare.cache_clear()
     cfg = build_config({}, ["data.dataset=mnist", "data.context.enabled=true", "data.longtail.n_max=6000"]).data
     data = build.prepare_data(cfg)

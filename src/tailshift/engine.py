@@ -6,7 +6,6 @@ any point resumes from its last epoch checkpoint and replays exactly.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -20,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .config import RunConfig, save_config
+from .config import ConfigError, RunConfig, config_differences, save_config
 from .data.build import PreparedData, prepare_data
 from .data.pipeline import DeviceArrays
 from .data.sampling import Sampler
 from .data.sources import DATASETS
+from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import METHODS, Method
 from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
@@ -88,6 +88,14 @@ def versions() -> dict:
     }
 
 
+def _load_failure(err: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to load it unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    reason = [line for line in lines if not line.startswith(advice)] or lines or [type(err).__name__]
+    return reason[0][:200]
+
+
 @dataclass
 class RunState:
     stage_index: int = 0
@@ -110,6 +118,21 @@ def build_method(cfg: RunConfig, data: PreparedData) -> Method:
     return method_cls(backbone, data.num_classes, data.class_counts, cfg.train.epochs, cfg.method.params)
 
 
+@torch.no_grad()
+def check_model_takes_images(cfg: RunConfig, method: Method, arrays: DeviceArrays) -> None:
+    """One image through every head before any step, so a model that cannot take these
+    images fails now, in one line, rather than after the run folder has been written."""
+    method.eval()
+    try:
+        method.predict(next(arrays.iterate(1)).x)
+    except RuntimeError as err:
+        shape = "x".join(map(str, arrays.images.shape[1:]))
+        raise ConfigError(f"model.name={cfg.model.name} cannot take the dataset's {shape} (CxHxW) images: "
+                          f"{str(err).splitlines()[0]}") from None
+    finally:
+        method.train()
+
+
 @torch.inference_mode()
 def evaluate(method: Method, arrays: DeviceArrays, batch_size: int, num_classes: int, groups) -> dict:
     method.eval()
@@ -130,6 +153,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         check_names(cfg)
+        check_folder_free(cfg.output)  # a second command on a busy folder stops before reading any data
         self.data = data if data is not None else prepare_data(cfg.data)
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.data).to(self.device)
@@ -138,6 +162,7 @@ class Trainer:
         d = cfg.data
         self.train_arrays = DeviceArrays(self.data.train, self.device, d.mean, d.std, d.augment, d.padding)
         self.test_arrays = DeviceArrays(self.data.test, self.device, d.mean, d.std)
+        check_model_takes_images(cfg, self.method, self.test_arrays)
         self.out = Path(cfg.output)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -145,6 +170,7 @@ class Trainer:
     def _save(self, state: RunState, optimizer: torch.optim.Optimizer) -> None:
         payload = {
             "fingerprint": self.cfg.fingerprint(),
+            "config": self.cfg.to_dict(),  # so a refused config can be told which keys differ
             "stage_index": state.stage_index,
             "epoch": state.epoch,
             "history": state.history,
@@ -153,27 +179,42 @@ class Trainer:
             "extra": self.method.extra_state(),
             "optimizer": optimizer.state_dict(),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        with atomic_open(self.checkpoint_path) as f:
+            torch.save(payload, f)
 
     def _load(self) -> tuple[RunState, dict | None]:
         if not self.checkpoint_path.exists():
             return RunState(), None
         try:
             payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        except Exception as err:  # a truncated or foreign file: say which and why
-            raise CheckpointMismatchError(f"cannot read checkpoint {self.checkpoint_path}: {err}") from None
-        if payload.get("fingerprint") != self.cfg.fingerprint():
+        except Exception as err:  # a truncated, foreign or hostile file: say which, in one line
             raise CheckpointMismatchError(
-                f"checkpoint {self.checkpoint_path} was written by another config "
-                f"(fingerprint {payload.get('fingerprint')} != {self.cfg.fingerprint()}); "
-                "use a new output folder or delete the checkpoint"
-            )
+                f"cannot read checkpoint {self.checkpoint_path} ({_load_failure(err)}); only tensors and plain "
+                "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
+        if not isinstance(payload, dict) or payload.get("fingerprint") != self.cfg.fingerprint():
+            raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
         self.method.load_extra_state(payload["extra"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
         return state, payload["optimizer"]
+
+    def _checkpoint_identity(self) -> tuple | None:
+        """Which file the checkpoint is (every write renames a new one into place); None if absent."""
+        try:
+            st = os.stat(self.checkpoint_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _mismatch_message(self, payload) -> str:
+        stored = payload.get("config") if isinstance(payload, dict) else None
+        if isinstance(stored, dict):
+            what = "; ".join(config_differences(stored, self.cfg.to_dict())) or "options no longer known"
+        else:  # a checkpoint from before configs were stored in it
+            old = payload.get("fingerprint") if isinstance(payload, dict) else None
+            what = f"fingerprint {old} != {self.cfg.fingerprint()}"
+        return (f"checkpoint {self.checkpoint_path} was written by another config (checkpoint -> now: {what}); "
+                "use a new output folder or delete the checkpoint")
 
     # --- training -----------------------------------------------------------------
     def _samplers(self, stage: Stage, stage_index: int) -> dict[str, Sampler]:
@@ -204,10 +245,18 @@ class Trainer:
         return out
 
     def fit(self, resume: bool = True) -> dict:
+        """Train under the run folder's lock. The checkpoint is read, and one of another config
+        refused, before anything is written; under the lock it is read again only if it changed."""
+        seen = self._checkpoint_identity()
+        loaded = self._load() if resume else (RunState(), None)
+        with RunLock(self.out):
+            if resume and self._checkpoint_identity() != seen:  # another writer finished in between
+                loaded = self._load()
+            save_config(self.cfg, self.out / "config.yaml")
+            return self._fit(*loaded)
+
+    def _fit(self, state: RunState, optimizer_state: dict | None) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
-        state, optimizer_state = self._load() if resume else (RunState(), None)
         stages = self.method.stages()
         batch = cfg.train.batch_size
         optimizer, results = None, None
@@ -242,7 +291,7 @@ class Trainer:
                 state.epoch = epoch + 1
                 if state.epoch == stage.epochs:
                     state.stage_index, state.epoch = stage_index + 1, 0
-                (self.out / "curve.json").write_text(json.dumps(state.history, indent=1))
+                atomic_write_json(self.out / "curve.json", state.history)
                 if cfg.train.checkpoint:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
@@ -316,7 +365,7 @@ class Trainer:
             "heads": results,
             "curve": state.history,
         }
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
 
 

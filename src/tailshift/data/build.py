@@ -7,7 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .arrays import ArrayDataset
+from .arrays import ArrayDataset, DataError
+from .checks import check_longtail
 from .context import PALETTES, make_coloured_test, make_coloured_train
 from .groups import class_groups
 from .longtail import make_longtail
@@ -47,16 +48,21 @@ def prepare_data(data_cfg) -> PreparedData:
 @lru_cache(maxsize=4)
 def _prepare(key: str) -> PreparedData:
     cfg = json.loads(key)
-    split = load_dataset(cfg["dataset"], cfg["root"])
+    split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"])
     num_classes = max(split.train.num_classes, split.test.num_classes)
+    ctx = cfg["context"]
+    if ctx["enabled"] and ctx["head_classes"] is not None and ctx["head_classes"] > num_classes:
+        raise DataError(f"data.context.head_classes must be in [0, {num_classes}] (the dataset's class count), "
+                        f"got {ctx['head_classes']}")
+    _check_normalisation(cfg, 3 if ctx["enabled"] else split.train.images.shape[1])  # colouring makes RGB
     lt = cfg["longtail"]
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
     rng = np.random.RandomState(lt["seed"])
     train = make_longtail(split.train, lt["profile"], lt["rho"], lt["n_max"], rng, lt["step_fraction"])
     clean_labels = train.labels
     clean_counts = np.bincount(clean_labels, minlength=num_classes)
+    check_longtail(clean_counts, lt, split.train.class_names)
     test = split.test
-    ctx = cfg["context"]
     if ctx["enabled"]:
         head = ctx["head_classes"] if ctx["head_classes"] is not None else num_classes // 2
         palette = PALETTES[ctx["palette"]]
@@ -66,3 +72,10 @@ def _prepare(key: str) -> PreparedData:
     groups = class_groups(clean_counts, cfg["groups"], bounds)
     noise_free = clean_labels if ctx["enabled"] else None
     return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat)
+
+
+def _check_normalisation(cfg: dict, channels: int) -> None:
+    for key in ("mean", "std"):
+        if cfg[key] is not None and len(cfg[key]) != channels:
+            raise DataError(f"data.{key} must have one value per channel ({channels} for these images), "
+                            f"got {cfg[key]}")
