@@ -1,0 +1,51 @@
+"""How often CSA's balanced head actually trains: per epoch, the share of steps that fused
+contexts (the balanced head gets no loss on the others) and the samples pushed into the bank
+per step, averaged over the seeds of a finished ``reproduce table1 / figure4`` output folder.
+
+    python benchmarks/csa_fusion_share.py RUNS_FOLDER [--output FILE.json]
+
+RUNS_FOLDER is the study's ``<output>/runs`` (one folder per dataset, ``csa/seed*/curve.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def summarize(runs: Path) -> dict:
+    out = {}
+    for dataset in sorted(p.name for p in runs.iterdir() if (p / "csa").is_dir()):
+        curves = [json.loads(f.read_text()) for f in sorted((runs / dataset / "csa").glob("seed*/curve.json"))]
+        if not curves:
+            continue
+        fused = np.array([[e["fused"] for e in c] for c in curves])
+        pushed = np.array([[e["pushed"] for e in c] for c in curves])
+        out[dataset] = {"seeds": len(curves),
+                        "fused_share_per_epoch": fused.mean(0).round(3).tolist(),
+                        "fused_share_whole_run": round(float(fused.mean()), 3),
+                        "pushed_per_step_per_epoch": pushed.mean(0).round(2).tolist()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    if not args.runs.is_dir():
+        raise SystemExit(f"{args.runs} is not a folder; pass the study's <output>/runs")
+    summary = summarize(args.runs)
+    print("| Dataset | seeds | share of steps fused, epochs 1-8 | whole run | pushed per step, epochs 1-8 |")
+    print("|---|---|---|---|---|")
+    for d, s in summary.items():
+        print(f"| {d} | {s['seeds']} | {' '.join(f'{v:.2f}' for v in s['fused_share_per_epoch'])} | "
+              f"{s['fused_share_whole_run']:.2f} | {' '.join(f'{v:.1f}' for v in s['pushed_per_step_per_epoch'])} |")
+    if args.output:
+        args.output.write_text(json.dumps({"command": f"python benchmarks/csa_fusion_share.py {args.runs}", **summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
