@@ -48,13 +48,26 @@ class DataConfig:
     group_bounds: list[int] | None = None
     mean: list[float] | None = None  # None: pixels / 255 only
     std: list[float] | None = None
-    augment: str = "none"  # none | crop_flip
+    augment: str = "none"  # none | crop_flip (in-memory arrays) | resized_crop (image files: the ImageNet recipe)
     padding: int = 4
+    # list datasets (imagenet-lt, places-lt, inat2018, filelist): split files (None: the standard
+    # names under data.root or a default data folder's lists/) and the class order
+    train_list: str | None = None
+    test_list: str | None = None
+    class_order: str = "list"  # list: labels as in the files | count: re-indexed by descending training count
+    # input pipeline: device (the split on the device as uint8) | stream (worker processes decode
+    # batches) | auto (image files stream, in-memory arrays stay on the device when they fit)
+    storage: str = "auto"
+    workers: int = 4  # streaming: loader worker processes per training process (0: decode in-process)
+    crop_size: int = 224  # image files: random-resized / centre crop side
+    resize_size: int = 256  # image files, test: shorter side before the centre crop
+    color_jitter: float = 0.4  # image files, resized_crop: brightness/contrast/saturation strength (0: off)
 
 
 @dataclass
 class ModelConfig:
     name: str = "lenet2d"
+    pretrained: str | None = None  # a local weights file (torchvision layout or a tailshift backbone); never downloaded
 
 
 @dataclass
@@ -94,6 +107,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval_every: int = 1  # epochs between test evaluations; the last epoch is always evaluated
     checkpoint: bool = True
+    sync_batchnorm: bool = False  # several processes: batch-norm statistics over the global batch
 
 
 @dataclass
@@ -121,6 +135,7 @@ class RunConfig:
         d = self.to_dict()
         for key in ("output", "progress", "threads", "device"):
             d.pop(key)
+        d["data"].pop("workers")  # how many processes decode changes no pixel
         for path, neutral in NEUTRAL_LATER_OPTIONS.items():
             *parents, leaf = path.split(".")
             section = functools.reduce(lambda node, k: node[k], parents, d)
@@ -134,13 +149,24 @@ NEUTRAL_LATER_OPTIONS = {
     "train.optim.clip_grad_norm": 0.0,
     "train.optim.cosine_period": None,
     "data.context.palette": "deep",  # the colours of every coloured run recorded before the option existed
+    "data.train_list": None,
+    "data.test_list": None,
+    "data.class_order": "list",
+    "data.storage": "auto",
+    "data.crop_size": 224,
+    "data.resize_size": 256,
+    "data.color_jitter": 0.4,
+    "model.pretrained": None,
+    "train.sync_batchnorm": False,
 }
 
 
 CHOICES = {
     "data.longtail.profile": ("exp", "step", "none"),
     "data.groups": ("index", "count"),
-    "data.augment": ("none", "crop_flip"),
+    "data.augment": ("none", "crop_flip", "resized_crop"),
+    "data.storage": ("auto", "device", "stream"),
+    "data.class_order": ("list", "count"),
     "sampling.balanced": ("class_aware", "power"),
     "sampling.balanced_epoch": ("balanced", "dataset"),
     "train.optim.schedule": ("constant", "cosine", "cosine_epoch", "step"),
@@ -216,6 +242,8 @@ def _check(cfg: RunConfig) -> None:
         "data.longtail.profile": cfg.data.longtail.profile,
         "data.groups": cfg.data.groups,
         "data.augment": cfg.data.augment,
+        "data.storage": cfg.data.storage,
+        "data.class_order": cfg.data.class_order,
         "sampling.balanced": cfg.sampling.balanced,
         "sampling.balanced_epoch": cfg.sampling.balanced_epoch,
         "train.optim.schedule": cfg.train.optim.schedule,
@@ -237,6 +265,13 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"data.std must be positive, got {cfg.data.std}")
     if cfg.data.group_bounds is not None and len(cfg.data.group_bounds) != 2:
         raise ConfigError(f"data.group_bounds must be [b1, b2], got {cfg.data.group_bounds}")
+    d = cfg.data
+    if d.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0 (0: decode in the training process), got {d.workers}")
+    if d.crop_size < 1 or d.resize_size < d.crop_size:
+        raise ConfigError(f"data.crop_size must be >= 1 and data.resize_size >= it, got {d.crop_size} and {d.resize_size}")
+    if not 0 <= d.color_jitter < 1:
+        raise ConfigError(f"data.color_jitter must be in [0, 1), got {d.color_jitter}")
     tr = cfg.train
     for key, value in (("train.epochs", tr.epochs), ("train.batch_size", tr.batch_size),
                        ("train.test_batch_size", tr.test_batch_size), ("sampling.per_class", cfg.sampling.per_class)):

@@ -7,17 +7,18 @@ from functools import lru_cache
 
 import numpy as np
 
-from .arrays import ArrayDataset
+from .arrays import ArrayDataset, DataError
 from .context import PALETTES, make_coloured_test, make_coloured_train
 from .groups import class_groups
+from .lists import FileDataset, ListOptions
 from .longtail import make_longtail
 from .sources import load_dataset
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    train: ArrayDataset
-    test: ArrayDataset
+    train: ArrayDataset | FileDataset
+    test: ArrayDataset | FileDataset
     num_classes: int
     groups: dict[str, np.ndarray]
     #: training labels before label noise (coloured sets); None when there is no noise
@@ -25,6 +26,8 @@ class PreparedData:
     #: where the files were read from, and why results on them may differ (see SplitDataset)
     source: str = ""
     caveat: str = ""
+    #: C x H x W the network sees when it is not the stored images' shape (image files: the crop)
+    input_shape: tuple[int, int, int] | None = None
 
     @property
     def clean_labels(self) -> np.ndarray:
@@ -36,7 +39,7 @@ class PreparedData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
+        return self.input_shape or tuple(self.train.images.shape[1:])
 
 
 def prepare_data(data_cfg) -> PreparedData:
@@ -47,7 +50,8 @@ def prepare_data(data_cfg) -> PreparedData:
 @lru_cache(maxsize=4)
 def _prepare(key: str) -> PreparedData:
     cfg = json.loads(key)
-    split = load_dataset(cfg["dataset"], cfg["root"])
+    lists = ListOptions(cfg["train_list"], cfg["test_list"], cfg["class_order"])
+    split = load_dataset(cfg["dataset"], cfg["root"]) if lists.is_default else load_dataset(cfg["dataset"], cfg["root"], lists)
     num_classes = max(split.train.num_classes, split.test.num_classes)
     lt = cfg["longtail"]
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
@@ -57,6 +61,10 @@ def _prepare(key: str) -> PreparedData:
     clean_counts = np.bincount(clean_labels, minlength=num_classes)
     test = split.test
     ctx = cfg["context"]
+    files = isinstance(train, FileDataset)
+    if ctx["enabled"] and files:
+        raise DataError(f"data.context (coloured digits) needs a dataset decoded in memory; {cfg['dataset']} "
+                        "is read from image files")
     if ctx["enabled"]:
         head = ctx["head_classes"] if ctx["head_classes"] is not None else num_classes // 2
         palette = PALETTES[ctx["palette"]]
@@ -65,4 +73,5 @@ def _prepare(key: str) -> PreparedData:
     bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
     groups = class_groups(clean_counts, cfg["groups"], bounds)
     noise_free = clean_labels if ctx["enabled"] else None
-    return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat)
+    input_shape = (3, cfg["crop_size"], cfg["crop_size"]) if files else None
+    return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat, input_shape)

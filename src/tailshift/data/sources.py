@@ -26,6 +26,7 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
 
 from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
+from tailshift.data.lists import LAYOUTS, ListLoader, ListOptions
 from tailshift.registry import Registry
 
 FASHION_MNIST_CLASSES = (
@@ -345,9 +346,16 @@ def default_data_dirs() -> list[Path]:
 DATASETS: Registry[Callable[[str | None], SplitDataset]] = Registry("dataset")
 
 
-def load_dataset(name: str, root: str | None = None) -> SplitDataset:
-    """Load a registered dataset by name from `root` or the default locations."""
-    return DATASETS.get(name)(root)
+def load_dataset(name: str, root: str | None = None, lists: ListOptions | None = None) -> SplitDataset:
+    """Load a registered dataset by name from `root` or the default locations; ``lists`` (split
+    files, class order) applies to the list datasets only."""
+    loader = DATASETS.get(name)
+    if getattr(loader, "reads_lists", False):
+        return loader(root, lists)
+    if lists is not None and not lists.is_default:
+        raise DataError(f"data.train_list, data.test_list and data.class_order apply to the list datasets "
+                        f"({', '.join(LAYOUTS)}), not to {name!r}")
+    return loader(root)
 
 
 def _not_found(name: str, looked: list[Path], how: str) -> DataError:
@@ -435,6 +443,10 @@ def _load_folder(root: str | None) -> SplitDataset:
     if root is None:
         raise DataError("dataset 'folder' needs data.root=PATH to a folder with train/ and test/")
     return load_image_folder(root)
+
+
+for _name, _layout in LAYOUTS.items():
+    DATASETS.register(_name)(ListLoader(_name, _layout, default_data_dirs))
 
 
 # ----------------------------------------------------------------------------- download
