@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ def _train(args) -> None:
 
     cfg = load_config(config_path(args.config), args.overrides)
     metrics = train(cfg, resume=not args.fresh)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     r = metrics["result"]
     groups = "  ".join(f"{name} {'-' if r[key] is None else f'{r[key]:.2f}'}"
                        for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))

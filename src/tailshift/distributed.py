@@ -246,7 +246,8 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
         if type(child) is nn.BatchNorm2d:
             tensors = [*child.parameters(), *child.buffers()]
             synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, device=tensors[0].device if tensors else None)
+                                     child.track_running_stats, device=tensors[0].device if tensors else None,
+                                     dtype=tensors[0].dtype if tensors else None)
             synced.load_state_dict(child.state_dict())
             synced.train(child.training)
             for p_new, p_old in zip(synced.parameters(), child.parameters()):

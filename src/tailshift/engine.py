@@ -157,8 +157,11 @@ class Trainer:
     def _save(self, state: RunState, optimizer: torch.optim.Optimizer) -> None:
         # Per-rank state (e.g. a context bank per process) is gathered to rank 0, which alone writes.
         extra = self.world.gather_objects(self.method.extra_state())
-        if not self.world.is_main:
-            return
+        if self.world.is_main:
+            self._write_checkpoint(state, optimizer, extra)
+        self.world.barrier()  # every rank goes on once the checkpoint is on disk
+
+    def _write_checkpoint(self, state: RunState, optimizer: torch.optim.Optimizer, extra: list) -> None:
         payload = {
             "fingerprint": self.cfg.fingerprint(),
             "stage_index": state.stage_index,
