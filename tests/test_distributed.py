@@ -199,14 +199,14 @@ def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs)
     assert strip(resumed) == strip(json.loads((reference / "metrics.json").read_text()))
 
 
-def test_torchrun_command_line_writes_the_run_folder_once(runs, tmp_path):
+def test_nproc_command_line_runs_torchrun_and_writes_the_run_folder_once(runs, tmp_path):
     root, npz = runs
     config = tmp_path / "ce.yaml"
     config.write_text(json.dumps(base(npz, tmp_path / "run")))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tailshift", "train", str(config), "method.name=ce"],
+    # `tailshift train --nproc 2` runs `torchrun --standalone --nproc_per_node=2 -m tailshift train ...`
+    proc = subprocess.run([sys.executable, "-m", "tailshift", "train", str(config), "method.name=ce", "--nproc", "2"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.yaml", "curve.json",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -153,6 +154,12 @@ def _to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def torchrun_command(nproc: int, tailshift_args: list[str]) -> list[str]:
+    """The command running ``tailshift ARGS`` on ``nproc`` processes of this machine with torchrun."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "tailshift", *tailshift_args]
 
 
 def current_world() -> World:
