@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from tailshift.config import ConfigError, build_config, load_config, parse_override
@@ -84,3 +86,24 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     assert cfg.fingerprint() == "cb89157a65fcd9be"
     assert build_config(cfg.to_dict(), ["data.context.palette=tab10"]).fingerprint() != cfg.fingerprint()
     assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()
+
+
+def test_large_scale_options_keep_fingerprints_and_workers_never_count():
+    cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
+    assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == "cb89157a65fcd9be"
+    for changed in ("data.storage=stream", "data.class_order=count", "train.sync_batchnorm=true",
+                    "data.color_jitter=0.2", "model.pretrained=w.pth"):
+        assert build_config(cfg.to_dict(), [changed]).fingerprint() != cfg.fingerprint(), changed
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.storage=disk", "data.storage must be one of auto, device, stream"),
+    ("data.class_order=alpha", "data.class_order must be one of list, count"),
+    ("data.workers=-1", "data.workers must be >= 0"),
+    ("data.resize_size=200", "data.resize_size >= it, got 224 and 200"),
+    ("data.color_jitter=1.5", "data.color_jitter must be in [0, 1)"),
+    ("data.augment=autoaugment", "data.augment must be one of none, crop_flip, resized_crop"),
+])
+def test_large_scale_options_are_checked(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({}, [override])
