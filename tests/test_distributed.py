@@ -1,7 +1,9 @@
 """Two processes (gloo, CPU) train what one process trains; a killed rank resumes exactly.
 
-The 2-process runs are made once per module, in one pair of spawned processes (starting
-Python and torch is what costs here), and compared with 1-process runs of the same configs.
+The 2-process runs are made once per module in two pairs of spawned processes (starting
+Python and torch is what costs here): the first runs every compared config and then a run
+whose rank 1 kills itself with SIGKILL; the second resumes that run and makes the same run
+uninterrupted. The tests compare their folders with each other and with 1-process runs.
 """
 from __future__ import annotations
 
@@ -76,9 +78,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, jobs: list, die_at: int | None, checks: str | None) -> None:
-    """One of two spawned processes: run ``jobs`` (config values, overrides); rank 1 kills
-    itself (SIGKILL) at the start of its ``die_at``-th epoch; ``checks``: file for collective checks."""
+def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, checks: str | None) -> None:
+    """One of two spawned processes: run ``jobs`` (config values, overrides); die_at = (job, epoch):
+    rank 1 kills itself (SIGKILL) at the start of that job's epoch; ``checks``: file for collective checks."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if checks:
@@ -93,19 +95,17 @@ def _worker(rank: int, port: int, jobs: list, die_at: int | None, checks: str | 
         if rank == 0:
             Path(checks).write_text(json.dumps({"gathered": gathered.tolist(), "a": p_a.grad.tolist(),
                                                 "b": p_b.grad.tolist(), "sync_error": sync_error}))
-    if die_at is not None and rank == 1:
-        from tailshift.engine import Trainer
+    from tailshift.engine import Trainer
 
-        original, calls = Trainer._train_epoch, {"n": 0}
+    original = Trainer._train_epoch
 
-        def dies(self, *args):
-            calls["n"] += 1
-            if calls["n"] == die_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, *args)
+    def dies(self, stage, stage_index, epoch, *args):
+        if epoch == die_at[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, stage, stage_index, epoch, *args)
 
-        Trainer._train_epoch = dies
-    for values, overrides in jobs:
+    for i, (values, overrides) in enumerate(jobs):
+        Trainer._train_epoch = dies if die_at is not None and die_at[0] == i and rank == 1 else original
         train(build_config(values, overrides))
     dist.destroy_process_group()
 
@@ -135,7 +135,7 @@ def sync_batchnorm_error(rank: int) -> float:
     return float(max(errors))
 
 
-def spawn(jobs: list, die_at: int | None = None, checks: Path | None = None) -> None:
+def spawn(jobs: list, die_at: tuple[int, int] | None = None, checks: Path | None = None) -> None:
     tmp.start_processes(_worker, args=(free_port(), jobs, die_at, str(checks) if checks else None), nprocs=2,
                         start_method="spawn")
 
@@ -149,8 +149,11 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     npz = write_npz(root / "tiny.npz")
     jobs = [(base(npz, root / "two" / name), over) for name, over in EQUAL.items()]
-    jobs.append((base(npz, root / "two" / "resume-reference"), RESUME))
-    spawn(jobs, checks=root / "checks.json")
+    killed = (base(npz, root / "killed"), RESUME)
+    with pytest.raises(tmp.ProcessExitedException, match="SIGKILL"):
+        spawn([*jobs, killed], die_at=(len(jobs), 2), checks=root / "checks.json")  # rank 1 dies in epoch 3
+    (root / "killed.pt").write_bytes((root / "killed" / "checkpoint.pt").read_bytes())
+    spawn([killed, (base(npz, root / "two" / "resume-reference"), RESUME)])
     return root, npz
 
 
@@ -182,15 +185,11 @@ def test_two_processes_train_the_weights_of_one(runs, name):
 
 
 def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs):
-    root, npz = runs
-    cfg = base(npz, root / "killed")
-    with pytest.raises(tmp.ProcessExitedException, match="SIGKILL"):
-        spawn([(cfg, RESUME)], die_at=3)  # rank 1 dies at the start of epoch 3
-    saved = torch.load(root / "killed" / "checkpoint.pt", weights_only=True)
+    root, _ = runs
+    saved = torch.load(root / "killed.pt", weights_only=True)  # the checkpoint the kill left
     assert saved["epoch"] == 2 and len(saved["extra_ranks"]) == 2
     banks = [r["bank"]["images"] for r in saved["extra_ranks"]]
     assert banks[0].shape[0] == 15 and not torch.equal(banks[0], banks[1])  # each rank its own rows' bank
-    spawn([(cfg, RESUME)])
     reference = root / "two" / "resume-reference"
     for key, value in weights(reference).items():
         assert torch.equal(weights(root / "killed")[key], value), key
