@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "table2", "table3", "table10", "ablations", "figure1", "figure2", "figure3", "figure4", "figure7")
+REPRODUCIBLE = ("table1", "table2", "table3", "table10", "ablations",
+                "figure1", "figure2", "figure3", "figure4", "figure7")
 
 
 def _train(args) -> None:
@@ -19,7 +20,8 @@ def _train(args) -> None:
     if args.nproc > 1:  # the same command on N processes of this machine, through torchrun
         from .distributed import torchrun_command
 
-        command = torchrun_command(args.nproc, ["train", args.config, *args.overrides, *(["--fresh"] if args.fresh else [])])
+        fresh = ["--fresh"] if args.fresh else []
+        command = torchrun_command(args.nproc, ["train", args.config, *args.overrides, *fresh])
         code = subprocess.run(command).returncode
         if code != 0:
             raise RuntimeError(f"training on {args.nproc} processes failed (exit code {code})")
@@ -111,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
                         "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all); "
                         "table10: csa-cbrs,csa-la,csa-both (default: all); "
                         "table3: ce,crt,cbrs,csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)")
-    r.add_argument("--models", default=None, help="table3: backbones, comma-separated of resnet10,resnet50 (default both)")
+    r.add_argument("--models", default=None,
+                   help="table3: backbones, comma-separated of resnet10,resnet50 (default both)")
     r.add_argument("--nproc", type=int, default=1,
                    help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
     r.add_argument("--rhos", default="100", help="table2, table10: imbalance ratios, comma-separated (default 100)")

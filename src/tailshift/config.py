@@ -269,7 +269,8 @@ def _check(cfg: RunConfig) -> None:
     if d.workers < 0:
         raise ConfigError(f"data.workers must be >= 0 (0: decode in the training process), got {d.workers}")
     if d.crop_size < 1 or d.resize_size < d.crop_size:
-        raise ConfigError(f"data.crop_size must be >= 1 and data.resize_size >= it, got {d.crop_size} and {d.resize_size}")
+        raise ConfigError(f"data.crop_size must be >= 1 and data.resize_size >= it, "
+                          f"got {d.crop_size} and {d.resize_size}")
     if not 0 <= d.color_jitter < 1:
         raise ConfigError(f"data.color_jitter must be in [0, 1), got {d.color_jitter}")
     tr = cfg.train

@@ -207,7 +207,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         var = (stats[c: 2 * c] / count - mean * mean).clamp_min(0)
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
-            running_var.mul_(1 - momentum).add_(momentum * (var * count / (count - 1).clamp_min(1)).to(running_var.dtype))
+            unbiased = var * count / (count - 1).clamp_min(1)
+            running_var.mul_(1 - momentum).add_(momentum * unbiased.to(running_var.dtype))
         invstd = torch.rsqrt(var + eps).to(x.dtype)
         xhat = (x - mean.to(x.dtype).view(1, c, 1, 1)) * invstd.view(1, c, 1, 1)
         ctx.save_for_backward(xhat, weight, invstd)

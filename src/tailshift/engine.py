@@ -281,7 +281,8 @@ class Trainer:
         indices = self._epoch_indices(samplers, epoch, steps, batch)
         dev = self.device
         world = self.world
-        feed = self.train_arrays.epoch(indices, steps, batch, derive_seed(cfg.seed, "augment", stage_index, epoch), world)
+        augment_seed = derive_seed(cfg.seed, "augment", stage_index, epoch)
+        feed = self.train_arrays.epoch(indices, steps, batch, augment_seed, world)
         method_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "method", stage_index, epoch))
         base_lr = stage.lr or cfg.train.optim.lr
         schedule = stage.schedule or cfg.train.optim.schedule
@@ -293,7 +294,8 @@ class Trainer:
         clipped = torch.zeros((), device=dev)  # steps whose gradient norm exceeded clip (kept on device: no sync)
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
-        for step, (lo, hi, start, stop), batches in zip(bar, batch_plan(epoch_length(indices), steps, batch, world), feed):
+        plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
+        for step, (lo, hi, start, stop), batches in zip(bar, plan, feed):
             lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period)
             for group in optimizer.param_groups:
                 group["lr"] = lr

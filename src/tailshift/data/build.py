@@ -51,7 +51,10 @@ def prepare_data(data_cfg) -> PreparedData:
 def _prepare(key: str) -> PreparedData:
     cfg = json.loads(key)
     lists = ListOptions(cfg["train_list"], cfg["test_list"], cfg["class_order"])
-    split = load_dataset(cfg["dataset"], cfg["root"]) if lists.is_default else load_dataset(cfg["dataset"], cfg["root"], lists)
+    if lists.is_default:
+        split = load_dataset(cfg["dataset"], cfg["root"])
+    else:
+        split = load_dataset(cfg["dataset"], cfg["root"], lists)
     num_classes = max(split.train.num_classes, split.test.num_classes)
     lt = cfg["longtail"]
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).

@@ -139,8 +139,8 @@ def read_coco_json(path: str | Path, categories: list[int] | None = None
         if isinstance(cat, dict) and "id" in cat:
             names[cat["id"]] = str(cat.get("name", cat["id"]))
     if categories is None:
-        categories = sorted(names) if names else sorted({a.get("category_id") for a in doc["annotations"]
-                                                          if isinstance(a, dict) and isinstance(a.get("category_id"), int)})
+        used = {a.get("category_id") for a in doc["annotations"] if isinstance(a, dict)}
+        categories = sorted(names) if names else sorted(c for c in used if isinstance(c, int))
     label_of = {cat: i for i, cat in enumerate(categories)}
     paths, labels, numbers = [], [], []
     for number, ann in enumerate(doc["annotations"]):
@@ -221,7 +221,8 @@ def _find(name: str, key: str, given: str | None, standard: str | None, root: Pa
     for candidate in looked:
         if candidate.is_file():
             return candidate
-    raise DataError(f"{name}: no {standard} (looked in {', '.join(str(p.parent) for p in looked)}); pass data.{key}=PATH")
+    places = ", ".join(str(p.parent) for p in looked)
+    raise DataError(f"{name}: no {standard} (looked in {places}); pass data.{key}=PATH")
 
 
 def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: ListOptions,

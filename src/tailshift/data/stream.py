@@ -128,12 +128,14 @@ class _Requests(torch.utils.data.Sampler):
 
 
 class StreamFeed:
-    """Batches of one split decoded by ``workers`` processes (0: in this process)."""
+    """Batches of one split decoded by ``workers`` processes (0: in this process). ``persistent``:
+    the workers live as long as the feed (training); else they start for each pass (evaluation,
+    so a process does not keep two idle pools)."""
 
     storage = "stream"
 
     def __init__(self, images, device: torch.device, mean=None, std=None, augmented: bool = False,
-                 workers: int = 4, prefetch: int = 2):
+                 workers: int = 4, prefetch: int = 2, persistent: bool = True):
         self.images = images
         self.device = torch.device(device)
         self.augmented = augmented
@@ -142,7 +144,7 @@ class StreamFeed:
         self.std = None if std is None else torch.tensor(std, device=self.device).view(1, channels, 1, 1)
         self._requests = _Requests()
         self.loader = DataLoader(_Decoder(images), batch_size=None, sampler=self._requests, num_workers=workers,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=persistent and workers > 0,
                                  prefetch_factor=prefetch if workers > 0 else None)
 
     def __len__(self) -> int:
@@ -214,4 +216,4 @@ def make_feeds(train, test, device: torch.device, data_cfg) -> tuple:
     else:
         train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
     return (StreamFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
-            StreamFeed(test_images, device, d.mean, d.std, False, d.workers))
+            StreamFeed(test_images, device, d.mean, d.std, False, d.workers, persistent=False))

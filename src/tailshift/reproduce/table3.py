@@ -50,8 +50,8 @@ def other_rows_markdown(paper: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(models: list[str] | None, seeds, workers: int, out: Path, overrides: list[str], methods: list[str] | None = None,
-        nproc: int = 1) -> dict:
+def run(models: list[str] | None, seeds, workers: int, out: Path, overrides: list[str],
+        methods: list[str] | None = None, nproc: int = 1) -> dict:
     rows = pick_rows(methods, ROWS, DEFAULT_ROWS, "Table 3")
     models = models or list(MODELS)
     unknown = sorted(set(models) - set(MODELS))
