@@ -19,16 +19,14 @@ fusion on (its steady state).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import write_report
 
 from tailshift.data.pipeline import Batch
-from tailshift.engine import versions
 from tailshift.methods import METHODS
 from tailshift.methods.base import StepContext
 from tailshift.models import create_model
@@ -96,17 +94,10 @@ def main() -> None:
              "Total (MiB) |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['batch_per_process']} | {r['state_mib']} | {r['activations_mib']} | "
               f"{r['inputs_mib']} | {r['bank_mib']} | {r['total_mib']} |" for r in rows]
-    md = ("# Device memory per training process (estimated on CPU)\n\n1000 classes, 224 x 224, float32, "
-          "channels-last; model state = parameters + gradients + momentum + buffers. Add the CUDA context and "
-          "allocator overhead on a GPU (not measurable here).\n\n" + "\n".join(lines) + "\n")
-    print(md)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "activation_memory.md").write_text(
-        md + f"\nCommand: `python benchmarks/activation_memory.py {' '.join(sys.argv[1:])}`\n")
-    (out / "activation_memory.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows,
-                                                            "versions": versions()}, indent=1))
-
+    note = ("1000 classes, 224 x 224, float32, channels-last; model state = parameters + gradients + momentum + "
+            "buffers. Add the CUDA context and allocator overhead on a GPU (not measurable here).")
+    write_report(args.output, "activation_memory", "Device memory per training process (estimated on CPU)", note,
+                 lines, {"rows": rows})
 
 if __name__ == "__main__":
     main()

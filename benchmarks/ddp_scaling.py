@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import load_note, write_report
 
 from tailshift.distributed import torchrun_command
 
@@ -78,22 +79,14 @@ def main() -> None:
     base = rows[0]["median_epoch_s"]
     for r in rows:
         r["speed_up"] = round(base / r["median_epoch_s"], 2)
-    load = os.getloadavg()
     lines = ["| Setting | Median epoch (s) | Speed-up vs 1 x 1 | Epochs (s) | Wall incl. start-up (s) |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['median_epoch_s']} | {r['speed_up']} | {', '.join(map(str, r['epoch_seconds']))} "
               f"| {r['wall_s']} |" for r in rows]
     note = (f"ResNet-20, CE, {n_train} generated 32 x 32 images, global batch 128, {args.epochs} epochs (median of "
-            f"epochs 2-{args.epochs}); {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / "
-            f"{load[2]:.1f} while measuring (a shared machine: other jobs ran).")
-    md = "# Data-parallel scaling on CPU\n\n" + note + "\n\n" + "\n".join(lines) + "\n"
-    print(md)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ddp_scaling.md").write_text(md + f"\nCommand: `python benchmarks/ddp_scaling.py {' '.join(sys.argv[1:])}`\n")
-    (out / "ddp_scaling.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows,
-                                                      "load_average": load, "train_images": n_train}, indent=1))
-
+            f"epochs 2-{args.epochs}); {load_note()}.")
+    write_report(args.output, "ddp_scaling", "Data-parallel scaling on CPU", note, lines,
+                 {"rows": rows, "train_images": n_train})
 
 if __name__ == "__main__":
     main()

@@ -17,9 +17,7 @@ is sampled after every batch; the peak is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from report import load_note, write_report
 
 from tailshift.data.lists import FileDataset
 from tailshift.data.stream import FileImages, StreamFeed
-from tailshift.engine import versions
 
 BATCH = 64
 
@@ -160,19 +158,10 @@ def main() -> None:
               "|---|---|---|---|---|"]
     lines += [f"| {m['dataset_images']} | {m['workers']} | {m['batches']} | {m['peak_pss_mib']} | {m['median_pss_mib']} |"
               for m in mem]
-    load = os.getloadavg()
-    note = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} while measuring (a shared machine: other jobs ran), "
-            f"JPEGs ~500 x 375 (mean {np.mean(sizes) / 1024:.0f} KiB), batch {BATCH}, one torch thread per process.")
-    md = "# Streaming loader\n\n" + note + "\n\n" + "\n".join(lines) + "\n"
-    print(md)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stream_loader.md").write_text(md + f"\nCommand: `python benchmarks/stream_loader.py {' '.join(sys.argv[1:])}`\n")
-    (out / "stream_loader.json").write_text(json.dumps(
-        {"command": " ".join(sys.argv), "throughput": rows, "memory": mem, "load_average": load,
-         "mean_jpeg_kib": float(np.mean(sizes) / 1024), "versions": versions()}, indent=1))
-
+    note = (f"{load_note()}; JPEGs ~500 x 375 (mean {np.mean(sizes) / 1024:.0f} KiB), batch {BATCH}, one torch "
+            "thread per process.")
+    write_report(args.output, "stream_loader", "Streaming loader", note, lines,
+                 {"throughput": rows, "memory": mem, "mean_jpeg_kib": float(np.mean(sizes) / 1024)})
 
 if __name__ == "__main__":
     main()
