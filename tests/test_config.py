@@ -55,15 +55,14 @@ def test_override_syntax():
      ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, [override])
+    # refused when the config is built, before any data is read
     with pytest.raises(UnknownNameError, match=message):
-        Trainer(cfg)
+        build_config({"output": str(tmp_path)}, [override])
 
 
-def test_q_outside_unit_interval_is_refused(prepared, tmp_path):
-    cfg = build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
-    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got 2.0"):
-        Trainer(cfg, prepared).fit()
+def test_q_outside_unit_interval_is_refused_when_the_config_is_built(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.params.q must be in \[0, 1\], got 2.0"):
+        build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
 
 
 def test_missing_data_path_is_reported(tmp_path):
@@ -88,6 +87,18 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()
 
 
+def test_opting_into_outside_paths_does_not_change_the_fingerprint():
+    assert build_config({}, ["data.allow_outside_root=true"]).fingerprint() == build_config({}).fingerprint()
+
+
+def test_config_differences_name_each_shaping_key_with_both_values():
+    from tailshift.config import config_differences
+
+    old = build_config({}, ["method.name=resample"]).to_dict()
+    new = build_config({}, ["method.name=resample", "method.params.q=0.5", "output=elsewhere", "seed=2"]).to_dict()
+    assert config_differences(old, new) == ["method.params.q: (unset) -> 0.5", "seed: 0 -> 2"]
+
+
 def test_large_scale_options_keep_fingerprints_and_workers_never_count():
     cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
     assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == "cb89157a65fcd9be"
@@ -97,11 +108,11 @@ def test_large_scale_options_keep_fingerprints_and_workers_never_count():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.storage=disk", "data.storage must be one of auto, device, stream"),
-    ("data.class_order=alpha", "data.class_order must be one of list, count"),
-    ("data.workers=-1", "data.workers must be >= 0"),
-    ("data.resize_size=200", "data.resize_size >= it, got 224 and 200"),
-    ("data.color_jitter=1.5", "data.color_jitter must be in [0, 1)"),
+    ("data.storage=disk", "data.storage must be one of auto, device, stream; got 'disk'"),
+    ("data.class_order=alpha", "data.class_order must be one of list, count; got 'alpha'"),
+    ("data.workers=-1", "data.workers must be >= 0 (0: decode in the training process), got -1"),
+    ("data.resize_size=200", "data.resize_size must be >= data.crop_size (224), got 200"),
+    ("data.color_jitter=1.5", "data.color_jitter must be in [0, 1) (0: off), got 1.5"),
     ("data.augment=autoaugment", "data.augment must be one of none, crop_flip, resized_crop"),
 ])
 def test_large_scale_options_are_checked(override, message):

@@ -98,6 +98,20 @@ def test_palettes_hold_the_release_tab10_colours_and_seaborn_deep():
     assert out[0, :, 0, 0].tolist() == [0x17, 0xBE, 0xCF]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 on torch's __array_wrap__, as in the release
+def test_colourize_matches_the_release_arithmetic():
+    # the release: a uint8 torch image (H, W, 3) times the palette's float64 RGB, assigned back into
+    # uint8 (truncation); every grey level against every colour must give the same bytes
+    import torch
+
+    grey = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16).repeat(10, axis=0)
+    ours = colourize(grey, np.arange(10))
+    release = torch.from_numpy(np.repeat(grey[:, 0, :, :, None], 3, axis=-1).copy())
+    for i in range(10):
+        release[i] = release[i] * PALETTES["tab10"][i]
+    assert (ours == release.permute(0, 3, 1, 2).numpy()).all()
+
+
 def test_colour_needs_grey_input():
     with pytest.raises(DataError, match="grey images"):
         colourize(np.zeros((1, 3, 2, 2), np.uint8), np.array([0]))
@@ -109,7 +123,7 @@ def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
     from tailshift.data.arrays import SplitDataset
 
     split = SplitDataset(mnist_shaped(), mnist_shaped())
-    monkeypatch.setattr(build, "load_dataset", lambda name, root: split)
+    monkeypatch.setattr(build, "load_dataset", lambda name, root, allow_outside_root=False: split)
     build._prepare.cache_clear()
     cfg = build_config({}, ["data.dataset=mnist", "data.context.enabled=true", "data.longtail.n_max=6000"]).data
     data = build.prepare_data(cfg)

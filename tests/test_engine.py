@@ -76,10 +76,21 @@ def test_killed_run_resumes_exactly(prepared, tmp_path, method, dies_at):
     assert strip(resumed["curve"]) == strip(full["curve"])
 
 
-def test_checkpoint_from_another_config_is_refused(prepared, tmp_path):
+def test_checkpoint_from_another_config_is_refused_naming_the_keys_and_writing_nothing(prepared, tmp_path):
     train(cfg_for(tmp_path, "method.name=ce"), prepared)
-    with pytest.raises(CheckpointMismatchError, match="written by another config"):
+    out = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CheckpointMismatchError, match=r"written by another config \(checkpoint -> now: "
+                                                      r"train.batch_size: 32 -> 16; train.optim.lr: 0.1 -> 0.05\)"):
+        train(cfg_for(tmp_path, "method.name=ce", "train.optim.lr=0.05", "train.batch_size=16"), prepared)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a checkpoint from before configs were stored in it: still refused, by fingerprint
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    del payload["config"]
+    torch.save(payload, out / "checkpoint.pt")
+    with pytest.raises(CheckpointMismatchError, match=f"fingerprint {payload['fingerprint']} != "):
         train(cfg_for(tmp_path, "method.name=ce", "train.optim.lr=0.05"), prepared)
+    assert train(cfg_for(tmp_path, "method.name=ce"), prepared)["curve"] == json.loads((out / "curve.json").read_text())
 
 
 def test_corrupt_checkpoint_is_reported(prepared, tmp_path):

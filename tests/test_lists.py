@@ -61,9 +61,9 @@ def test_real_test_lists_are_balanced(name, lines, classes, per_class, prefix):
 def test_imagenet_lt_layout_reads_and_reindexes(tmp_path):
     root = write_imagenet_lt(tmp_path, counts=(3, 9, 5), test_per_class=2)
     split = load_dataset("imagenet-lt", str(root))
-    assert split.train.num_classes == 1000 and len(split.train) == 17 and len(split.test) == 6
+    assert split.train.num_classes == 3 and len(split.train) == 17 and len(split.test) == 6
     assert Path(split.train.path(0)).is_file() and split.train.paths.dtype.kind == "S"
-    counted = load_dataset("imagenet-lt", str(root), ListOptions(class_order="count"))
+    counted = load_dataset("imagenet-lt", str(root), lists=ListOptions(class_order="count"))
     assert np.bincount(counted.train.labels)[:3].tolist() == [9, 5, 3]
     # the same image keeps the same (re-indexed) label in both splits
     assert counted.test.labels.tolist() == [2, 2, 0, 0, 1, 1]
@@ -73,10 +73,22 @@ def test_imagenet_lt_layout_reads_and_reindexes(tmp_path):
 def test_prepared_list_dataset_has_the_crop_shape_and_index_groups(tmp_path):
     root = write_imagenet_lt(tmp_path, counts=(3, 9, 5), test_per_class=2)
     cfg = build_config({"data": {"dataset": "imagenet-lt", "root": str(root), "class_order": "count",
-                                 "longtail": {"profile": "none"}, "crop_size": 32, "resize_size": 36}})
+                                 "longtail": {"profile": "none"}, "crop_size": 32, "resize_size": 36,
+                                 "group_bounds": [1, 2]}})
     data = prepare_data(cfg.data)
-    assert data.image_shape == (3, 32, 32) and data.num_classes == 1000
-    assert data.class_counts[:3].tolist() == [9, 5, 3] and len(data.groups["many"]) == 390
+    assert data.image_shape == (3, 32, 32) and data.num_classes == 3
+    assert data.class_counts.tolist() == [9, 5, 3] and [g.tolist() for g in data.groups.values()] == [[0], [1], [2]]
+
+
+def test_a_link_out_of_the_root_is_refused_unless_allowed(tmp_path):
+    root = write_imagenet_lt(tmp_path / "imagenet", counts=(3, 2), test_per_class=1)
+    elsewhere = tmp_path / "elsewhere"
+    (root / "train" / "n00000001").rename(elsewhere)
+    (root / "train" / "n00000001").symlink_to(elsewhere)  # a linked class folder
+    with pytest.raises(DataError, match=r"ImageNet_LT_train.txt:4: image .* resolves to .*elsewhere.*outside the data "
+                                        r"root.*allow_outside_root=true"):
+        load_dataset("imagenet-lt", str(root))
+    assert len(load_dataset("imagenet-lt", str(root), allow_outside_root=True).train) == 5
 
 
 def write_list(path: Path, lines: list[str]) -> Path:
@@ -109,13 +121,13 @@ def test_missing_image_names_the_list_line(tmp_path):
 
 def test_list_options_only_for_list_datasets_and_filelist_needs_its_lists(tmp_path):
     with pytest.raises(DataError, match="apply to the list datasets"):
-        load_dataset("npz", str(tmp_path / "x.npz"), ListOptions(class_order="count"))
+        load_dataset("npz", str(tmp_path / "x.npz"), lists=ListOptions(class_order="count"))
     with pytest.raises(DataError, match="needs data.train_list"):
         load_dataset("filelist", str(tmp_path))
     with pytest.raises(DataError, match="needs data.root"):
         load_dataset("places-lt", None)
     root = write_imagenet_lt(tmp_path, counts=(3, 2), test_per_class=1)
-    split = load_dataset("filelist", str(root), ListOptions(str(root / "ImageNet_LT_train.txt"),
+    split = load_dataset("filelist", str(root), lists=ListOptions(str(root / "ImageNet_LT_train.txt"),
                                                             str(root / "ImageNet_LT_test.txt")))
     assert split.train.num_classes == 2 and len(split.train) == 5
 
@@ -143,7 +155,7 @@ def test_inaturalist_json_labels_follow_category_ids(tmp_path):
         (tmp_path / file).write_bytes(b"")
     inat_json(tmp_path / "train2018.json", images, [(10, 9), (11, 5), (12, 5), (13, 2)], [9, 2, 5])
     inat_json(tmp_path / "val2018.json", images[3:], [(13, 2)], [2, 5, 9])
-    split = load_dataset("inat2018", str(tmp_path), ListOptions(class_order="count"))
+    split = load_dataset("inat2018", str(tmp_path), lists=ListOptions(class_order="count"))
     assert split.train.num_classes == 3 and split.train.labels.tolist() == [2, 0, 0, 1]
     assert split.train.class_names == ("species 5", "species 2", "species 9")
     assert split.test.labels.tolist() == [1]

@@ -66,8 +66,8 @@ def test_ablations_end_to_end_on_a_generated_file(tmp_path):
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     out = tmp_path / "out"
     table = ablations.run("fashion-lt", ["table4"], 1, 1, out,
-                          ["data.dataset=npz", f"data.root={path}", "data.longtail.n_max=12", "train.epochs=3",
-                           "train.batch_size=16", "csa:method.params.warmup_epochs=1",
+                          ["data.dataset=npz", f"data.root={path}", "data.longtail.n_max=12", "data.longtail.rho=10",
+                           "train.epochs=3", "train.batch_size=16", "csa:method.params.warmup_epochs=1",
                            "csa:method.params.delta=0.0", "csa:method.params.stop_last_epochs=1"])
     assert set(table["table4"]) == {"with Q", "w/o Q"} and table["table4"]["w/o Q"]["runs"] == 1
     md = (out / "ablations.md").read_text()

@@ -32,6 +32,7 @@ def test_table3_runs_and_prints_the_paper_beside_ours(tmp_path, capsys):
     code = cli.main(["reproduce", "table3", "--models", "resnet10", "--seeds", "1", "--output", str(out),
                      f"data.root={root}", "model.name=lenet2d", "data.crop_size=32", "data.resize_size=36",
                      "data.workers=0", "train.epochs=1", "train.batch_size=16", "train.eval_every=0", "train.optim.lr=0.02",
+                     "data.group_bounds=[2, 4]",
                      "crt:method.params.retrain_epochs=1", "csa:method.params.warmup_epochs=0"])
     assert code == 0
     md = (out / "table3.md").read_text()

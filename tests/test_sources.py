@@ -61,7 +61,7 @@ def test_idx_truncated_and_bad_magic(tmp_path):
         read_idx(floats)
 
 
-def make_mnist(root: Path, n_train=5, n_test=3, dotted=False) -> None:
+def make_mnist(root: Path, n_train=10, n_test=3, dotted=False) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("t10k", n_test)):
         sep = "." if dotted else "-"
@@ -72,7 +72,7 @@ def make_mnist(root: Path, n_train=5, n_test=3, dotted=False) -> None:
 def test_load_mnist_format(tmp_path):
     make_mnist(tmp_path, dotted=True)
     data = load_mnist_format(tmp_path)
-    assert data.train.images.shape == (5, 1, 28, 28) and data.test.images.shape == (3, 1, 28, 28)
+    assert data.train.images.shape == (10, 1, 28, 28) and data.test.images.shape == (3, 1, 28, 28)
     assert data.train.labels.dtype == np.int64 and list(data.test.labels) == [0, 1, 2]
     assert (data.source, data.caveat) == (str(tmp_path), "")
 
@@ -96,7 +96,8 @@ def make_cifar10(folder: Path, rows=3) -> None:
     folder.mkdir(parents=True)
     for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         data = np.full((rows, 3072), i, np.uint8)
-        write_pickle(folder / name, {b"data": data, b"labels": [i % 10] * rows, b"batch_label": b"x"})
+        labels = [(i * rows + j) % 10 for j in range(rows)]  # 5 x 3 training images: every class
+        write_pickle(folder / name, {b"data": data, b"labels": labels, b"batch_label": b"x"})
     write_pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_CLASSES]})
 
 
@@ -105,8 +106,8 @@ def test_cifar10_pickles(tmp_path):
     for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
         data = load_cifar(root, 10)
         assert data.train.images.shape == (15, 3, 32, 32) and data.test.images.shape == (3, 3, 32, 32)
-        assert list(data.train.labels) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3
-        assert (data.test.images == 5).all() and list(data.test.labels) == [5, 5, 5]
+        assert list(data.train.labels) == [k % 10 for k in range(15)]
+        assert (data.test.images == 5).all() and list(data.test.labels) == [5, 6, 7]
         assert data.train.class_names == CIFAR10_CLASSES
         assert data.source == str(tmp_path / "cifar-10-batches-py") and data.caveat == ""
     assert load_dataset("cifar10", str(tmp_path)).train.images.shape == (15, 3, 32, 32)
@@ -115,13 +116,13 @@ def test_cifar10_pickles(tmp_path):
 def test_cifar100_pickles(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    data = RNG.integers(0, 256, (4, 3072), dtype=np.uint8)
-    for name in ("train", "test"):
-        write_pickle(folder / name, {b"data": data, b"fine_labels": [0, 99, 5, 7], b"coarse_labels": [0] * 4})
+    data = RNG.integers(0, 256, (100, 3072), dtype=np.uint8)
+    write_pickle(folder / "train", {b"data": data, b"fine_labels": list(range(100)), b"coarse_labels": [0] * 100})
+    write_pickle(folder / "test", {b"data": data[:4], b"fine_labels": [0, 99, 5, 7], b"coarse_labels": [0] * 4})
     names = [f"class{i}".encode() for i in range(100)]
     write_pickle(folder / "meta", {b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20})
     got = load_dataset("cifar100", str(tmp_path))
-    assert got.train.images.shape == (4, 3, 32, 32) and list(got.test.labels) == [0, 99, 5, 7]
+    assert got.train.images.shape == (100, 3, 32, 32) and list(got.test.labels) == [0, 99, 5, 7]
     np.testing.assert_array_equal(got.train.images[1], data[1].reshape(3, 32, 32))
     assert got.train.num_classes == 100 and got.train.class_names[99] == "class99"
 
@@ -147,12 +148,12 @@ def test_malicious_pickle_refused(tmp_path, call):
     assert not marker.exists()
 
 
-def save_npz(path: Path, n_train=6, n_test=4, **skip) -> None:
+def save_npz(path: Path, n_train=6, n_test=4, classes=3, **skip) -> None:
     arrays = {
         "x_train": RNG.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
-        "y_train": np.arange(n_train) % 3,
+        "y_train": np.arange(n_train) % classes,
         "x_test": RNG.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
-        "y_test": np.arange(n_test) % 3,
+        "y_test": np.arange(n_test) % classes,
     }
     np.savez(path, **{k: v for k, v in arrays.items() if k not in skip})
 
@@ -171,7 +172,7 @@ def test_npz_round_trip(tmp_path):
 
 def test_npz_known_to_differ_from_the_official_data_carries_its_caveat(tmp_path):
     path = tmp_path / "cifar10-jpeg.npz"
-    save_npz(path)
+    save_npz(path, n_train=10, classes=10)
     data = load_dataset("cifar10", str(path))
     assert data.source == str(path) and "JPEG-decoded copy of CIFAR-10" in data.caveat
     assert "indicative only" in data.caveat
@@ -248,3 +249,15 @@ def test_fashion_mnist_system_install():
     data = load_dataset("fashion-mnist")
     assert data.train.images.shape == (60000, 1, 28, 28) and data.test.images.shape == (10000, 1, 28, 28)
     assert data.train.num_classes == 10 and np.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_links_outside_the_data_root_are_refused_unless_allowed(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    make_folder(root, {})
+    outside.mkdir()
+    Image.new("RGB", (8, 6), (0, 255, 0)).save(outside / "green.png")
+    (root / "train" / "cat" / "2.png").symlink_to(outside / "green.png")
+    with pytest.raises(DataError, match=f"2.png resolves to {outside / 'green.png'}, outside the data root {root}"):
+        load_dataset("folder", str(root))
+    data = load_dataset("folder", str(root), allow_outside_root=True)
+    assert len(data.train) == 5 and data.train.images[2, 1].min() == 255

@@ -8,24 +8,32 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .io import atomic_write_text
+from .validation import bounded, one_of, rule_of
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid."""
 
 
+#: seeds seed numpy's legacy RandomState, which takes 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class LongTailConfig:
-    profile: str = "exp"  # exp | step | none
-    rho: float = 100.0
-    n_max: int | None = None  # None: N / C
-    step_fraction: float = 0.5
-    seed: int = 0  # the data seed (fixed across training seeds, as in the paper)
+    profile: str = one_of("exp", ("exp", "step", "none"))
+    rho: float = bounded(100.0, ge=1)
+    n_max: int | None = bounded(None, ge=1)  # None: N / C
+    step_fraction: float = bounded(0.5, gt=0, lt=1)
+    seed: int = bounded(0, ge=0, le=MAX_SEED)  # the data seed (fixed across training seeds, as in the paper)
 
 
 @dataclass
@@ -33,9 +41,10 @@ class ContextConfig:
     """CMNIST-LT's coloured context; off unless enabled."""
 
     enabled: bool = False
-    noise: float = 0.25
-    head_classes: int | None = None  # None: C // 2
-    palette: str = "tab10"  # tab10: the release's sns.color_palette() (matplotlib's cycle); deep: seaborn "deep"
+    noise: float = bounded(0.25, ge=0, lt=1)
+    head_classes: int | None = bounded(None, ge=0)  # None: C // 2; at most C (checked with the data)
+    # tab10: the release's sns.color_palette() (matplotlib's cycle); deep: seaborn "deep"
+    palette: str = one_of("tab10", ("tab10", "deep"))
 
 
 @dataclass
@@ -44,30 +53,37 @@ class DataConfig:
     root: str | None = None
     longtail: LongTailConfig = field(default_factory=LongTailConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
-    groups: str = "index"  # index | count
-    group_bounds: list[int] | None = None
-    mean: list[float] | None = None  # None: pixels / 255 only
-    std: list[float] | None = None
-    augment: str = "none"  # none | crop_flip (in-memory arrays) | resized_crop (image files: the ImageNet recipe)
-    padding: int = 4
+    groups: str = one_of("index", ("index", "count"))
+    group_bounds: list[int] | None = bounded(None, ge=0)
+    mean: list[float] | None = None  # None: pixels / 255 only; else one per channel
+    std: list[float] | None = bounded(None, gt=0)
+    # none | crop_flip (in-memory arrays) | resized_crop (image files: the ImageNet recipe)
+    augment: str = one_of("none", ("none", "crop_flip", "resized_crop"))
+    padding: int = bounded(4, ge=0)
+    #: follow links (or paths) in data.root that lead outside it; off: such a file is refused
+    allow_outside_root: bool = False
     # list datasets (imagenet-lt, places-lt, inat2018, filelist): split files (None: the standard
     # names under data.root or a default data folder's lists/) and the class order
     train_list: str | None = None
     test_list: str | None = None
-    class_order: str = "list"  # list: labels as in the files | count: re-indexed by descending training count
+    # list: labels as in the files | count: re-indexed by descending training count
+    class_order: str = one_of("list", ("list", "count"))
     # input pipeline: device (the split on the device as uint8) | stream (worker processes decode
     # batches) | auto (image files stream, in-memory arrays stay on the device when they fit)
-    storage: str = "auto"
-    workers: int = 4  # streaming: loader worker processes per training process (0: decode in-process)
-    crop_size: int = 224  # image files: random-resized / centre crop side
-    resize_size: int = 256  # image files, test: shorter side before the centre crop
-    color_jitter: float = 0.4  # image files, resized_crop: brightness/contrast/saturation strength (0: off)
+    storage: str = one_of("auto", ("auto", "device", "stream"))
+    # streaming: loader worker processes per training process
+    workers: int = bounded(4, ge=0, note="0: decode in the training process")
+    crop_size: int = bounded(224, ge=1)  # image files: random-resized / centre crop side
+    resize_size: int = bounded(256, ge=1)  # image files, test: shorter side before the centre crop
+    # image files, resized_crop: brightness / contrast / saturation strength
+    color_jitter: float = bounded(0.4, ge=0, lt=1, note="0: off")
 
 
 @dataclass
 class ModelConfig:
     name: str = "lenet2d"
-    pretrained: str | None = None  # a local weights file (torchvision layout or a tailshift backbone); never downloaded
+    # a local weights file (torchvision's ResNet layout, a state dict or a tailshift checkpoint); never downloaded
+    pretrained: str | None = None
 
 
 @dataclass
@@ -80,32 +96,36 @@ class MethodConfig:
 class SamplingConfig:
     """How "balanced" streams draw (methods ask for a balanced stream; this picks its form)."""
 
-    balanced: str = "class_aware"  # class_aware | power (q = 0)
-    per_class: int = 4
-    balanced_epoch: str = "balanced"  # balanced (n_max x C) | dataset (N)
+    balanced: str = one_of("class_aware", ("class_aware", "power"))  # power: q = 0
+    per_class: int = bounded(4, ge=1)
+    balanced_epoch: str = one_of("balanced", ("balanced", "dataset"))  # balanced: n_max x C draws; dataset: N
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.0, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
     nesterov: bool = False
-    schedule: str = "constant"  # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
-    cosine_period: int | None = None  # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
-    warmup_epochs: int = 0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    clip_grad_norm: float = 0.0  # > 0: rescale each step's gradient to at most this total L2 norm
+    # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
+    schedule: str = one_of("constant", ("constant", "cosine", "cosine_epoch", "step"))
+    # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
+    cosine_period: int | None = bounded(None, ge=1, note="or null: train.epochs")
+    warmup_epochs: int = bounded(0, ge=0)  # and < train.epochs
+    milestones: list[int] = bounded(ge=0, default_factory=list)
+    gamma: float = bounded(0.1, gt=0)
+    # > 0: rescale each step's gradient to at most this total L2 norm
+    clip_grad_norm: float = bounded(0.0, ge=0, note="0: off")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 128
-    test_batch_size: int = 1000
+    epochs: int = bounded(8, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    test_batch_size: int = bounded(1000, ge=1)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval_every: int = 1  # epochs between test evaluations; the last epoch is always evaluated
+    # epochs between test evaluations; the last epoch is always evaluated
+    eval_every: int = bounded(1, ge=0, note="0: the last epoch only")
     checkpoint: bool = True
     sync_batchnorm: bool = False  # several processes: batch-norm statistics over the global batch
 
@@ -117,11 +137,11 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
     device: str = "auto"
     output: str = "runs/default"
     progress: bool = True
-    threads: int | None = None
+    threads: int | None = bounded(None, ge=1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,17 +152,12 @@ class RunConfig:
         Options added after runs were recorded are left out while they hold the value that
         reproduces the older behaviour, so those runs' checkpoints still match their configs.
         """
-        d = self.to_dict()
-        for key in ("output", "progress", "threads", "device"):
-            d.pop(key)
-        d["data"].pop("workers")  # how many processes decode changes no pixel
-        for path, neutral in NEUTRAL_LATER_OPTIONS.items():
-            *parents, leaf = path.split(".")
-            section = functools.reduce(lambda node, k: node[k], parents, d)
-            if section[leaf] == neutral:
-                del section[leaf]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(shaping(self.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
 
+
+#: options that change where or how a run is written or shown, never the trained model
+NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outside_root",
+                     "data.workers")  # how many processes decode changes no pixel
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
 NEUTRAL_LATER_OPTIONS = {
@@ -161,24 +176,47 @@ NEUTRAL_LATER_OPTIONS = {
 }
 
 
-CHOICES = {
-    "data.longtail.profile": ("exp", "step", "none"),
-    "data.groups": ("index", "count"),
-    "data.augment": ("none", "crop_flip", "resized_crop"),
-    "data.storage": ("auto", "device", "stream"),
-    "data.class_order": ("list", "count"),
-    "sampling.balanced": ("class_aware", "power"),
-    "sampling.balanced_epoch": ("balanced", "dataset"),
-    "train.optim.schedule": ("constant", "cosine", "cosine_epoch", "step"),
-    "data.context.palette": ("tab10", "deep"),
-}
+def _section(d: dict, path: str) -> tuple[dict, str]:
+    *parents, leaf = path.split(".")
+    return functools.reduce(lambda node, k: node.get(k, {}), parents, d), leaf
+
+
+def shaping(values: dict) -> dict:
+    """The part of a config dict (``RunConfig.to_dict``, possibly an older one) the fingerprint hashes."""
+    d = json.loads(json.dumps(values))
+    for path in NOT_FINGERPRINTED:
+        section, leaf = _section(d, path)
+        section.pop(leaf, None)
+    for path, neutral in NEUTRAL_LATER_OPTIONS.items():
+        section, leaf = _section(d, path)
+        if leaf in section and section[leaf] == neutral:
+            del section[leaf]
+    return d
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):  # an empty mapping (no method params) flattens to nothing
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for each option that shapes the model and differs (absent: the neutral default)."""
+    a, b = _flatten(shaping(old)), _flatten(shaping(new))
+    shown = lambda d, key: repr(d[key]) if key in d else "(unset)"  # noqa: E731
+    return [f"{key}: {shown(a, key)} -> {shown(b, key)}"
+            for key in sorted(set(a) | set(b)) if shown(a, key) != shown(b, key)]
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
     origin = get_origin(hint)
     args = get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build_dataclass(hint, value, key)
     if origin is not None and type(None) in args:  # Optional[X]
         if value is None:
             return None
@@ -197,11 +235,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -218,7 +258,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 
-def _build(cls, values: Any, prefix: str):
+def build_dataclass(cls, values: Any, prefix: str):
+    """``values`` (a mapping) as a ``cls`` instance: unknown keys, types and declared rules checked."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -234,62 +275,56 @@ def _build(cls, values: Any, prefix: str):
         if name in values:
             key = f"{prefix}.{name}" if prefix else name
             kwargs[name] = _convert(values[name], hints[name], key)
-    return cls(**kwargs)
+            rule = rule_of(cls, name)
+            complaint = rule.check(kwargs[name], key) if rule is not None else None
+            if complaint:
+                raise ConfigError(complaint)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a class's own cross-field checks (__post_init__) speak for themselves
+        raise ConfigError(str(err)) from None
 
 
 def _check(cfg: RunConfig) -> None:
-    flat = {
-        "data.longtail.profile": cfg.data.longtail.profile,
-        "data.groups": cfg.data.groups,
-        "data.augment": cfg.data.augment,
-        "data.storage": cfg.data.storage,
-        "data.class_order": cfg.data.class_order,
-        "sampling.balanced": cfg.sampling.balanced,
-        "sampling.balanced_epoch": cfg.sampling.balanced_epoch,
-        "train.optim.schedule": cfg.train.optim.schedule,
-        "data.context.palette": cfg.data.context.palette,
-    }
-    for key, value in flat.items():
-        if value not in CHOICES[key]:
-            raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
-    lt = cfg.data.longtail
-    if lt.rho < 1:
-        raise ConfigError(f"data.longtail.rho must be >= 1, got {lt.rho}")
-    if lt.n_max is not None and lt.n_max < 1:
-        raise ConfigError(f"data.longtail.n_max must be >= 1, got {lt.n_max}")
-    if not 0 <= cfg.data.context.noise < 1:
-        raise ConfigError(f"data.context.noise must be in [0, 1), got {cfg.data.context.noise}")
-    if (cfg.data.mean is None) != (cfg.data.std is None):
+    """What no single field can check: names, options that depend on each other, method params."""
+    d, tr = cfg.data, cfg.train
+    if (d.mean is None) != (d.std is None):
         raise ConfigError("data.mean and data.std must be given together")
-    if cfg.data.std is not None and any(s <= 0 for s in cfg.data.std):
-        raise ConfigError(f"data.std must be positive, got {cfg.data.std}")
-    if cfg.data.group_bounds is not None and len(cfg.data.group_bounds) != 2:
-        raise ConfigError(f"data.group_bounds must be [b1, b2], got {cfg.data.group_bounds}")
-    d = cfg.data
-    if d.workers < 0:
-        raise ConfigError(f"data.workers must be >= 0 (0: decode in the training process), got {d.workers}")
-    if d.crop_size < 1 or d.resize_size < d.crop_size:
-        raise ConfigError(f"data.crop_size must be >= 1 and data.resize_size >= it, "
-                          f"got {d.crop_size} and {d.resize_size}")
-    if not 0 <= d.color_jitter < 1:
-        raise ConfigError(f"data.color_jitter must be in [0, 1), got {d.color_jitter}")
-    tr = cfg.train
-    for key, value in (("train.epochs", tr.epochs), ("train.batch_size", tr.batch_size),
-                       ("train.test_batch_size", tr.test_batch_size), ("sampling.per_class", cfg.sampling.per_class)):
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    if tr.eval_every < 0:
-        raise ConfigError(f"train.eval_every must be >= 0, got {tr.eval_every}")
-    if tr.optim.lr <= 0:
-        raise ConfigError(f"train.optim.lr must be > 0, got {tr.optim.lr}")
-    if not tr.optim.clip_grad_norm >= 0:
-        raise ConfigError(f"train.optim.clip_grad_norm must be >= 0 (0: off), got {tr.optim.clip_grad_norm}")
-    if tr.optim.cosine_period is not None and tr.optim.cosine_period < 1:
-        raise ConfigError(f"train.optim.cosine_period must be >= 1 (or null: train.epochs), got {tr.optim.cosine_period}")
-    if tr.optim.warmup_epochs < 0 or tr.optim.warmup_epochs >= tr.epochs:
+    if d.mean is not None and len(d.mean) != len(d.std):
+        raise ConfigError(f"data.mean and data.std must have one value per channel each, got {len(d.mean)} "
+                          f"and {len(d.std)} values")
+    if d.group_bounds is not None and (len(d.group_bounds) != 2 or d.group_bounds[0] > d.group_bounds[1]):
+        raise ConfigError(f"data.group_bounds must be [b1, b2] with b1 <= b2, got {d.group_bounds}")
+    if d.resize_size < d.crop_size:
+        raise ConfigError(f"data.resize_size must be >= data.crop_size ({d.crop_size}), got {d.resize_size}")
+    if tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
+    if tr.optim.nesterov and tr.optim.momentum <= 0:
+        raise ConfigError(f"train.optim.nesterov=true needs train.optim.momentum > 0, got {tr.optim.momentum}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    if not cfg.output.strip():
+        raise ConfigError(f"output must name a folder for the run, got {cfg.output!r}")
+    _check_components(cfg)
+
+
+def _check_components(cfg: RunConfig) -> None:
+    """Registered names, and the method's params against its ``Params`` class (types and rules)."""
+    from .data.sources import DATASETS
+    from .methods import METHODS
+    from .methods.base import build_params
+    from .models import MODELS
+
+    DATASETS.get(cfg.data.dataset)
+    MODELS.get(cfg.model.name)
+    build_params(METHODS.get(cfg.method.name), cfg.method.params)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(str(getattr(err, "problem", None) or err).split()) + where
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -300,7 +335,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err.problem})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(err)})") from None
     return key.strip().split("."), value
 
 
@@ -320,8 +355,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # safe_load: a python/... tag is refused here, never run
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -332,7 +367,7 @@ def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
     for item in overrides:
         path, value = parse_override(item)
         merge(values, path, value)
-    cfg = _build(RunConfig, values, "")
+    cfg = build_dataclass(RunConfig, values, "")
     _check(cfg)
     return cfg
 
@@ -342,4 +377,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

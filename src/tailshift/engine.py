@@ -10,7 +10,7 @@ sharded and gathered, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import platform
@@ -24,14 +24,15 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .config import RunConfig, save_config
+from .config import ConfigError, RunConfig, config_differences, save_config
 from .data.build import PreparedData, prepare_data
+from .data.pipeline import batch_plan
 from .data.sampling import Sampler
 from .data.sources import DATASETS
 from .data.stream import make_feeds
 from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
+from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import METHODS, Method
-from .data.pipeline import batch_plan
 from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
 from .models import MODELS, create_model
@@ -94,6 +95,14 @@ def versions() -> dict:
     }
 
 
+def _load_failure(err: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to load it unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    reason = [line for line in lines if not line.startswith(advice)] or lines or [type(err).__name__]
+    return reason[0][:200]
+
+
 @dataclass
 class RunState:
     stage_index: int = 0
@@ -114,6 +123,21 @@ def build_method(cfg: RunConfig, data: PreparedData) -> Method:
     backbone = create_model(cfg.model.name, in_channels=channels, image_size=height, pretrained=cfg.model.pretrained)
     method_cls = METHODS.get(cfg.method.name)
     return method_cls(backbone, data.num_classes, data.class_counts, cfg.train.epochs, cfg.method.params)
+
+
+@torch.no_grad()
+def check_model_takes_images(cfg: RunConfig, method: Method, arrays, image_shape: tuple[int, int, int]) -> None:
+    """One image through every head before any step, so a model that cannot take these
+    images fails now, in one line, rather than after the run folder has been written."""
+    method.eval()
+    try:
+        method.predict(next(arrays.iterate(1)).x)
+    except RuntimeError as err:
+        shape = "x".join(map(str, image_shape))
+        raise ConfigError(f"model.name={cfg.model.name} cannot take the dataset's {shape} (CxHxW) images: "
+                          f"{str(err).splitlines()[0]}") from None
+    finally:
+        method.train()
 
 
 @torch.inference_mode()
@@ -141,6 +165,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         check_names(cfg)
+        if self.world.is_main:  # a second command on a busy folder stops before reading any data
+            check_folder_free(cfg.output)
         self.data = data if data is not None else prepare_data(cfg.data)
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.data).to(self.device)
@@ -150,6 +176,7 @@ class Trainer:
         self.method.to(memory_format=torch.channels_last)
         # the train and test feeds: DeviceArrays (on the device) or StreamFeed (decoded by workers)
         self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data)
+        check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
         self.out = Path(cfg.output)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -164,6 +191,7 @@ class Trainer:
     def _write_checkpoint(self, state: RunState, optimizer: torch.optim.Optimizer, extra: list) -> None:
         payload = {
             "fingerprint": self.cfg.fingerprint(),
+            "config": self.cfg.to_dict(),  # so a refused config can be told which keys differ
             "stage_index": state.stage_index,
             "epoch": state.epoch,
             "history": state.history,
@@ -174,23 +202,20 @@ class Trainer:
         }
         if self.world.size > 1:
             payload["extra_ranks"] = extra
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        with atomic_open(self.checkpoint_path) as f:
+            torch.save(payload, f)
 
     def _load(self) -> tuple[RunState, dict | None]:
         if not self.checkpoint_path.exists():
             return RunState(), None
         try:
             payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        except Exception as err:  # a truncated or foreign file: say which and why
-            raise CheckpointMismatchError(f"cannot read checkpoint {self.checkpoint_path}: {err}") from None
-        if payload.get("fingerprint") != self.cfg.fingerprint():
+        except Exception as err:  # a truncated, foreign or hostile file: say which, in one line
             raise CheckpointMismatchError(
-                f"checkpoint {self.checkpoint_path} was written by another config "
-                f"(fingerprint {payload.get('fingerprint')} != {self.cfg.fingerprint()}); "
-                "use a new output folder or delete the checkpoint"
-            )
+                f"cannot read checkpoint {self.checkpoint_path} ({_load_failure(err)}); only tensors and plain "
+                "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
+        if not isinstance(payload, dict) or payload.get("fingerprint") != self.cfg.fingerprint():
+            raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
         # a run resumed on as many processes as wrote it gets each rank's own state back
         ranks = payload.get("extra_ranks")
@@ -198,6 +223,24 @@ class Trainer:
                                      else payload["extra"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
         return state, payload["optimizer"]
+
+    def _checkpoint_identity(self) -> tuple | None:
+        """Which file the checkpoint is (every write renames a new one into place); None if absent."""
+        try:
+            st = os.stat(self.checkpoint_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _mismatch_message(self, payload) -> str:
+        stored = payload.get("config") if isinstance(payload, dict) else None
+        if isinstance(stored, dict):
+            what = "; ".join(config_differences(stored, self.cfg.to_dict())) or "options no longer known"
+        else:  # a checkpoint from before configs were stored in it
+            old = payload.get("fingerprint") if isinstance(payload, dict) else None
+            what = f"fingerprint {old} != {self.cfg.fingerprint()}"
+        return (f"checkpoint {self.checkpoint_path} was written by another config (checkpoint -> now: {what}); "
+                "use a new output folder or delete the checkpoint")
 
     # --- training -----------------------------------------------------------------
     def _samplers(self, stage: Stage, stage_index: int) -> dict[str, Sampler]:
@@ -228,11 +271,20 @@ class Trainer:
         return out
 
     def fit(self, resume: bool = True) -> dict:
+        """Train under the run folder's lock. The checkpoint is read, and one of another config
+        refused, before anything is written; under the lock it is read again only if it changed."""
+        seen = self._checkpoint_identity()
+        loaded = self._load() if resume else (RunState(), None)
+        # the folder is rank 0's: it alone holds the lock and writes (the other ranks only read the checkpoint)
+        with RunLock(self.out) if self.world.is_main else contextlib.nullcontext():
+            if resume and self._checkpoint_identity() != seen:  # another writer finished in between
+                loaded = self._load()
+            if self.world.is_main:
+                save_config(self.cfg, self.out / "config.yaml")
+            return self._fit(*loaded)
+
+    def _fit(self, state: RunState, optimizer_state: dict | None) -> dict:
         cfg = self.cfg
-        if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-        state, optimizer_state = self._load() if resume else (RunState(), None)
         stages = self.method.stages()
         batch = cfg.train.batch_size
         optimizer, results = None, None
@@ -268,7 +320,7 @@ class Trainer:
                 if state.epoch == stage.epochs:
                     state.stage_index, state.epoch = stage_index + 1, 0
                 if self.world.is_main:
-                    (self.out / "curve.json").write_text(json.dumps(state.history, indent=1))
+                    atomic_write_json(self.out / "curve.json", state.history)
                 if cfg.train.checkpoint:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
@@ -356,7 +408,7 @@ class Trainer:
             "curve": state.history,
         }
         if self.world.is_main:
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
 
 

@@ -8,6 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from .arrays import ArrayDataset, DataError
+from .checks import check_longtail
 from .context import PALETTES, make_coloured_test, make_coloured_train
 from .groups import class_groups
 from .lists import FileDataset, ListOptions
@@ -52,22 +53,28 @@ def _prepare(key: str) -> PreparedData:
     cfg = json.loads(key)
     lists = ListOptions(cfg["train_list"], cfg["test_list"], cfg["class_order"])
     if lists.is_default:
-        split = load_dataset(cfg["dataset"], cfg["root"])
+        split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"])
     else:
-        split = load_dataset(cfg["dataset"], cfg["root"], lists)
+        split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"], lists)
+    files = isinstance(split.train, FileDataset)
+    if cfg["context"]["enabled"] and files:
+        raise DataError(f"data.context (coloured digits) needs a dataset decoded in memory; {cfg['dataset']} "
+                        "is read from image files")
     num_classes = max(split.train.num_classes, split.test.num_classes)
+    ctx = cfg["context"]
+    if ctx["enabled"] and ctx["head_classes"] is not None and ctx["head_classes"] > num_classes:
+        raise DataError(f"data.context.head_classes must be in [0, {num_classes}] (the dataset's class count), "
+                        f"got {ctx['head_classes']}")
+    # colouring makes RGB; image files are decoded as RGB
+    _check_normalisation(cfg, 3 if ctx["enabled"] or files else split.train.images.shape[1])
     lt = cfg["longtail"]
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
     rng = np.random.RandomState(lt["seed"])
     train = make_longtail(split.train, lt["profile"], lt["rho"], lt["n_max"], rng, lt["step_fraction"])
     clean_labels = train.labels
     clean_counts = np.bincount(clean_labels, minlength=num_classes)
+    check_longtail(clean_counts, lt, split.train.class_names)
     test = split.test
-    ctx = cfg["context"]
-    files = isinstance(train, FileDataset)
-    if ctx["enabled"] and files:
-        raise DataError(f"data.context (coloured digits) needs a dataset decoded in memory; {cfg['dataset']} "
-                        "is read from image files")
     if ctx["enabled"]:
         head = ctx["head_classes"] if ctx["head_classes"] is not None else num_classes // 2
         palette = PALETTES[ctx["palette"]]
@@ -78,3 +85,10 @@ def _prepare(key: str) -> PreparedData:
     noise_free = clean_labels if ctx["enabled"] else None
     input_shape = (3, cfg["crop_size"], cfg["crop_size"]) if files else None
     return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat, input_shape)
+
+
+def _check_normalisation(cfg: dict, channels: int) -> None:
+    for key in ("mean", "std"):
+        if cfg[key] is not None and len(cfg[key]) != channels:
+            raise DataError(f"data.{key} must have one value per channel ({channels} for these images), "
+                            f"got {cfg[key]}")

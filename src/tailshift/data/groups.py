@@ -44,6 +44,7 @@ def class_groups(
             bounds = INDEX_BOUNDS[num_classes]
         b1, b2 = bounds
         if not 0 <= b1 <= b2 <= num_classes:
-            raise DataError(f"group bounds must satisfy 0 <= b1 <= b2 <= {num_classes}, got {list(bounds)}")
+            raise DataError(f"data.group_bounds must satisfy 0 <= b1 <= b2 <= {num_classes} (the class count), "
+                            f"got {list(bounds)}")
         return {"many": classes[:b1], "med": classes[b1:b2], "few": classes[b2:]}
     raise DataError(f"unknown group rule {rule!r}; known: {', '.join(GROUP_RULES)}")

@@ -4,15 +4,18 @@ under an image root.
 
 A ``FileDataset`` holds paths and labels only; pixels are decoded by the streaming
 input pipeline (``data/stream.py``). Every path must stay under the root (no absolute
-path, no ``..``) and exist; a bad line is a one-line error naming the list file and its
-line number (for JSON: the entry of ``annotations``). Classes may be re-indexed by
-descending training count (``class_order="count"``, as the CSA release does for
-ImageNet-LT), ties kept in label order, the same map applied to the test labels.
+path, no ``..``; and, unless ``data.allow_outside_root``, no link leading out of it) and
+exist; a bad line is a one-line error naming the list file and its line number (for
+JSON: the entry of ``annotations``). The classes are those of the training list (its
+largest label + 1; a dataset's known class count bounds the labels). They may be
+re-indexed by descending training count (``class_order="count"``, as the CSA release
+does for ImageNet-LT), ties kept in label order, the same map applied to the test labels.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -161,23 +164,51 @@ def read_coco_json(path: str | Path, categories: list[int] | None = None
     return paths, np.asarray(labels, dtype=np.int64), np.asarray(numbers, dtype=np.int64), categories, class_names
 
 
-def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path, entry: str = "line") -> None:
-    """Every image exists: else a one-line error naming ``source`` and the entry's number.
-    The ``stat`` calls run on a few threads (they release the GIL; on network file systems
-    their latency, not the CPU, is what costs)."""
-    def missing(chunk: range) -> int | None:
+def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path, entry: str = "line",
+                allow_outside_root: bool = False) -> None:
+    """Every image exists and, unless allowed, resolves inside ``root`` (a linked folder or
+    file may lead out of it): else a one-line error naming ``source`` and the entry's number.
+    One ``lstat`` per image (plus a resolution per folder, and per linked file) on a few
+    threads: they release the GIL, and on network file systems their latency is what costs."""
+    real_root = os.path.realpath(root)
+    folders: dict[str, str] = {}
+
+    def outside(real: str) -> bool:
+        return not (real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep))
+
+    def problem(i: int) -> str | None:
+        full = os.path.join(root, paths[i])
+        try:
+            linked = stat.S_ISLNK(os.lstat(full).st_mode)
+        except OSError:
+            return f"image {paths[i]!r} not found under {root}"
+        if not os.path.isfile(full):
+            return f"{paths[i]!r} under {root} is not a file"
+        if not allow_outside_root:
+            folder = os.path.dirname(paths[i])
+            if folder not in folders:
+                folders[folder] = os.path.realpath(os.path.join(root, folder))
+            real = os.path.realpath(full) if linked else os.path.join(folders[folder], os.path.basename(full))
+            if outside(real):
+                return (f"image {paths[i]!r} resolves to {real}, outside the data root {root}; "
+                        "set data.allow_outside_root=true to read it anyway")
+        return None
+
+    def first_problem(chunk: range) -> tuple[int, str] | None:
         for i in chunk:
-            if not os.path.isfile(os.path.join(root, paths[i])):
-                return i
+            found = problem(i)
+            if found:
+                return i, found
         return None
 
     size = 4096
     chunks = [range(s, min(s + size, len(paths))) for s in range(0, len(paths), size)]
     with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
-        for bad in pool.map(missing, chunks):
+        for bad in pool.map(first_problem, chunks):
             if bad is not None:
-                where = f"{source}:{numbers[bad]}" if entry == "line" else f"{source}: annotations[{numbers[bad]}]"
-                raise DataError(f"{where}: image {paths[bad]!r} not found under {root}")
+                i, what = bad
+                where = f"{source}:{numbers[i]}" if entry == "line" else f"{source}: annotations[{numbers[i]}]"
+                raise DataError(f"{where}: {what}")
 
 
 def count_order(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -193,7 +224,7 @@ def count_order(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ListLayout:
-    """A list dataset: its class count (None: from the training file), standard file names, format."""
+    """A list dataset: the bound of its labels (None: any), standard file names, format."""
 
     num_classes: int | None
     train_file: str | None
@@ -226,7 +257,7 @@ def _find(name: str, key: str, given: str | None, standard: str | None, root: Pa
 
 
 def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: ListOptions,
-                      search: list[Path]) -> SplitDataset:
+                      search: list[Path], allow_outside_root: bool = False) -> SplitDataset:
     """Read a list dataset's train and test splits under the image ``root``."""
     if root is None:
         raise DataError(f"dataset {name!r} needs data.root=PATH, the folder the list paths are relative to")
@@ -243,11 +274,11 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
         num_classes, entry = len(categories), "annotation"
     else:
         train_paths, train_labels, train_numbers = read_list_file(train_file, layout.num_classes)
-        num_classes = layout.num_classes or int(train_labels.max()) + 1
+        num_classes = int(train_labels.max()) + 1
         test_paths, test_labels, test_numbers = read_list_file(test_file, num_classes)
         names, entry = None, "line"
-    check_files(image_root, train_paths, train_numbers, train_file, entry)
-    check_files(image_root, test_paths, test_numbers, test_file, entry)
+    check_files(image_root, train_paths, train_numbers, train_file, entry, allow_outside_root)
+    check_files(image_root, test_paths, test_numbers, test_file, entry, allow_outside_root)
     if options.class_order == "count":
         new_of_old = count_order(train_labels, num_classes)
         train_labels, test_labels = new_of_old[train_labels], new_of_old[test_labels]
@@ -264,12 +295,15 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
 
 
 class ListLoader:
-    """A registry entry for a list dataset: called with the image root and the ``ListOptions``."""
+    """A registry entry for a list dataset: called with the image root, whether paths may lead
+    outside it, and the ``ListOptions``."""
 
     reads_lists = True
 
     def __init__(self, name: str, layout: ListLayout, search: Callable[[], list[Path]]):
         self.name, self.layout, self.search = name, layout, search
 
-    def __call__(self, root: str | None, options: ListOptions | None = None) -> SplitDataset:
-        return load_list_dataset(self.name, self.layout, root, options or ListOptions(), self.search())
+    def __call__(self, root: str | None, allow_outside_root: bool = False,
+                 options: ListOptions | None = None) -> SplitDataset:
+        return load_list_dataset(self.name, self.layout, root, options or ListOptions(), self.search(),
+                                 allow_outside_root)

@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -26,6 +28,7 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
 
 from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
+from tailshift.data.checks import check_split
 from tailshift.data.lists import LAYOUTS, ListLoader, ListOptions
 from tailshift.registry import Registry
 
@@ -47,6 +50,14 @@ KNOWN_CAVEATS = {
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def inside_root(path: Path, root: Path, allow_outside_root: bool) -> Path:
+    """``path``, unless it resolves (through a link) outside ``root`` and the user has not allowed that."""
+    if not allow_outside_root and not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{path} resolves to {path.resolve()}, outside the data root {root}; "
+                        "set data.allow_outside_root=true to read it anyway")
+    return path
 
 
 # ----------------------------------------------------------------------------- idx (MNIST)
@@ -97,13 +108,14 @@ def _has_mnist_files(root: Path) -> bool:
         return False
 
 
-def load_mnist_format(root: str | Path, class_names: tuple[str, ...] | None = None) -> SplitDataset:
+def load_mnist_format(root: str | Path, class_names: tuple[str, ...] | None = None,
+                      allow_outside_root: bool = False) -> SplitDataset:
     """Load the four MNIST-format idx files (MNIST, Fashion-MNIST, ...) from one folder."""
     root = Path(root)
     splits = []
     for split in ("train", "t10k"):
-        images_file = _idx_file(root, split, "images", 3)
-        labels_file = _idx_file(root, split, "labels", 1)
+        images_file = inside_root(_idx_file(root, split, "images", 3), root, allow_outside_root)
+        labels_file = inside_root(_idx_file(root, split, "labels", 1), root, allow_outside_root)
         images, labels = read_idx(images_file), read_idx(labels_file)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
@@ -192,7 +204,7 @@ def _cifar_dir(root: Path, num_classes: int) -> Path | None:
     return None
 
 
-def load_cifar(root: str | Path, num_classes: int) -> SplitDataset:
+def load_cifar(root: str | Path, num_classes: int, allow_outside_root: bool = False) -> SplitDataset:
     """Load CIFAR-10/100 from the python pickles; `root` is the extracted folder or its parent."""
     root = Path(root)
     folder, train_files, test_file, label_key, meta_file, names_key = _cifar_layout(num_classes)
@@ -202,6 +214,8 @@ def load_cifar(root: str | Path, num_classes: int) -> SplitDataset:
     missing = [n for n in train_files if not (found / n).is_file()]
     if missing:
         raise DataError(f"CIFAR-{num_classes} folder {found} lacks {', '.join(missing)}")
+    for name in (*train_files, test_file, meta_file):
+        inside_root(found / name, root, allow_outside_root)
     names = CIFAR10_CLASSES if num_classes == 10 else None
     if (found / meta_file).is_file():
         meta = _unpickle(found / meta_file)
@@ -270,21 +284,25 @@ def load_npz(path: str | Path, verify: bool = False,
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-def _list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def _list_images(split_dir: Path, root: Path, allow_outside_root: bool) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [
-        (p, label)
-        for label, name in enumerate(classes)
-        for p in sorted((split_dir / name).iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    ]
+    files = []
+    for label, name in enumerate(classes):
+        class_dir = inside_root(split_dir / name, root, allow_outside_root)
+        found = [inside_root(p, root, allow_outside_root) for p in sorted(class_dir.iterdir())
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not found:
+            raise DataError(f"class folder {class_dir} holds no {'/'.join(IMAGE_EXTENSIONS)} image (0 files)")
+        files += [(p, label) for p in found]
     return classes, files
 
 
-def load_image_folder(root: str | Path, image_size: int | None = None) -> SplitDataset:
+def load_image_folder(root: str | Path, image_size: int | None = None,
+                      allow_outside_root: bool = False) -> SplitDataset:
     """Load root/train/<class>/* and root/test/<class>/* (or val/) with Pillow.
 
     Grayscale sets stay one channel; without `image_size` all images must share one size.
+    Files and class folders that resolve outside `root` (links) are refused unless allowed.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -293,8 +311,8 @@ def load_image_folder(root: str | Path, image_size: int | None = None) -> SplitD
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not train_dir.is_dir() or not test_dir.is_dir():
         raise DataError(f"{root} needs train/ and test/ (or val/) folders with one subfolder per class")
-    classes, train_files = _list_images(train_dir)
-    test_classes, test_files = _list_images(test_dir)
+    classes, train_files = _list_images(train_dir, root, allow_outside_root)
+    test_classes, test_files = _list_images(test_dir, root, allow_outside_root)
     if test_classes != classes:
         raise DataError(
             f"{test_dir} classes {test_classes} differ from {train_dir} classes {classes}"
@@ -312,22 +330,25 @@ def load_image_folder(root: str | Path, image_size: int | None = None) -> SplitD
     headers = [header(p) for p, _ in train_files + test_files]
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
     if image_size is None:
-        first_size = headers[0][1]
-        for (path, _), (_, size) in zip(train_files + test_files, headers):
-            if size != first_size:
-                raise DataError(
-                    f"{path} is {size[0]}x{size[1]} but {train_files[0][0]} is "
-                    f"{first_size[0]}x{first_size[1]}; pass image_size to resize"
-                )
+        sized = [(path, size) for (path, _), (_, size) in zip(train_files + test_files, headers)]
+        (first, (w0, h0)), odd = sized[0], [(path, size) for path, size in sized if size != sized[0][1]]
+        if odd:
+            path, (w, h) = odd[0]
+            raise DataError(f"{path} is {w}x{h} but {first} is {w0}x{h0} ({len(odd)} of {len(sized)} images "
+                            "differ in size); resize them to one size (or load with image_size)")
 
-    def load(files: list[tuple[Path, int]]) -> ArrayDataset:
-        images = []
-        for path, _ in files:
+    def decode(path: Path) -> np.ndarray:
+        try:
             with Image.open(path) as img:
                 img = img.convert(mode)
                 if image_size is not None:
                     img = img.resize((image_size, image_size), Image.BILINEAR)
-                images.append(np.asarray(img, dtype=np.uint8))
+                return np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:  # a truncated file fails only here
+            raise DataError(f"cannot decode image {path}: {e}") from None
+
+    def load(files: list[tuple[Path, int]]) -> ArrayDataset:
+        images = [decode(path) for path, _ in files]
         labels = np.array([label for _, label in files], dtype=np.int64)
         return ArrayDataset(to_nchw(np.stack(images)), labels, tuple(classes))
 
@@ -343,19 +364,25 @@ def default_data_dirs() -> list[Path]:
     return dirs + [repo_root.parent / "shared" / "data", Path.cwd() / "data"]
 
 
-DATASETS: Registry[Callable[[str | None], SplitDataset]] = Registry("dataset")
+#: name -> loader(root, allow_outside_root): root None looks in the default locations
+DATASETS: Registry[Callable[[str | None, bool], SplitDataset]] = Registry("dataset")
 
 
-def load_dataset(name: str, root: str | None = None, lists: ListOptions | None = None) -> SplitDataset:
-    """Load a registered dataset by name from `root` or the default locations; ``lists`` (split
-    files, class order) applies to the list datasets only."""
+def load_dataset(name: str, root: str | None = None, allow_outside_root: bool = False,
+                 lists: ListOptions | None = None) -> SplitDataset:
+    """Load a registered dataset by name from `root` or the default locations, and refuse
+    data that cannot be what it claims (``checks.check_split``). ``lists`` (split files,
+    class order) applies to the list datasets only."""
     loader = DATASETS.get(name)
     if getattr(loader, "reads_lists", False):
-        return loader(root, lists)
-    if lists is not None and not lists.is_default:
+        split = loader(root, allow_outside_root, lists)
+    elif lists is not None and not lists.is_default:
         raise DataError(f"data.train_list, data.test_list and data.class_order apply to the list datasets "
                         f"({', '.join(LAYOUTS)}), not to {name!r}")
-    return loader(root)
+    else:
+        split = loader(root, allow_outside_root)
+    check_split(split)
+    return split
 
 
 def _not_found(name: str, looked: list[Path], how: str) -> DataError:
@@ -368,16 +395,16 @@ def _get_hint(name: str) -> str:
 
 
 def _mnist_loader(name: str, system_dirs: list[Path], class_names: tuple[str, ...], hint: str):
-    def loader(root: str | None) -> SplitDataset:
+    def loader(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
         if root is not None:
             root = Path(root)  # the folder itself, or its parent as `download` leaves it
             if not _has_mnist_files(root) and _has_mnist_files(root / name):
                 root = root / name
-            return load_mnist_format(root, class_names)
+            return load_mnist_format(root, class_names, allow_outside_root)
         looked = system_dirs + [d / name for d in default_data_dirs()]
         for candidate in looked:
             if _has_mnist_files(candidate):
-                return load_mnist_format(candidate, class_names)
+                return load_mnist_format(candidate, class_names, allow_outside_root)
         raise _not_found(name, looked, hint)
 
     return loader
@@ -391,13 +418,15 @@ DATASETS.register("mnist")(_mnist_loader("mnist", [], MNIST_CLASSES, _get_hint("
 
 
 @DATASETS.register("cifar10")
-def _load_cifar10(root: str | None) -> SplitDataset:
+def _load_cifar10(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
     if root is not None:
-        return load_npz(root, class_names=CIFAR10_CLASSES) if str(root).endswith(".npz") else load_cifar(root, 10)
+        if str(root).endswith(".npz"):
+            return load_npz(root, class_names=CIFAR10_CLASSES)
+        return load_cifar(root, 10, allow_outside_root)
     dirs = default_data_dirs()
     for d in dirs:
         if _cifar_dir(d, 10) is not None:
-            return load_cifar(d, 10)
+            return load_cifar(d, 10, allow_outside_root)
     for d in dirs:
         if (d / "cifar10-jpeg.npz").is_file():
             warnings.warn(
@@ -410,7 +439,7 @@ def _load_cifar10(root: str | None) -> SplitDataset:
 
 
 @DATASETS.register("cifar10-npz")
-def _load_cifar10_npz(root: str | None) -> SplitDataset:
+def _load_cifar10_npz(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
     if root is not None:
         return load_npz(root, class_names=CIFAR10_CLASSES)
     looked = [d / "cifar10-jpeg.npz" for d in default_data_dirs()]
@@ -421,28 +450,28 @@ def _load_cifar10_npz(root: str | None) -> SplitDataset:
 
 
 @DATASETS.register("cifar100")
-def _load_cifar100(root: str | None) -> SplitDataset:
+def _load_cifar100(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
     if root is not None:
-        return load_cifar(root, 100)
+        return load_cifar(root, 100, allow_outside_root)
     looked = [d / "cifar-100-python" for d in default_data_dirs()]
     for d in looked:
         if _cifar_dir(d, 100) is not None:
-            return load_cifar(d, 100)
+            return load_cifar(d, 100, allow_outside_root)
     raise _not_found("cifar100", looked, _get_hint("cifar100"))
 
 
 @DATASETS.register("npz")
-def _load_any_npz(root: str | None) -> SplitDataset:
+def _load_any_npz(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
     if root is None:
         raise DataError("dataset 'npz' needs data.root=PATH to an .npz file")
     return load_npz(root)
 
 
 @DATASETS.register("folder")
-def _load_folder(root: str | None) -> SplitDataset:
+def _load_folder(root: str | None, allow_outside_root: bool = False) -> SplitDataset:
     if root is None:
         raise DataError("dataset 'folder' needs data.root=PATH to a folder with train/ and test/")
-    return load_image_folder(root)
+    return load_image_folder(root, allow_outside_root=allow_outside_root)
 
 
 for _name, _layout in LAYOUTS.items():
@@ -451,45 +480,114 @@ for _name, _layout in LAYOUTS.items():
 
 # ----------------------------------------------------------------------------- download
 
-_MNIST_FILES = [f"{s}-{k}-idx{n}-ubyte.gz" for s in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
-_DOWNLOADS = {
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-    "mnist": ["https://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"],
-    "cifar10": ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"],
-    "cifar100": ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"],
+#: Where `download` fetches each dataset, https first. The Fashion-MNIST authors' S3 site
+#: offers only http; every file is checked against DOWNLOAD_SHA256 whichever mirror served it.
+MIRRORS = {
+    "fashion-mnist": ["https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+                      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/"],
+    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
+    "cifar100": ["https://www.cs.toronto.edu/~kriz/"],
+}
+#: sha256 of every file `download` fetches: the official archives' digests (Fashion-MNIST's
+#: match the MD5 sums its authors publish, MNIST's and CIFAR's are those torchvision, Keras
+#: and TFDS pin). A file with any other digest is refused.
+DOWNLOAD_SHA256 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "cifar10": {"cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"},
+    "cifar100": {"cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"},
 }
 
 
-def _fetch(urls: list[str], dest: Path) -> None:
+def fetch_url(url: str, dest: Path) -> None:
+    """Copy ``url`` to ``dest``: the only code that touches the network (tests replace it)."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        shutil.copyfileobj(response, f)
+
+
+def _fetch_verified(name: str, file: str, dest: Path) -> None:
+    """``file`` from the first mirror that serves it with the pinned sha256."""
     errors = []
-    for url in urls:
+    for base in MIRRORS[name]:
         try:
-            urllib.request.urlretrieve(url, dest.with_name(dest.name + ".part"))
-            dest.with_name(dest.name + ".part").replace(dest)
+            fetch_url(base + file, dest)
+            verify_sha256(dest, DOWNLOAD_SHA256[name][file])
             return
-        except OSError as e:
-            errors.append(f"{url}: {e}")
-    raise DataError(f"could not download {dest.name}: {'; '.join(errors)}")
+        except (OSError, DataError) as e:
+            errors.append(f"{base + file}: {e}")
+    raise DataError(f"could not download {file}: {'; '.join(errors)}")
+
+
+_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _download_folder(name: str, root: Path) -> Path:
+    return root / name if name in ("fashion-mnist", "mnist") else root / _cifar_layout(_CIFAR_CLASSES[name])[0]
+
+
+def _missing_files(name: str, folder: Path) -> list[str]:
+    """What a complete download folder lacks (idx files must also have their pinned digest)."""
+    if name in _CIFAR_CLASSES:
+        _, train, test, _, meta, _ = _cifar_layout(_CIFAR_CLASSES[name])
+        return [f for f in (*train, test, meta) if not (folder / f).is_file()]
+    missing = []
+    for file, digest in DOWNLOAD_SHA256[name].items():
+        try:
+            verify_sha256(folder / file, digest)
+        except (OSError, DataError):
+            missing.append(file)
+    return missing
+
 
 
 def download(name: str, root: str | Path) -> Path:
-    """Fetch the official files (online use only) and return the path to pass as data.root."""
-    if name not in _DOWNLOADS:
-        raise DataError(f"cannot download {name!r}; downloadable: {', '.join(_DOWNLOADS)}")
+    """Fetch the official files (online use only) and return the path to pass as data.root.
+
+    Everything is fetched and checked in a temp folder under ``root`` and moved into place
+    only when complete, so a failed download leaves nothing behind.
+    """
+    if name not in MIRRORS:
+        raise DataError(f"cannot download {name!r}; downloadable: {', '.join(MIRRORS)}")
     root = Path(root)
-    if name in ("fashion-mnist", "mnist"):
-        target = root / name
-        target.mkdir(parents=True, exist_ok=True)
-        for file in _MNIST_FILES:
-            if not (target / file).is_file():
-                _fetch([base + file for base in _DOWNLOADS[name]], target / file)
-        return target
-    num_classes = 10 if name == "cifar10" else 100
-    if _cifar_dir(root, num_classes) is None:
-        root.mkdir(parents=True, exist_ok=True)
-        archive = root / _DOWNLOADS[name][0].rsplit("/", 1)[1]
-        _fetch(_DOWNLOADS[name], archive)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
-        archive.unlink()
-    return root / _cifar_layout(num_classes)[0]
+    final = _download_folder(name, root)
+    if final.exists():
+        missing = _missing_files(name, final)
+        if not missing:
+            return final
+        raise DataError(f"{final} exists but lacks or has altered {', '.join(missing)}; "
+                        "delete the folder and download again")
+    created = [d for d in (root, *root.parents) if not d.exists()]
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".download-{name}-"))
+    complete = staging / final.name  # made with the usual permissions (mkdtemp's are private)
+    try:
+        if name in _CIFAR_CLASSES:
+            (archive,) = DOWNLOAD_SHA256[name]
+            _fetch_verified(name, archive, staging / archive)
+            with tarfile.open(staging / archive) as tar:
+                tar.extractall(staging, filter="data")
+        else:
+            complete.mkdir()
+            for file in DOWNLOAD_SHA256[name]:
+                _fetch_verified(name, file, complete / file)
+        missing = _missing_files(name, complete)
+        if missing:
+            raise DataError(f"the {name} download lacks {', '.join(missing)}")
+        os.replace(complete, final)
+    except BaseException:
+        for folder in (staging, *created):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)  # what is left of it: a CIFAR archive
+    return final

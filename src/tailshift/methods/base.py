@@ -20,6 +20,7 @@ from ..distributed import BatchShard
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
+STREAM_ROLES = ("uniform", "balanced", "power")
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class StreamRequest:
     q: float = 1.0
 
     def __post_init__(self):
-        if self.role not in ("uniform", "balanced", "power"):
-            raise ValueError(f"unknown stream role {self.role!r}; known: uniform, balanced, power")
+        if self.role not in STREAM_ROLES:
+            raise ValueError(f"unknown stream role {self.role!r}; known: {', '.join(STREAM_ROLES)}")
 
 
 @dataclass(frozen=True)
@@ -116,18 +117,18 @@ class Method(nn.Module):
 
 
 def build_params(method_cls: type, values: dict):
-    """Validate a method's ``params`` mapping against its ``Params`` dataclass."""
+    """Validate a method's ``params`` mapping against its ``Params`` dataclass: names, types
+    (from the annotations) and the rules declared next to the fields (``validation.bounded``)."""
+    from ..config import ConfigError, build_dataclass  # lazily: config imports the registries lazily too
+
     params_cls = method_cls.Params
     names = [f.name for f in dataclasses.fields(params_cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown method.params.{unknown[0]} for {method_cls.__name__}; known: {', '.join(names) or '(none)'}"
         )
-    try:
-        return params_cls(**values)
-    except TypeError as err:
-        raise ValueError(f"bad method.params for {method_cls.__name__}: {err}") from None
+    return build_dataclass(params_cls, values, "method.params")
 
 
 def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_epoch: str) -> SamplerSpec:

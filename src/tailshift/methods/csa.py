@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..cam import CAM_METHODS, context_masks
 from ..distributed import BatchShard
 from ..tensors import gather_rows, is_channels_last
+from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .context_bank import ContextBank
 from .losses import LOSSES
@@ -48,57 +49,38 @@ class ContextShiftAugmentation(Method):
     @dataclass
     class Params:
         context_shift: bool = True  # False: the plain dual-branch network ("dual")
-        driver: str = "uniform"  # which stream's epoch sets the steps per epoch
-        balanced_stream: str = "balanced"  # "uniform": Table 10 "w/ LA" (context shift on uniform batches)
-        uniform_loss: str = "ce"
-        balanced_loss: str = "ce"
-        tau: float = 1.0  # logit-adjustment temperature of an "la" loss
-        uniform_weight: float = 1.0
-        balanced_weight: float = 1.0
-        mixup_alpha: float = 0.0  # > 0: mixup on the uniform branch
-        mixup_stop_epochs: int = 3  # mixup off in the last epochs (release)
-        cam: str = "gradcam"  # "cam": Zhou et al. (Table 8), needs a pooled-linear backbone
-        cam_mode: str = "eval"  # eval: BN running statistics (release); train: the training forward's map
-        delta: float = 0.8
-        mask_power: float = 2.0  # release squares 1 - cam; the paper's Sec. 3.1 is 1.0
+        driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch
+        # "uniform": Table 10 "w/ LA" (context shift on uniform batches)
+        balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
+        uniform_loss: str = one_of("ce", LOSSES)
+        balanced_loss: str = one_of("ce", LOSSES)
+        tau: float = bounded(1.0, ge=0)  # logit-adjustment temperature of an "la" loss
+        uniform_weight: float = bounded(1.0, ge=0)
+        balanced_weight: float = bounded(1.0, ge=0)
+        mixup_alpha: float = bounded(0.0, ge=0)  # > 0: mixup on the uniform branch
+        mixup_stop_epochs: int = bounded(3, ge=0)  # mixup off in the last epochs (release)
+        # "cam": Zhou et al. (Table 8), needs a pooled-linear backbone
+        cam: str = one_of("gradcam", CAM_METHODS)
+        # eval: BN running statistics (release); train: the training forward's map
+        cam_mode: str = one_of("eval", CAM_MODES)
+        delta: float = bounded(0.8, ge=0, le=1)
+        mask_power: float = bounded(2.0, gt=0)  # release squares 1 - cam; the paper's Sec. 3.1 is 1.0
         use_bank: bool = True  # False: Table 4 "w/o Q"
-        bank_multiple: int = 1  # capacity in batches (Table 6)
+        bank_multiple: int = bounded(1, ge=1)  # capacity in batches (Table 6)
         empty_bank_each_epoch: bool = True
-        warmup_epochs: int = 10
-        stop_last_epochs: int = 0  # paper App. B: 3 (plain balanced batches at the end); release: 0
-        lam_distribution: str = "uniform"
+        warmup_epochs: int = bounded(10, ge=0)
+        # paper App. B: 3 (plain balanced batches at the end); release: 0
+        stop_last_epochs: int = bounded(0, ge=0)
+        lam_distribution: str = one_of("uniform", LAMBDA_DISTRIBUTIONS)
         lam_a: float = 0.0
         lam_b: float = 1.0
         lam_per_sample: bool = False  # release: one lambda per batch
         # several processes: "rank" = each process banks its own rows' contexts (the release);
         # "global" = every process's confident samples are gathered into one bank of the global
         # batch and draws are made for the whole batch (the run then equals a one-process run)
-        bank_scope: str = "rank"
+        bank_scope: str = one_of("rank", BANK_SCOPES)
 
         def __post_init__(self):
-            choices = {
-                "driver": DRIVERS,
-                "balanced_stream": BALANCED_STREAMS,
-                "cam": CAM_METHODS,
-                "cam_mode": CAM_MODES,
-                "bank_scope": BANK_SCOPES,
-                "lam_distribution": LAMBDA_DISTRIBUTIONS,
-                "uniform_loss": tuple(LOSSES.names()),
-                "balanced_loss": tuple(LOSSES.names()),
-            }
-            for name, allowed in choices.items():
-                if getattr(self, name) not in allowed:
-                    raise _bad(name, getattr(self, name), f"one of {', '.join(allowed)}")
-            if not 0.0 <= self.delta <= 1.0:
-                raise _bad("delta", self.delta, "in [0, 1]")
-            for name in ("mixup_alpha", "uniform_weight", "balanced_weight", "mixup_stop_epochs",
-                         "warmup_epochs", "stop_last_epochs"):
-                if getattr(self, name) < 0:
-                    raise _bad(name, getattr(self, name), ">= 0")
-            if self.bank_multiple < 1:
-                raise _bad("bank_multiple", self.bank_multiple, ">= 1")
-            if self.mask_power <= 0:
-                raise _bad("mask_power", self.mask_power, "> 0")
             if self.lam_distribution == "uniform" and not 0.0 <= self.lam_a <= self.lam_b <= 1.0:
                 raise _bad("lam_a/lam_b", (self.lam_a, self.lam_b), "0 <= lam_a <= lam_b <= 1 for a uniform lambda")
             if self.lam_distribution == "beta" and not (self.lam_a > 0 and self.lam_b > 0):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LOSSES
 
@@ -25,16 +26,12 @@ class ClassifierRetraining(Method):
 
     @dataclass
     class Params:
-        retrain_epochs: int = 4
-        retrain_lr: float = 0.1
+        retrain_epochs: int = bounded(4, ge=1)
+        retrain_lr: float = bounded(0.1, gt=0)
         reinit: bool = False
-        retrain_schedule: str = "constant"  # cosine_epoch: the release's LeNet cRT (period = train.epochs)
-        loss: str = "ce"
-
-        def __post_init__(self):
-            if self.retrain_schedule not in RETRAIN_SCHEDULES:
-                raise ValueError(f"method.params.retrain_schedule must be one of {', '.join(RETRAIN_SCHEDULES)}; "
-                                 f"got {self.retrain_schedule!r}")
+        # cosine_epoch: the release's LeNet cRT (period = train.epochs)
+        retrain_schedule: str = one_of("constant", RETRAIN_SCHEDULES)
+        loss: str = one_of("ce", LOSSES)
 
     default_head = "crt"
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from ..validation import bounded, one_of
+from .base import METHODS, STREAM_ROLES, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LOSSES
 
 
@@ -15,10 +16,10 @@ class ERM(Method):
 
     @dataclass
     class Params:
-        sampler: str = "uniform"
-        q: float = 1.0
-        loss: str = "ce"
-        tau: float = 1.0
+        sampler: str = one_of("uniform", STREAM_ROLES)
+        q: float = bounded(1.0, ge=0, le=1)  # the power stream's exponent
+        loss: str = one_of("ce", LOSSES)
+        tau: float = bounded(1.0, ge=0)  # logit-adjustment temperature of the "la" loss
 
     default_head = "main"
 

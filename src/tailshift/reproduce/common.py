@@ -2,7 +2,6 @@
 in parallel worker processes, aggregate seeds, print tables beside the paper's."""
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shlex
@@ -18,6 +17,7 @@ import numpy as np
 import yaml
 
 from ..config import RunConfig, build_config, read_yaml
+from ..io import atomic_write_json, atomic_write_text
 
 GROUP_KEYS = ("all", "many", "med", "few")
 
@@ -291,6 +291,5 @@ def command_line() -> str:
 def write_outputs(folder: Path, name: str, markdown: str, data: dict) -> None:
     """``name``.md and ``name``.json, both stamped with the command line that made them."""
     command = command_line()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.md").write_text(f"{markdown}\nCommand: `{command}`\n")
-    (folder / f"{name}.json").write_text(json.dumps({"command": command, **data}, indent=1))
+    atomic_write_text(folder / f"{name}.md", f"{markdown}\nCommand: `{command}`\n")
+    atomic_write_json(folder / f"{name}.json", {"command": command, **data})

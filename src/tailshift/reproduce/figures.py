@@ -1,7 +1,6 @@
 """Figures 1, 2, 3 (with 5, 11, 12), 4 and 7 of the paper, each one function behind ``tailshift reproduce figureN``."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ..engine import Trainer
 from ..methods.context_bank import ContextBank
 from ..methods.mixing import fuse_context
 from . import table1
+from ..io import atomic_write_json
 from .common import Job, aggregate, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -97,8 +97,8 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
         panels[f"{name}: train"] = _embed(trainer, trainer.train_arrays)
         panels[f"{name}: test, acc {summary[method]:.1f}%"] = _embed(trainer, trainer.test_arrays)
     plots.embeddings(panels, 10, out / "figure2.png", f"2-d representations on {dataset} (Figure 2)")
-    (out / "figure2.json").write_text(json.dumps({"dataset": dataset, "test_all": summary, "command": command_line(),
-                                                  "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1))
+    atomic_write_json(out / "figure2.json", {"dataset": dataset, "test_all": summary, "command": command_line(),
+                                             "wall_seconds": round(time.perf_counter() - started, 1)})
     return summary
 
 
@@ -269,7 +269,7 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
                "wall_seconds": round(time.perf_counter() - started, 1), "samples": samples,
                "models": results, "context_shift": bank_info,
                "figures": [str(cam_path), str(bank_path)]}
-    (out / "figure3.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "figure3.json", summary)
     for method, r in results.items():
         print(f"{FIGURE3_MODELS[method][0]:6s} ({r['head']} head) test All {r['test']['all']:.2f}")
     print(f"wrote {cam_path}, {bank_path} and {out / 'figure3.json'}")
