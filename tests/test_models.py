@@ -112,8 +112,8 @@ def test_pretrained_weights_load_from_torchvision_layout_and_checkpoints(tmp_pat
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     run = tmp_path / "checkpoint.pt"  # a tailshift run's checkpoint: its backbone
-    torch.save({"method": {f"backbone.{k}": v for k, v in source.state_dict().items()} | {"head.weight": torch.zeros(3)}},
-               run)
+    backbone = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"method": backbone | {"head.weight": torch.zeros(3)}}, run)
     assert torch.equal(create_model("resnet18", pretrained=str(run)).stem[0].weight, source.stem[0].weight)
 
 

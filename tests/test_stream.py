@@ -78,7 +78,8 @@ def test_stream_feed_of_arrays_equals_the_device_arrays():
     for step, (one, *two) in enumerate(zip(whole, *halves)):
         for name in indices:
             joined = torch.cat([part[name].x for part in two])
-            assert torch.equal(joined, one[name].x) and torch.equal(one[name].index, indices[name][10 * step: 10 * step + 10])
+            assert torch.equal(joined, one[name].x)
+            assert torch.equal(one[name].index, indices[name][10 * step: 10 * step + 10])
 
 
 def test_streamed_crop_flip_is_the_same_whatever_the_split(tmp_path):
