@@ -29,3 +29,33 @@ def tiny_prepared(channels: int = 1, size: int = 28, counts=(60, 40, 25, 15, 10,
 @pytest.fixture
 def prepared():
     return tiny_prepared()
+
+
+def write_imagenet_lt(root, counts=(40, 25, 15, 10, 6, 4), test_per_class=4, seed=0, sizes=((40, 48), (52, 36))):
+    """A tiny ImageNet-LT on disk: JPEGs at train/<wnid>/<wnid>_<i>.JPEG and val/<wnid>/ILSVRC2012_val_*.JPEG
+    (each class a colour block at its own place, on noise; two image sizes), with ImageNet_LT_train.txt
+    and ImageNet_LT_test.txt ("path label" lines) in ``root``. Returns ``root``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    lines = {"train": [], "test": []}
+    k = 0
+    for c, n in enumerate(counts):
+        wnid = f"n{c:08d}"
+        for split, folder, number in (("train", "train", n), ("test", "val", test_per_class)):
+            (root / folder / wnid).mkdir(parents=True, exist_ok=True)
+            for i in range(number):
+                w, h = sizes[(i + c) % len(sizes)]
+                pixels = rng.integers(0, 90, size=(h, w, 3), dtype=np.uint8)
+                y, x = 4 + 5 * (c % 4), 4 + 7 * (c // 4)
+                pixels[y: y + 12, x: x + 14] = (200, 60 + 30 * c, 250 - 30 * c)
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{k:08d}.JPEG"
+                k += 1
+                Image.fromarray(pixels).save(root / folder / wnid / name, quality=90)
+                lines[split].append(f"{folder}/{wnid}/{name} {c}")
+    (root / "ImageNet_LT_train.txt").write_text("\n".join(lines["train"]) + "\n")
+    (root / "ImageNet_LT_test.txt").write_text("\n".join(lines["test"]) + "\n")
+    return root

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from tailshift.config import ConfigError, build_config, load_config, parse_override
@@ -95,3 +97,25 @@ def test_config_differences_name_each_shaping_key_with_both_values():
     old = build_config({}, ["method.name=resample"]).to_dict()
     new = build_config({}, ["method.name=resample", "method.params.q=0.5", "output=elsewhere", "seed=2"]).to_dict()
     assert config_differences(old, new) == ["method.params.q: (unset) -> 0.5", "seed: 0 -> 2"]
+
+
+def test_large_scale_options_keep_fingerprints_and_workers_never_count():
+    older = ["train.optim.schedule=constant", "data.context.palette=deep"]  # the config behind the pinned fingerprint
+    cfg = load_config(config_path("table1/fashion-lt_ce"), older)
+    assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == "cb89157a65fcd9be"
+    for changed in ("data.storage=stream", "data.class_order=count", "train.sync_batchnorm=true",
+                    "data.color_jitter=0.2", "model.pretrained=w.pth"):
+        assert build_config(cfg.to_dict(), [changed]).fingerprint() != cfg.fingerprint(), changed
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.storage=disk", "data.storage must be one of auto, device, stream; got 'disk'"),
+    ("data.class_order=alpha", "data.class_order must be one of list, count; got 'alpha'"),
+    ("data.workers=-1", "data.workers must be >= 0 (0: decode in the training process), got -1"),
+    ("data.resize_size=200", "data.resize_size must be >= data.crop_size (224), got 200"),
+    ("data.color_jitter=1.5", "data.color_jitter must be in [0, 1) (0: off), got 1.5"),
+    ("data.augment=autoaugment", "data.augment must be one of none, crop_flip, resized_crop"),
+])
+def test_large_scale_options_are_checked(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({}, [override])

@@ -91,3 +91,75 @@ def test_heads_follow_the_backbone_family_init():
     assert abs(weights.std().item() - 1.0) < 0.05  # Kaiming-normal, fan_in 2: std sqrt(2 / 2)
     resnet = create_model("resnet10", in_channels=3, image_size=64)
     assert resnet.new_head(10).weight.abs().max() <= 1 / 512**0.5  # PyTorch default: U(+-1/sqrt(fan_in))
+
+
+def torchvision_names(state: dict) -> dict:
+    """Our ResNet keys in torchvision's layout (conv1, bn1, downsample, and a classifier fc)."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace("stem.0.", "conv1.", 1) if key.startswith("stem.0.") else key
+        key = key.replace("stem.1.", "bn1.", 1) if key.startswith("stem.1.") else key
+        out[key.replace(".shortcut.", ".downsample.")] = value
+    return {**out, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+
+
+def test_pretrained_weights_load_from_torchvision_layout_and_checkpoints(tmp_path):
+    torch.manual_seed(1)
+    source = create_model("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_names(source.state_dict()), path)
+    loaded = create_model("resnet18", pretrained=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    run = tmp_path / "checkpoint.pt"  # a tailshift run's checkpoint: its backbone
+    backbone = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"method": backbone | {"head.weight": torch.zeros(3)}}, run)
+    assert torch.equal(create_model("resnet18", pretrained=str(run)).stem[0].weight, source.stem[0].weight)
+
+
+def test_pretrained_weights_that_do_not_fit_are_one_line(tmp_path):
+    path = tmp_path / "r10.pth"
+    torch.save(torchvision_names(create_model("resnet10").state_dict()), path)
+    with pytest.raises(ValueError, match=r"do not fit ResNet: missing layer1\.1\..* \(48\)") as err:
+        create_model("resnet18", pretrained=str(path))  # ResNet-10 weights for a ResNet-18
+    assert "\n" not in str(err.value)
+    torch.save(torchvision_names(create_model("resnet10", in_channels=1).state_dict()), path)
+    with pytest.raises(ValueError, match=r"wrong shape stem\.0\.weight \(1\)"):
+        create_model("resnet10", pretrained=str(path))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read pretrained weights"):
+        create_model("resnet10", pretrained=str(tmp_path / "junk.pth"))
+    with pytest.raises(ValueError, match="is not a file"):
+        create_model("resnet10", pretrained=str(tmp_path / "none.pth"))
+
+
+def test_resnet152_and_its_frozen_variant_shapes():
+    from tailshift.models.resnet import resnet152, resnet152_frozen
+
+    with torch.device("meta"):
+        full, frozen = resnet152(), resnet152_frozen()
+    assert [len(s) for s in (full.layer1, full.layer2, full.layer3, full.layer4)] == [3, 8, 36, 3]
+    assert sum(p.numel() for p in full.parameters()) == 58_143_808  # torchvision's ResNet-152 less its fc
+    trainable = sum(p.numel() for p in frozen.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in frozen.extra.parameters()) and frozen.out_dim == 2048
+    with pytest.raises(ValueError, match="model.pretrained=PATH"):
+        create_model("resnet152-frozen")
+
+
+def test_frozen_body_stays_frozen_and_in_eval_mode(tmp_path):
+    from tailshift.models.resnet import FrozenBodyExtraBlock, resnet10
+
+    model = FrozenBodyExtraBlock(resnet10())
+    path = tmp_path / "r10.pth"
+    torch.save(torchvision_names(resnet10().state_dict()), path)
+    from tailshift.models.pretrained import load_pretrained
+
+    load_pretrained(model.pretrained_target(), path)
+    model.requires_grad_(True)  # what a method does to "the backbone" in a training stage
+    model.train()
+    assert not any(p.requires_grad for p in model.body.parameters())
+    assert all(p.requires_grad for p in model.extra.parameters()) and not model.body.training
+    before = model.body.stem[1].running_mean.clone()
+    fmap = model.feature_map(torch.rand(2, 3, 64, 64))
+    assert fmap.shape == (2, 512, 2, 2) and fmap.requires_grad
+    assert torch.equal(model.body.stem[1].running_mean, before) and model.extra.bn1.running_mean.abs().sum() > 0

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "table2", "table10", "ablations", "figure1", "figure2", "figure3", "figure4", "figure7")
+REPRODUCIBLE = ("table1", "table2", "table3", "table10", "ablations",
+                "figure1", "figure2", "figure3", "figure4", "figure7")
 
 
 def _train(args) -> None:
@@ -14,7 +17,18 @@ def _train(args) -> None:
     from .reproduce.common import config_path
 
     cfg = load_config(config_path(args.config), args.overrides)
+    if args.nproc > 1:  # the same command on N processes of this machine, through torchrun
+        from .distributed import torchrun_command
+
+        fresh = ["--fresh"] if args.fresh else []
+        command = torchrun_command(args.nproc, ["train", args.config, *args.overrides, *fresh])
+        code = subprocess.run(command).returncode
+        if code != 0:
+            raise RuntimeError(f"training on {args.nproc} processes failed (exit code {code})")
+        return
     metrics = train(cfg, resume=not args.fresh)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     r = metrics["result"]
     groups = "  ".join(f"{name} {'-' if r[key] is None else f'{r[key]:.2f}'}"
                        for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))
@@ -22,7 +36,7 @@ def _train(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce import ablations, figures, table1, table2
+    from .reproduce import ablations, figures, table1, table2, table3
     from .reproduce.common import default_workers
 
     out = Path(args.output or f"runs/reproduce/{args.what}")
@@ -31,6 +45,9 @@ def _reproduce(args) -> None:
     methods = args.methods.split(",") if args.methods else None
     if args.what == "table1":
         table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
+    elif args.what == "table3":
+        models = args.models.split(",") if args.models else None
+        table3.run(models, args.seeds, args.workers or 1, out, args.overrides, methods, args.nproc)
     elif args.what in table2.GRIDS:
         try:
             rhos = [int(r) for r in args.rhos.split(",")]
@@ -78,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a YAML path or a shipped config name such as table1/fashion-lt_crt")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. seed=3 train.epochs=4 method.name=cbrs")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (one per GPU), launched with torchrun (default 1)")
     t.set_defaults(func=_train)
 
     r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's")
@@ -86,12 +105,18 @@ def parser() -> argparse.ArgumentParser:
                         "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
     r.add_argument("--seeds", type=_seeds, default=list(range(5)),
                    help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) or a list (0,3,7)")
-    r.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: one per core)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: one per core; table3: 1, each run takes the machine)")
     r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
     r.add_argument("--methods", default=None,
                    help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
                         "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all); "
-                        "table10: csa-cbrs,csa-la,csa-both (default: all)")
+                        "table10: csa-cbrs,csa-la,csa-both (default: all); "
+                        "table3: ce,crt,cbrs,csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)")
+    r.add_argument("--models", default=None,
+                   help="table3: backbones, comma-separated of resnet10,resnet50 (default both)")
+    r.add_argument("--nproc", type=int, default=1,
+                   help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
     r.add_argument("--rhos", default="100", help="table2, table10: imbalance ratios, comma-separated (default 100)")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "

@@ -57,15 +57,33 @@ class DataConfig:
     group_bounds: list[int] | None = bounded(None, ge=0)
     mean: list[float] | None = None  # None: pixels / 255 only; else one per channel
     std: list[float] | None = bounded(None, gt=0)
-    augment: str = one_of("none", ("none", "crop_flip"))
+    # none | crop_flip (in-memory arrays) | resized_crop (image files: the ImageNet recipe)
+    augment: str = one_of("none", ("none", "crop_flip", "resized_crop"))
     padding: int = bounded(4, ge=0)
     #: follow links (or paths) in data.root that lead outside it; off: such a file is refused
     allow_outside_root: bool = False
+    # list datasets (imagenet-lt, places-lt, inat2018, filelist): split files (None: the standard
+    # names under data.root or a default data folder's lists/) and the class order
+    train_list: str | None = None
+    test_list: str | None = None
+    # list: labels as in the files | count: re-indexed by descending training count
+    class_order: str = one_of("list", ("list", "count"))
+    # input pipeline: device (the split on the device as uint8) | stream (worker processes decode
+    # batches) | auto (image files stream, in-memory arrays stay on the device when they fit)
+    storage: str = one_of("auto", ("auto", "device", "stream"))
+    # streaming: loader worker processes per training process
+    workers: int = bounded(4, ge=0, note="0: decode in the training process")
+    crop_size: int = bounded(224, ge=1)  # image files: random-resized / centre crop side
+    resize_size: int = bounded(256, ge=1)  # image files, test: shorter side before the centre crop
+    # image files, resized_crop: brightness / contrast / saturation strength
+    color_jitter: float = bounded(0.4, ge=0, lt=1, note="0: off")
 
 
 @dataclass
 class ModelConfig:
     name: str = "lenet2d"
+    # a local weights file (torchvision's ResNet layout, a state dict or a tailshift checkpoint); never downloaded
+    pretrained: str | None = None
 
 
 @dataclass
@@ -109,6 +127,7 @@ class TrainConfig:
     # epochs between test evaluations; the last epoch is always evaluated
     eval_every: int = bounded(1, ge=0, note="0: the last epoch only")
     checkpoint: bool = True
+    sync_batchnorm: bool = False  # several processes: batch-norm statistics over the global batch
 
 
 @dataclass
@@ -137,13 +156,23 @@ class RunConfig:
 
 
 #: options that change where or how a run is written or shown, never the trained model
-NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outside_root")
+NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outside_root",
+                     "data.workers")  # how many processes decode changes no pixel
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
 NEUTRAL_LATER_OPTIONS = {
     "train.optim.clip_grad_norm": 0.0,
     "train.optim.cosine_period": None,
     "data.context.palette": "deep",  # the colours of every coloured run recorded before the option existed
+    "data.train_list": None,
+    "data.test_list": None,
+    "data.class_order": "list",
+    "data.storage": "auto",
+    "data.crop_size": 224,
+    "data.resize_size": 256,
+    "data.color_jitter": 0.4,
+    "model.pretrained": None,
+    "train.sync_batchnorm": False,
 }
 
 
@@ -266,6 +295,8 @@ def _check(cfg: RunConfig) -> None:
                           f"and {len(d.std)} values")
     if d.group_bounds is not None and (len(d.group_bounds) != 2 or d.group_bounds[0] > d.group_bounds[1]):
         raise ConfigError(f"data.group_bounds must be [b1, b2] with b1 <= b2, got {d.group_bounds}")
+    if d.resize_size < d.crop_size:
+        raise ConfigError(f"data.resize_size must be >= data.crop_size ({d.crop_size}), got {d.resize_size}")
     if tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
     if tr.optim.nesterov and tr.optim.momentum <= 0:

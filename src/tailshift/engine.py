@@ -3,9 +3,14 @@
 The engine knows only the ``Method`` interface; it never branches on a method's
 name. All randomness is derived from (seed, stage, epoch), so a run killed at
 any point resumes from its last epoch checkpoint and replays exactly.
+
+Under torchrun every process draws the same index streams and trains on its rows of
+each global batch; gradients are averaged (``distributed.World``), evaluation is
+sharded and gathered, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -21,9 +26,11 @@ from tqdm import tqdm
 from . import __version__
 from .config import ConfigError, RunConfig, config_differences, save_config
 from .data.build import PreparedData, prepare_data
-from .data.pipeline import DeviceArrays
+from .data.pipeline import batch_plan
 from .data.sampling import Sampler
 from .data.sources import DATASETS
+from .data.stream import make_feeds
+from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
 from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import METHODS, Method
 from .methods.base import Stage, StepContext, stream_spec
@@ -113,20 +120,20 @@ def check_names(cfg: RunConfig) -> None:
 
 def build_method(cfg: RunConfig, data: PreparedData) -> Method:
     channels, height, _ = data.image_shape
-    backbone = create_model(cfg.model.name, in_channels=channels, image_size=height)
+    backbone = create_model(cfg.model.name, in_channels=channels, image_size=height, pretrained=cfg.model.pretrained)
     method_cls = METHODS.get(cfg.method.name)
     return method_cls(backbone, data.num_classes, data.class_counts, cfg.train.epochs, cfg.method.params)
 
 
 @torch.no_grad()
-def check_model_takes_images(cfg: RunConfig, method: Method, arrays: DeviceArrays) -> None:
+def check_model_takes_images(cfg: RunConfig, method: Method, arrays, image_shape: tuple[int, int, int]) -> None:
     """One image through every head before any step, so a model that cannot take these
     images fails now, in one line, rather than after the run folder has been written."""
     method.eval()
     try:
         method.predict(next(arrays.iterate(1)).x)
     except RuntimeError as err:
-        shape = "x".join(map(str, arrays.images.shape[1:]))
+        shape = "x".join(map(str, image_shape))
         raise ConfigError(f"model.name={cfg.model.name} cannot take the dataset's {shape} (CxHxW) images: "
                           f"{str(err).splitlines()[0]}") from None
     finally:
@@ -134,40 +141,54 @@ def check_model_takes_images(cfg: RunConfig, method: Method, arrays: DeviceArray
 
 
 @torch.inference_mode()
-def evaluate(method: Method, arrays: DeviceArrays, batch_size: int, num_classes: int, groups) -> dict:
+def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, world: World = World()) -> dict:
+    """Per-head summaries on a test feed; each process predicts its contiguous share, gathered in order."""
     method.eval()
     preds: dict[str, list] = {}
-    for batch in arrays.iterate(batch_size):
+    labels = []
+    for batch in arrays.iterate(batch_size, *world.part(len(arrays))):
+        labels.append(batch.y)
         for head, logits in method.predict(batch.x).items():
-            preds.setdefault(head, []).append(logits.argmax(1).cpu())
-    labels = arrays.labels.cpu().numpy()
-    return {head: summarize(torch.cat(p).numpy(), labels, num_classes, groups) for head, p in preds.items()}
+            preds.setdefault(head, []).append(logits.argmax(1))
+    labels = world.gather(torch.cat(labels)).cpu().numpy()
+    return {head: summarize(world.gather(torch.cat(p)).cpu().numpy(), labels, num_classes, groups)
+            for head, p in preds.items()}
 
 
 class Trainer:
     """Runs one config to completion, writing its run folder."""
 
-    def __init__(self, cfg: RunConfig, data: PreparedData | None = None):
+    def __init__(self, cfg: RunConfig, data: PreparedData | None = None, world: World | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.world = world if world is not None else current_world()
+        self.device = self.world.place(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         check_names(cfg)
-        check_folder_free(cfg.output)  # a second command on a busy folder stops before reading any data
+        if self.world.is_main:  # a second command on a busy folder stops before reading any data
+            check_folder_free(cfg.output)
         self.data = data if data is not None else prepare_data(cfg.data)
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.data).to(self.device)
+        if cfg.train.sync_batchnorm and self.world.size > 1:
+            sync_batchnorm(self.method)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
         self.method.to(memory_format=torch.channels_last)
-        d = cfg.data
-        self.train_arrays = DeviceArrays(self.data.train, self.device, d.mean, d.std, d.augment, d.padding)
-        self.test_arrays = DeviceArrays(self.data.test, self.device, d.mean, d.std)
-        check_model_takes_images(cfg, self.method, self.test_arrays)
+        # the train and test feeds: DeviceArrays (on the device) or StreamFeed (decoded by workers)
+        self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data)
+        check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
         self.out = Path(cfg.output)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
     # --- checkpoints ------------------------------------------------------------
     def _save(self, state: RunState, optimizer: torch.optim.Optimizer) -> None:
+        # Per-rank state (e.g. a context bank per process) is gathered to rank 0, which alone writes.
+        extra = self.world.gather_objects(self.method.extra_state())
+        if self.world.is_main:
+            self._write_checkpoint(state, optimizer, extra)
+        self.world.barrier()  # every rank goes on once the checkpoint is on disk
+
+    def _write_checkpoint(self, state: RunState, optimizer: torch.optim.Optimizer, extra: list) -> None:
         payload = {
             "fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.to_dict(),  # so a refused config can be told which keys differ
@@ -176,9 +197,11 @@ class Trainer:
             "history": state.history,
             "train_seconds": state.train_seconds,
             "method": self.method.state_dict(),
-            "extra": self.method.extra_state(),
+            "extra": extra[0],
             "optimizer": optimizer.state_dict(),
         }
+        if self.world.size > 1:
+            payload["extra_ranks"] = extra
         with atomic_open(self.checkpoint_path) as f:
             torch.save(payload, f)
 
@@ -194,7 +217,10 @@ class Trainer:
         if not isinstance(payload, dict) or payload.get("fingerprint") != self.cfg.fingerprint():
             raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
-        self.method.load_extra_state(payload["extra"])
+        # a run resumed on as many processes as wrote it gets each rank's own state back
+        ranks = payload.get("extra_ranks")
+        self.method.load_extra_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.size
+                                     else payload["extra"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
         return state, payload["optimizer"]
 
@@ -249,10 +275,12 @@ class Trainer:
         refused, before anything is written; under the lock it is read again only if it changed."""
         seen = self._checkpoint_identity()
         loaded = self._load() if resume else (RunState(), None)
-        with RunLock(self.out):
+        # the folder is rank 0's: it alone holds the lock and writes (the other ranks only read the checkpoint)
+        with RunLock(self.out) if self.world.is_main else contextlib.nullcontext():
             if resume and self._checkpoint_identity() != seen:  # another writer finished in between
                 loaded = self._load()
-            save_config(self.cfg, self.out / "config.yaml")
+            if self.world.is_main:
+                save_config(self.cfg, self.out / "config.yaml")
             return self._fit(*loaded)
 
     def _fit(self, state: RunState, optimizer_state: dict | None) -> dict:
@@ -277,7 +305,7 @@ class Trainer:
             optimizer_state = None
             samplers = self._samplers(stage, stage_index)
             primary = next(iter(samplers.values()))
-            steps = math.ceil(len(primary) / batch)
+            steps = self.world.steps(len(primary), batch)
             for epoch in range(state.epoch, stage.epochs):
                 started = time.perf_counter()
                 logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
@@ -291,7 +319,8 @@ class Trainer:
                 state.epoch = epoch + 1
                 if state.epoch == stage.epochs:
                     state.stage_index, state.epoch = stage_index + 1, 0
-                atomic_write_json(self.out / "curve.json", state.history)
+                if self.world.is_main:
+                    atomic_write_json(self.out / "curve.json", state.history)
                 if cfg.train.checkpoint:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
@@ -302,9 +331,10 @@ class Trainer:
         self.method.train_mode(stage)
         self.method.begin_epoch(stage, epoch)
         indices = self._epoch_indices(samplers, epoch, steps, batch)
-        epoch_length = len(next(iter(indices.values())))
         dev = self.device
-        aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "augment", stage_index, epoch))
+        world = self.world
+        augment_seed = derive_seed(cfg.seed, "augment", stage_index, epoch)
+        feed = self.train_arrays.epoch(indices, steps, batch, augment_seed, world)
         method_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "method", stage_index, epoch))
         base_lr = stage.lr or cfg.train.optim.lr
         schedule = stage.schedule or cfg.train.optim.schedule
@@ -316,23 +346,32 @@ class Trainer:
         clipped = torch.zeros((), device=dev)  # steps whose gradient norm exceeded clip (kept on device: no sync)
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
-        for step in bar:
+        plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
+        for step, (lo, hi, start, stop), batches in zip(bar, plan, feed):
             lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            lo, hi = step * batch, min((step + 1) * batch, epoch_length)
-            batches = {name: self.train_arrays.batch(idx[lo:hi], aug_gen) for name, idx in indices.items()}
-            ctx = StepContext(stage, stage_index, epoch, step, method_gen)
+            ctx = StepContext(stage, stage_index, epoch, step, method_gen, BatchShard(start, stop, hi - lo, world))
             out = self.method.training_step(batches, ctx)
+            loss = out.loss
+            share = (stop - start) * world.size / (hi - lo)
+            if share != 1.0:  # fewer (or more) rows than an even share: weight so the ranks' mean is the batch mean
+                loss = loss * share
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
+            world.average_gradients(params)
             if clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 clipped = clipped + (norm > clip)
             optimizer.step()
-            total += out.loss.detach()
+            total += loss.detach()
             for key, value in out.logs.items():
                 sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
+        if world.size > 1:  # the curve logs means over ranks; batch-norm statistics are rank 0's (as DDP)
+            reduced = world.mean_(torch.stack([total, *(torch.as_tensor(v, dtype=total.dtype, device=dev)
+                                                        for v in sums.values())]))
+            total, sums = reduced[0], dict(zip(sums, reduced[1:]))
+            world.broadcast_buffers(self.method)
         mean_loss = float(total) / steps
         if not math.isfinite(mean_loss):
             raise DivergenceError(
@@ -346,7 +385,8 @@ class Trainer:
         return logs
 
     def _evaluate(self) -> dict:
-        return evaluate(self.method, self.test_arrays, self.cfg.train.test_batch_size, self.data.num_classes, self.data.groups)
+        return evaluate(self.method, self.test_arrays, self.cfg.train.test_batch_size, self.data.num_classes,
+                        self.data.groups, self.world)
 
     def _finish(self, state: RunState, results: dict) -> dict:
         default = self.method.default_head
@@ -356,6 +396,8 @@ class Trainer:
             "fingerprint": self.cfg.fingerprint(),
             "versions": versions(),
             "device": str(self.device),
+            "processes": self.world.size,
+            "storage": self.train_arrays.storage,
             "data_source": {"path": self.data.source, "caveat": self.data.caveat},
             "train_seconds": round(state.train_seconds, 3),
             "class_counts": self.data.class_counts.tolist(),
@@ -365,10 +407,18 @@ class Trainer:
             "heads": results,
             "curve": state.history,
         }
-        atomic_write_json(self.out / "metrics.json", metrics)
+        if self.world.is_main:
+            atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
 
 
+def epoch_length(indices: dict[str, torch.Tensor]) -> int:
+    """Draws in an epoch: the first (driving) stream's."""
+    return len(next(iter(indices.values())))
+
+
 def train(cfg: RunConfig, data: PreparedData | None = None, resume: bool = True) -> dict:
-    """Train one config; returns (and writes to ``cfg.output``/metrics.json) its metrics."""
-    return Trainer(cfg, data).fit(resume=resume)
+    """Train one config; returns (and writes to ``cfg.output``/metrics.json) its metrics. Under torchrun
+    the process group is set up (and torn down) here and every process trains its share."""
+    with launched(cfg.device) as world:
+        return Trainer(cfg, data, world).fit(resume=resume)

@@ -11,14 +11,15 @@ from .arrays import ArrayDataset, DataError
 from .checks import check_longtail
 from .context import PALETTES, make_coloured_test, make_coloured_train
 from .groups import class_groups
+from .lists import FileDataset, ListOptions
 from .longtail import make_longtail
 from .sources import load_dataset
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    train: ArrayDataset
-    test: ArrayDataset
+    train: ArrayDataset | FileDataset
+    test: ArrayDataset | FileDataset
     num_classes: int
     groups: dict[str, np.ndarray]
     #: training labels before label noise (coloured sets); None when there is no noise
@@ -26,6 +27,8 @@ class PreparedData:
     #: where the files were read from, and why results on them may differ (see SplitDataset)
     source: str = ""
     caveat: str = ""
+    #: C x H x W the network sees when it is not the stored images' shape (image files: the crop)
+    input_shape: tuple[int, int, int] | None = None
 
     @property
     def clean_labels(self) -> np.ndarray:
@@ -37,7 +40,7 @@ class PreparedData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
+        return self.input_shape or tuple(self.train.images.shape[1:])
 
 
 def prepare_data(data_cfg) -> PreparedData:
@@ -48,13 +51,22 @@ def prepare_data(data_cfg) -> PreparedData:
 @lru_cache(maxsize=4)
 def _prepare(key: str) -> PreparedData:
     cfg = json.loads(key)
-    split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"])
+    lists = ListOptions(cfg["train_list"], cfg["test_list"], cfg["class_order"])
+    if lists.is_default:
+        split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"])
+    else:
+        split = load_dataset(cfg["dataset"], cfg["root"], cfg["allow_outside_root"], lists)
+    files = isinstance(split.train, FileDataset)
+    if cfg["context"]["enabled"] and files:
+        raise DataError(f"data.context (coloured digits) needs a dataset decoded in memory; {cfg['dataset']} "
+                        "is read from image files")
     num_classes = max(split.train.num_classes, split.test.num_classes)
     ctx = cfg["context"]
     if ctx["enabled"] and ctx["head_classes"] is not None and ctx["head_classes"] > num_classes:
         raise DataError(f"data.context.head_classes must be in [0, {num_classes}] (the dataset's class count), "
                         f"got {ctx['head_classes']}")
-    _check_normalisation(cfg, 3 if ctx["enabled"] else split.train.images.shape[1])  # colouring makes RGB
+    # colouring makes RGB; image files are decoded as RGB
+    _check_normalisation(cfg, 3 if ctx["enabled"] or files else split.train.images.shape[1])
     lt = cfg["longtail"]
     # One legacy RandomState for every training-set draw, as the release (exact CMNIST-LT).
     rng = np.random.RandomState(lt["seed"])
@@ -71,7 +83,8 @@ def _prepare(key: str) -> PreparedData:
     bounds = tuple(cfg["group_bounds"]) if cfg["group_bounds"] else None
     groups = class_groups(clean_counts, cfg["groups"], bounds)
     noise_free = clean_labels if ctx["enabled"] else None
-    return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat)
+    input_shape = (3, cfg["crop_size"], cfg["crop_size"]) if files else None
+    return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat, input_shape)
 
 
 def _check_normalisation(cfg: dict, channels: int) -> None:

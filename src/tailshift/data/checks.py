@@ -25,15 +25,16 @@ def _check_labels(split: ArrayDataset, which: str, num_classes: int, source: str
 
 
 def check_split(split: SplitDataset) -> None:
-    """Both splits non-empty with the same image shape; labels in [0, C) where C is the
-    number of class names (or, without names, the training labels' range); at least two
-    classes; every class with training images."""
+    """Both splits non-empty with the same image shape (image files are decoded later, to one
+    crop); labels in [0, C) where C is the number of class names (or, without names, the
+    training labels' range); at least two classes; every class with training images."""
     source = split.source or "the dataset"
     train, test = split.train, split.test
     for which, part in (("training", train), ("test", test)):
         if len(part) == 0:
             raise DataError(f"{source}: the {which} split is empty (0 images)")
-    if train.images.shape[1:] != test.images.shape[1:]:
+    decoded = isinstance(train, ArrayDataset) and isinstance(test, ArrayDataset)
+    if decoded and train.images.shape[1:] != test.images.shape[1:]:
         shape = lambda part: "x".join(map(str, part.images.shape[1:]))  # noqa: E731
         raise DataError(f"{source}: test images are {shape(test)} (CxHxW) but training images are {shape(train)}; "
                         f"all {len(test)} test images must match")

@@ -44,9 +44,14 @@ def select_longtail(labels: np.ndarray, counts: list[int], rng: np.random.Random
     Counts larger than a class are clipped to its size (MNIST digit 5 has 5421).
     The result is ordered class by class, as in the release.
     """
+    # each class's indices in ascending order, as np.flatnonzero(labels == c) gives them, found
+    # with one stable sort (8,142 scans of iNaturalist's 437k labels would take seconds)
+    by_class = np.argsort(labels, kind="stable")
+    ends = np.cumsum(np.bincount(labels, minlength=len(counts)))
+    starts = ends - np.bincount(labels, minlength=len(counts))
     kept = []
     for c, n_c in enumerate(counts):
-        idx = np.flatnonzero(labels == c)
+        idx = by_class[starts[c]: ends[c]].copy()
         rng.shuffle(idx)
         kept.append(idx[: min(n_c, len(idx))])
     return np.concatenate(kept).astype(np.int64)

@@ -7,10 +7,12 @@ few tensor ops, and augmentation is index arithmetic on the whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..distributed import World
 from ..tensors import gather_rows
 from .arrays import ArrayDataset
 
@@ -29,18 +31,39 @@ class Batch:
     augmented: bool = False
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def batch_plan(length: int, steps: int, batch_size: int, world: World) -> Iterator[tuple[int, int, int, int]]:
+    """(lo, hi, start, stop) of each step: the global batch is draws [lo, hi) of the epoch's
+    stream, this process's rows of it are [start, stop) (all of it for one process)."""
+    for step in range(steps):
+        lo, hi = step * batch_size, min((step + 1) * batch_size, length)
+        yield (lo, hi, *world.part(hi - lo))
+
+
+def normalise(raw: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """uint8 -> float in [0, 1], then (x - mean) / std if given; channels-last."""
+    x = raw.float().div_(255.0)
+    if mean is not None:
+        x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator,
+                     rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Zero-pad, random crop back to H x W and random horizontal flip, per sample, in one gather.
 
     images: B x C x H x W (any dtype). Offsets and flips come from ``generator``
-    (on the images' device), so the result is reproducible.
+    (on the images' device), so the result is reproducible. ``rows`` = (start, total):
+    ``images`` are rows start .. start + B of a batch of ``total``; the draws are made for
+    the whole batch and these rows take theirs, so any split of a batch across processes
+    is augmented as the whole batch would be.
     """
     b, c, h, w = images.shape
     dev = images.device
+    start, total = rows if rows is not None else (0, b)
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    off_y = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-    off_x = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    off_y = torch.randint(0, 2 * padding + 1, (total,), device=dev, generator=generator)[start: start + b]
+    off_x = torch.randint(0, 2 * padding + 1, (total,), device=dev, generator=generator)[start: start + b]
+    flip = (torch.rand(total, device=dev, generator=generator) < 0.5)[start: start + b]
     ys = torch.arange(h, device=dev)
     xs = torch.arange(w, device=dev)
     rows = off_y[:, None] + ys[None, :]
@@ -53,6 +76,8 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
 
 class DeviceArrays:
     """One split held on the device as uint8; ``batch(idx)`` returns normalised floats."""
+
+    storage = "device"
 
     def __init__(
         self,
@@ -78,20 +103,35 @@ class DeviceArrays:
         return len(self.labels)
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        x = raw.float().div_(255.0)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last)
+        return normalise(raw, self.mean, self.std)
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None,
+              rows: tuple[int, int] | None = None) -> Batch:
+        """The batch of dataset rows ``index``; ``rows`` = (start, stop): only those rows of it
+        (this process's share), augmented as they would be within the whole batch."""
         index = index.to(self.device)
+        draws = None
+        if rows is not None:
+            draws = (rows[0], index.shape[0])
+            index = index[rows[0]: rows[1]]
         raw = gather_rows(self.images, index)
         if self.augment == "crop_flip":
-            raw = random_crop_flip(raw, self.padding, generator)
+            raw = random_crop_flip(raw, self.padding, generator, draws)
         return Batch(self.normalise(raw), self.labels.index_select(0, index), index, self.augment != "none")
 
-    def iterate(self, batch_size: int):
-        """Sequential batches without augmentation (evaluation)."""
-        for start in range(0, len(self), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(self)), device=self.device)
+    def epoch(self, indices: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int,
+              world: World = World()) -> Iterator[dict[str, Batch]]:
+        """Each step's batches, stream by stream (this process's rows); augmentation drawn from
+        one generator seeded with ``seed``, in step and stream order."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        length = len(next(iter(indices.values())))
+        for lo, hi, start, stop in batch_plan(length, steps, batch_size, world):
+            rows = None if (start, stop) == (0, hi - lo) else (start, stop)
+            yield {name: self.batch(idx[lo:hi], generator, rows) for name, idx in indices.items()}
+
+    def iterate(self, batch_size: int, start: int = 0, stop: int | None = None):
+        """Sequential batches of rows [start, stop) without augmentation (evaluation)."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            index = torch.arange(first, min(first + batch_size, stop), device=self.device)
             yield Batch(self.normalise(self.images[index]), self.labels[index], index)

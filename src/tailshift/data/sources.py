@@ -29,6 +29,7 @@ except ImportError:  # numpy < 2
 
 from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
 from tailshift.data.checks import check_split
+from tailshift.data.lists import LAYOUTS, ListLoader, ListOptions
 from tailshift.registry import Registry
 
 FASHION_MNIST_CLASSES = (
@@ -367,10 +368,19 @@ def default_data_dirs() -> list[Path]:
 DATASETS: Registry[Callable[[str | None, bool], SplitDataset]] = Registry("dataset")
 
 
-def load_dataset(name: str, root: str | None = None, allow_outside_root: bool = False) -> SplitDataset:
+def load_dataset(name: str, root: str | None = None, allow_outside_root: bool = False,
+                 lists: ListOptions | None = None) -> SplitDataset:
     """Load a registered dataset by name from `root` or the default locations, and refuse
-    data that cannot be what it claims (``checks.check_split``)."""
-    split = DATASETS.get(name)(root, allow_outside_root)
+    data that cannot be what it claims (``checks.check_split``). ``lists`` (split files,
+    class order) applies to the list datasets only."""
+    loader = DATASETS.get(name)
+    if getattr(loader, "reads_lists", False):
+        split = loader(root, allow_outside_root, lists)
+    elif lists is not None and not lists.is_default:
+        raise DataError(f"data.train_list, data.test_list and data.class_order apply to the list datasets "
+                        f"({', '.join(LAYOUTS)}), not to {name!r}")
+    else:
+        split = loader(root, allow_outside_root)
     check_split(split)
     return split
 
@@ -462,6 +472,10 @@ def _load_folder(root: str | None, allow_outside_root: bool = False) -> SplitDat
     if root is None:
         raise DataError("dataset 'folder' needs data.root=PATH to a folder with train/ and test/")
     return load_image_folder(root, allow_outside_root=allow_outside_root)
+
+
+for _name, _layout in LAYOUTS.items():
+    DATASETS.register(_name)(ListLoader(_name, _layout, default_data_dirs))
 
 
 # ----------------------------------------------------------------------------- download

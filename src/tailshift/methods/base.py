@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.pipeline import Batch
 from ..data.sampling import SamplerSpec
+from ..distributed import BatchShard
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -56,6 +57,8 @@ class StepContext:
     epoch: int  # 0-based within the stage
     step: int
     generator: torch.Generator  # the method's own random stream (on the device)
+    #: this process's rows of the global batch (several processes); None: one process, all of it
+    shard: BatchShard | None = None
 
 
 @dataclass

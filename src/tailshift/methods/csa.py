@@ -16,6 +16,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..cam import CAM_METHODS, context_masks
+from ..distributed import BatchShard
 from ..tensors import gather_rows, is_channels_last
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
@@ -24,6 +25,7 @@ from .losses import LOSSES
 from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, mixup, mixup_loss, sample_lambda
 
 CAM_MODES = ("eval", "train")
+BANK_SCOPES = ("rank", "global")
 DRIVERS = ("uniform", "balanced")
 BALANCED_STREAMS = ("balanced", "uniform")
 
@@ -73,6 +75,10 @@ class ContextShiftAugmentation(Method):
         lam_a: float = 0.0
         lam_b: float = 1.0
         lam_per_sample: bool = False  # release: one lambda per batch
+        # several processes: "rank" = each process banks its own rows' contexts (the release);
+        # "global" = every process's confident samples are gathered into one bank of the global
+        # batch and draws are made for the whole batch (the run then equals a one-process run)
+        bank_scope: str = one_of("rank", BANK_SCOPES)
 
         def __post_init__(self):
             if self.lam_distribution == "uniform" and not 0.0 <= self.lam_a <= self.lam_b <= 1.0:
@@ -187,13 +193,17 @@ class ContextShiftAugmentation(Method):
         rows = confident.index_select(0, pick.to(confident.device))
         return gather_rows(images, rows), gather_rows(masks, rows)
 
-    def _fuse(self, x: torch.Tensor, contexts: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """Eq. 6-7 with lambda from the configured distribution, one per batch or per sample."""
+    def _fuse(self, x: torch.Tensor, contexts: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator,
+              shard: BatchShard | None = None) -> torch.Tensor:
+        """Eq. 6-7 with lambda from the configured distribution, one per batch or per sample
+        (with a gathered bank: drawn for the global batch, this process's rows kept)."""
         p = self.params
         lam = sample_lambda(
-            x.shape[0], p.lam_distribution, p.lam_a, p.lam_b, per_sample=p.lam_per_sample,
-            generator=generator, device=x.device,
+            shard.total if shard is not None else x.shape[0], p.lam_distribution, p.lam_a, p.lam_b,
+            per_sample=p.lam_per_sample, generator=generator, device=x.device,
         )
+        if shard is not None and p.lam_per_sample:
+            lam = shard.local(lam)
         return fuse_context(x, contexts[0], contexts[1], lam)
 
     # --- training ------------------------------------------------------------
@@ -215,24 +225,35 @@ class ContextShiftAugmentation(Method):
         else:
             loss_u = self._uniform_loss(logits_u, uni.y, self.class_counts, p.tau)
 
-        # Context extraction (Sec. 3.1) and the contexts for this step's fusion.
+        # Context extraction (Sec. 3.1) and the contexts for this step's fusion. ``shard``: the
+        # global batch's rows of this process when the bank spans every process.
+        shard = ctx.shard if p.bank_scope == "global" and ctx.shard is not None and ctx.shard.split else None
         if p.context_shift and p.use_bank and self.bank is None:  # capacity fixed by the first batch
-            self.bank = ContextBank(p.bank_multiple * uni.x.shape[0], device=uni.x.device)
+            rows = shard.total if shard is not None else uni.x.shape[0]
+            self.bank = ContextBank(p.bank_multiple * rows, device=uni.x.device)
         pushed = 0.0
         contexts = None
         if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
             train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
             mask, confident = self.extract_contexts(uni.x, uni.y, train_forward)
             confident = confident.nonzero().squeeze(1)
+            images = uni.x
+            if shard is not None:  # every process's confident samples, in global batch order
+                images = shard.world.gather(gather_rows(uni.x, confident))
+                mask = shard.world.gather(gather_rows(mask, confident))
+                confident = torch.arange(images.shape[0], device=images.device)
             pushed = float(confident.shape[0])
             if p.use_bank:
-                self.bank.push(uni.x, mask, confident)
+                self.bank.push(images, mask, confident)
             if ctx.epoch >= p.warmup_epochs:
-                contexts = self._draw_contexts(uni.x, mask, confident, bal.x.shape[0], ctx.generator)
+                n = shard.total if shard is not None else bal.x.shape[0]
+                contexts = self._draw_contexts(images, mask, confident, n, ctx.generator)
+                if shard is not None and contexts is not None:
+                    contexts = (shard.local(contexts[0]), shard.local(contexts[1]))
 
         # Balanced branch (Eq. 8-9): fused, plain (dual / final epochs) or no loss at all.
         if contexts is not None:
-            x_bal = self._fuse(bal.x, contexts, ctx.generator)
+            x_bal = self._fuse(bal.x, contexts, ctx.generator, shard)
         elif not p.context_shift or plain_phase:
             x_bal = bal.x
         else:

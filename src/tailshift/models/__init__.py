@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..registry import Registry
 from .base import Backbone
 from .lenet import LeNet2d
-from .resnet import resnet10, resnet18, resnet50
+from .pretrained import load_pretrained
+from .resnet import resnet10, resnet18, resnet50, resnet152, resnet152_frozen
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56
 
 MODELS: Registry = Registry("model")
@@ -16,10 +17,20 @@ MODELS.register("resnet56")(resnet56)
 MODELS.register("resnet10")(resnet10)
 MODELS.register("resnet18")(resnet18)
 MODELS.register("resnet50")(resnet50)
+MODELS.register("resnet152")(resnet152)
+MODELS.register("resnet152-frozen")(resnet152_frozen)
 
 
-def create_model(name: str, **kwargs) -> Backbone:
-    return MODELS.get(name)(**kwargs)
+def create_model(name: str, pretrained: str | None = None, **kwargs) -> Backbone:
+    """A backbone by name; ``pretrained``: a local weights file loaded into it (or into the part
+    that takes them, ``pretrained_target``)."""
+    model = MODELS.get(name)(**kwargs)
+    if pretrained is not None:
+        load_pretrained(model.pretrained_target(), pretrained)
+    elif model.needs_pretrained:
+        raise ValueError(f"model {name} keeps its pretrained body frozen: pass model.pretrained=PATH "
+                         "(e.g. torchvision's ImageNet weights file)")
+    return model
 
 
 __all__ = ["Backbone", "MODELS", "create_model"]

@@ -18,6 +18,12 @@ class Backbone(nn.Module):
     #: True when ``embed`` is global average pooling (+ flatten) only, so the
     #: classic CAM of Zhou et al. (head weights x feature map) is defined.
     pooled_linear: bool = False
+    #: True when the backbone is useless without ``model.pretrained`` (a frozen body)
+    needs_pretrained: bool = False
+
+    def pretrained_target(self) -> nn.Module:
+        """The module that ``model.pretrained`` weights load into."""
+        return self
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -1,8 +1,10 @@
-"""ImageNet ResNets (He et al. 2016), written from scratch: ResNet-10/18 (basic) and ResNet-50 (bottleneck).
+"""ImageNet ResNets (He et al. 2016), written from scratch: ResNet-10/18 (basic), ResNet-50/152
+(bottleneck), and a frozen pretrained body with one trainable block on top (Places-LT).
 
 ResNet-10 ([1, 1, 1, 1] basic blocks) is the small ImageNet-LT backbone of
 Liu et al. 2019 and the CSA paper; torchvision has none, hence no dependency on it.
-Bottlenecks stride in the 3x3 conv (the common "v1.5" layout).
+Bottlenecks stride in the 3x3 conv (the common "v1.5" layout), so torchvision's
+weights load by name (``models/pretrained.py``).
 """
 from __future__ import annotations
 
@@ -118,3 +120,52 @@ def resnet18(in_channels: int = 3, image_size: int = 224) -> ResNet:
 
 def resnet50(in_channels: int = 3, image_size: int = 224) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, image_size)
+
+
+def resnet152(in_channels: int = 3, image_size: int = 224) -> ResNet:
+    return ResNet(Bottleneck, (3, 8, 36, 3), in_channels, image_size)
+
+
+class FrozenBodyExtraBlock(Backbone):
+    """A pretrained ResNet kept frozen (no gradients, batch norm always in eval mode) with one
+    trainable residual block of its own kind on its last stage: the CSA release's Places-LT
+    backbone (an ImageNet-pretrained ResNet-152). The weights load into ``body``
+    (``pretrained_target``); without them the frozen body would be random, so they are required.
+    """
+
+    pooled_linear = True
+    needs_pretrained = True
+
+    def __init__(self, body: ResNet):
+        super().__init__()
+        self.body = body
+        block = type(body.layer4[0])
+        self.extra = block(body.out_dim, body.out_dim // block.expansion)
+        kaiming_init(self.extra)
+        self.out_dim = body.out_dim
+        self.body.requires_grad_(False)
+
+    def pretrained_target(self) -> nn.Module:
+        return self.body
+
+    def requires_grad_(self, requires_grad: bool = True) -> "FrozenBodyExtraBlock":
+        """Only the extra block follows (a method unfreezing "the backbone" leaves the body frozen)."""
+        self.extra.requires_grad_(requires_grad)
+        return self
+
+    def train(self, mode: bool = True) -> "FrozenBodyExtraBlock":
+        super().train(mode)
+        self.body.eval()
+        return self
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.body.feature_map(x)
+        return self.extra(x)
+
+    def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.mean(dim=(2, 3))
+
+
+def resnet152_frozen(in_channels: int = 3, image_size: int = 224) -> FrozenBodyExtraBlock:
+    return FrozenBodyExtraBlock(resnet152(in_channels, image_size))

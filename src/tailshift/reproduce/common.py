@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -86,10 +87,14 @@ def _run_job(job: Job) -> dict:
         metrics = train(cfg)
     except DivergenceError as err:
         return {"key": job.key, "diverged": True, "error": str(err), "seconds": time.perf_counter() - started}
+    return _job_result(job.key, cfg, metrics, time.perf_counter() - started)
+
+
+def _job_result(key: str, cfg: RunConfig, metrics: dict, seconds: float) -> dict:
     return {
-        "key": job.key,
+        "key": key,
         "diverged": False,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
         "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
         "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
@@ -114,6 +119,23 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
         results = pool.map(_run_job, jobs, chunksize=1)
         pool.close()  # let workers exit cleanly rather than be terminated (no leaked semaphores)
         pool.join()
+    return results
+
+
+def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[dict]:
+    """Run jobs one after the other, each on ``nproc`` processes of this machine (torchrun, one per
+    GPU); a run that fails (a diverged one included) stops the study with its exit code."""
+    from ..distributed import torchrun_command
+
+    results = []
+    for job in jobs:
+        cfg = job.resolve()
+        started = time.perf_counter()
+        code = subprocess.run(torchrun_command(nproc, ["train", job.config, *job.overrides])).returncode
+        if code != 0:
+            raise RuntimeError(f"run {job.key} failed on {nproc} processes (exit code {code}); its output is above")
+        metrics = json.loads((Path(cfg.output) / "metrics.json").read_text())
+        results.append(_job_result(job.key, cfg, metrics, time.perf_counter() - started))
     return results
 
 

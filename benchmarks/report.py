@@ -1,0 +1,29 @@
+"""What the large-scale benchmarks write: a Markdown table (also printed) and a JSON file in
+``results/``, both naming the command, with the machine's load while it ran."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from tailshift.engine import versions
+
+
+def load_note() -> str:
+    load = os.getloadavg()
+    return (f"{platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / "
+            f"{load[2]:.1f} while measuring (a shared machine: other jobs ran)")
+
+
+def write_report(out: str | Path, name: str, title: str, note: str, lines: list[str], data: dict) -> None:
+    """Print ``# title``, ``note`` and the table ``lines``; write ``name``.md and ``name``.json to ``out``."""
+    command = f"python benchmarks/{name}.py {' '.join(sys.argv[1:])}".rstrip()
+    md = f"# {title}\n\n{note}\n\n" + "\n".join(lines) + "\n"
+    print(md)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(md + f"\nCommand: `{command}`\n")
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "load_average": os.getloadavg(),
+                                                  "versions": versions(), **data}, indent=1))

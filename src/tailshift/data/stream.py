@@ -1,0 +1,219 @@
+"""Streaming input: batches decoded by worker processes, for data that does not fit on the device.
+
+The engine asks a feed for an epoch of batches given the samplers' index streams (the
+same call a ``DeviceArrays`` answers), so samplers and methods, CSA included, do not
+change. A torch ``DataLoader`` runs over *requests*, one per step: this process's rows of
+every stream's global batch. Its worker processes decode and augment the images
+(``transforms``), the batches come back pinned (on CUDA) and are copied with
+``non_blocking``, then normalised on the device.
+
+Each image's random augmentation is drawn from its own generator seeded with (run seed,
+stage, epoch, stream, position in the epoch), so a run is reproducible whatever the
+number of workers or processes, and resumes exactly at an epoch boundary.
+
+``make_feeds`` picks the storage: ``device`` (the whole split as one uint8 tensor on the
+device, ``pipeline.DeviceArrays``) or ``stream``; ``auto`` keeps decoded in-memory data
+on the device when it fits there and streams image files.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from ..distributed import World
+from .arrays import ArrayDataset, DataError
+from .lists import FileDataset
+from .pipeline import Batch, DeviceArrays, batch_plan, normalise
+from .transforms import crop_flip, eval_image, train_image
+
+STORAGES = ("auto", "device", "stream")
+#: augmentations by kind of dataset (device and stream storage agree on these)
+ARRAY_AUGMENTATIONS = ("none", "crop_flip")
+FILE_AUGMENTATIONS = ("none", "resized_crop")
+#: share of the free device memory a decoded dataset may take for ``auto`` to keep it there
+DEVICE_SHARE = 0.5
+
+
+class ArrayImages:
+    """Rows of an in-memory uint8 dataset, optionally crop-flipped (host memory, not the device)."""
+
+    def __init__(self, data: ArrayDataset, augment: str = "none", padding: int = 4):
+        self.data, self.augment, self.padding = data, augment, padding
+        self.shape = data.images.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def labels(self) -> np.ndarray:
+        return self.data.labels
+
+    def image(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        image = self.data.images[i]
+        return crop_flip(image, self.padding, rng) if self.augment == "crop_flip" else image
+
+
+class FileImages:
+    """Image files decoded with Pillow: the train recipe (``resized_crop``) or the test one."""
+
+    def __init__(self, data: FileDataset, augment: str, crop_size: int, resize_size: int, jitter: float):
+        self.data, self.augment = data, augment
+        self.crop_size, self.resize_size, self.jitter = crop_size, resize_size, jitter
+        self.shape = (3, crop_size, crop_size)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def labels(self) -> np.ndarray:
+        return self.data.labels
+
+    def image(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        path = self.data.path(i)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"cannot decode image {path}: {e}") from None
+        if self.augment == "resized_crop":
+            return train_image(img, self.crop_size, self.jitter, rng)
+        return eval_image(img, self.resize_size, self.crop_size)
+
+
+class _Decoder(Dataset):
+    """What runs in the workers: a request -> {stream: (uint8 images, labels, indices)}.
+
+    A request is (seed, ((stream, indices, first position), ...)); seed None: no random
+    augmentation. A data error comes back as its message (re-raised as one line by the feed).
+    """
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, request):
+        seed, parts = request
+        labels = self.images.labels()
+        try:
+            out = {}
+            for name, index, first in parts:
+                key = zlib.crc32(name.encode())
+                batch = np.empty((len(index), *self.images.shape), dtype=np.uint8)
+                for j, i in enumerate(index):
+                    rng = None if seed is None else np.random.default_rng([seed, key, first + j])
+                    batch[j] = self.images.image(int(i), rng)
+                out[name] = (torch.from_numpy(batch), torch.from_numpy(labels[index]), torch.from_numpy(index))
+            return out
+        except DataError as e:
+            return str(e)
+
+
+class _Requests(torch.utils.data.Sampler):
+    """The loader's sampler: the current pass's requests (replaced before each pass, so
+    persistent workers serve every epoch)."""
+
+    def __init__(self):
+        self.requests: list = []
+
+    def __iter__(self):
+        return iter(self.requests)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+class StreamFeed:
+    """Batches of one split decoded by ``workers`` processes (0: in this process). ``persistent``:
+    the workers live as long as the feed (training); else they start for each pass (evaluation,
+    so a process does not keep two idle pools)."""
+
+    storage = "stream"
+
+    def __init__(self, images, device: torch.device, mean=None, std=None, augmented: bool = False,
+                 workers: int = 4, prefetch: int = 2, persistent: bool = True):
+        self.images = images
+        self.device = torch.device(device)
+        self.augmented = augmented
+        channels = images.shape[0]
+        self.mean = None if mean is None else torch.tensor(mean, device=self.device).view(1, channels, 1, 1)
+        self.std = None if std is None else torch.tensor(std, device=self.device).view(1, channels, 1, 1)
+        self._requests = _Requests()
+        self.loader = DataLoader(_Decoder(images), batch_size=None, sampler=self._requests, num_workers=workers,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=persistent and workers > 0,
+                                 prefetch_factor=prefetch if workers > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _run(self, requests: list, augmented: bool) -> Iterator[dict[str, Batch]]:
+        self._requests.requests = requests
+        for item in self.loader:
+            if isinstance(item, str):
+                raise DataError(item)
+            yield {name: self._to_device(*parts, augmented) for name, parts in item.items()}
+
+    def _to_device(self, raw: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, augmented: bool) -> Batch:
+        raw = raw.to(self.device, non_blocking=True)
+        return Batch(normalise(raw, self.mean, self.std), labels.to(self.device, non_blocking=True),
+                     index.to(self.device, non_blocking=True), augmented)
+
+    def epoch(self, indices: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int,
+              world: World = World()) -> Iterator[dict[str, Batch]]:
+        """As ``DeviceArrays.epoch``: each step's batches (this process's rows), augmented per image."""
+        arrays = {name: idx.numpy() for name, idx in indices.items()}
+        length = len(next(iter(arrays.values())))
+        requests = [(seed, tuple((name, idx[lo + start: lo + stop], lo + start) for name, idx in arrays.items()))
+                    for lo, hi, start, stop in batch_plan(length, steps, batch_size, world)]
+        return self._run(requests, self.augmented)
+
+    def iterate(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        """Sequential batches of rows [start, stop), no random augmentation (evaluation)."""
+        stop = len(self) if stop is None else stop
+        requests = [(None, (("eval", np.arange(first, min(first + batch_size, stop)), first),))
+                    for first in range(start, stop, batch_size)]
+        return (item["eval"] for item in self._run(requests, False))
+
+
+def choose_storage(storage: str, train, test, device: torch.device) -> str:
+    """``device`` or ``stream`` for a dataset; ``auto``: image files stream, in-memory arrays stay on
+    the device when they take less than ``DEVICE_SHARE`` of its free memory."""
+    if storage not in STORAGES:
+        raise DataError(f"data.storage must be one of {', '.join(STORAGES)}; got {storage!r}")
+    files = isinstance(train, FileDataset)
+    if storage == "device" and files:
+        raise DataError("data.storage=device needs a dataset decoded in memory; this one is read from "
+                        "image files (use data.storage=stream or auto)")
+    if storage != "auto":
+        return storage
+    if files:
+        return "stream"
+    if device.type != "cuda":
+        return "device"
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device" if train.images.nbytes + test.images.nbytes < DEVICE_SHARE * free else "stream"
+
+
+def make_feeds(train, test, device: torch.device, data_cfg) -> tuple:
+    """The train and test feeds of a run's data (``DeviceArrays`` or ``StreamFeed``)."""
+    d = data_cfg
+    storage = choose_storage(d.storage, train, test, device)
+    files = isinstance(train, FileDataset)
+    allowed = FILE_AUGMENTATIONS if files else ARRAY_AUGMENTATIONS
+    if d.augment not in allowed:
+        kind = "image files" if files else "in-memory arrays"
+        raise DataError(f"data.augment={d.augment} does not apply to {kind}; use one of {', '.join(allowed)}")
+    if storage == "device":
+        return (DeviceArrays(train, device, d.mean, d.std, d.augment, d.padding),
+                DeviceArrays(test, device, d.mean, d.std))
+    if files:
+        train_images = FileImages(train, d.augment, d.crop_size, d.resize_size, d.color_jitter)
+        test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter)
+    else:
+        train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
+    return (StreamFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
+            StreamFeed(test_images, device, d.mean, d.std, False, d.workers, persistent=False))

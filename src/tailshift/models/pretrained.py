@@ -1,0 +1,58 @@
+"""Pretrained weights from a local file (never downloaded): torchvision's ResNet layout,
+a bare state dict of the backbone, or a tailshift run's checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: torchvision ResNet name -> this package's (prefixes; "fc." is torchvision's classifier, dropped)
+TORCHVISION_PREFIXES = (("conv1.", "stem.0."), ("bn1.", "stem.1."))
+
+
+def _state_dict(payload, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(payload, dict) and isinstance(payload.get("method"), dict):  # a tailshift checkpoint
+        return {k[len("backbone."):]: v for k, v in payload["method"].items() if k.startswith("backbone.")}
+    for key in ("state_dict", "model"):
+        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
+            payload = payload[key]
+    if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
+        raise ValueError(f"pretrained weights {path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in payload.items()}
+
+
+def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision ResNet keys (conv1, bn1, layerN.M.downsample, fc) -> this package's ResNet keys."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        for old, new in TORCHVISION_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key.replace(".downsample.", ".shortcut.")] = value
+    return out
+
+
+def load_pretrained(target: nn.Module, path: str | Path) -> None:
+    """Load ``path`` into ``target`` (strictly: every tensor present, of the right shape)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model.pretrained {path} is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why, on one line
+        raise ValueError(f"cannot read pretrained weights {path}: {str(err).splitlines()[0]}") from None
+    state = _state_dict(payload, path)
+    if "conv1.weight" in state and "stem.0.weight" not in state:
+        state = from_torchvision(state)
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ValueError(f"pretrained weights {path} do not fit {type(target).__name__}: {'; '.join(parts)}")
+    target.load_state_dict(state)

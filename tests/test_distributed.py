@@ -1,0 +1,226 @@
+"""Two processes (gloo, CPU) train what one process trains; a killed rank resumes exactly.
+
+The 2-process runs are made once per module in two pairs of spawned processes (starting
+Python and torch is what costs here): the first runs every compared config and then a run
+whose rank 1 kills itself with SIGKILL; the second resumes that run and makes the same run
+uninterrupted. The tests compare their folders with each other and with 1-process runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp
+
+from tailshift.config import build_config
+from tailshift.distributed import BatchShard, World, sync_batchnorm
+from tailshift.engine import train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+COUNTS = (60, 40, 25, 15, 10, 8, 6, 5, 4, 4)  # 177 images: the last batch of 30 splits 14 / 13
+
+
+def write_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+
+    def make(per_class):
+        labels = np.repeat(np.arange(len(per_class)), per_class).astype(np.int64)
+        images = rng.integers(0, 60, size=(len(labels), 1, 16, 16), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            r, col = divmod(int(c), 4)
+            images[i, :, 1 + 5 * r: 4 + 5 * r, 1 + 4 * col: 4 + 4 * col] = 250
+        return images, labels
+
+    (x_train, y_train), (x_test, y_test) = make(COUNTS), make([7] * len(COUNTS))
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def base(npz: Path, out: Path) -> dict:
+    return {"data": {"dataset": "npz", "root": str(npz), "longtail": {"profile": "none"}, "augment": "crop_flip",
+                     "padding": 2},
+            "train": {"epochs": 3, "batch_size": 30, "test_batch_size": 64,
+                      "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}},
+            "sampling": {"balanced_epoch": "dataset"},
+            "output": str(out), "progress": False, "device": "cpu"}
+
+
+#: run name -> overrides; compared 2 processes against 1
+EQUAL = {
+    "ce": ["method.name=ce"],
+    "cbrs": ["method.name=cbrs"],
+    "csa": ["method.name=csa", "method.params={warmup_epochs: 1, delta: 0.0, lam_per_sample: true, "
+            "bank_scope: global}"],
+    # batch norm makes this tiny net's training chaotic in float32 (its float32 and float64 gradients
+    # already differ at initialisation), so one short epoch, compared loosely: without the sync
+    # the weights differ by 5e-3 and the running statistics by 5 %
+    "ce-resnet-syncbn": ["method.name=ce", "model.name=resnet20", "train.sync_batchnorm=true", "train.epochs=1",
+                         "train.optim.lr=0.01"],
+}
+TOLERANCE = {"ce-resnet-syncbn": {"rtol": 1e-2, "atol": 2e-3}}
+#: per-rank banks kept across epochs: a checkpoint must carry each rank's bank
+RESUME = ["method.name=csa", "train.epochs=4",
+          "method.params={warmup_epochs: 1, delta: 0.3, empty_bank_each_epoch: false, bank_scope: rank}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, checks: str | None) -> None:
+    """One of two spawned processes: run ``jobs`` (config values, overrides); die_at = (job, epoch):
+    rank 1 kills itself (SIGKILL) at the start of that job's epoch; ``checks``: file for collective checks."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if checks:
+        world = World(rank, 2)
+        gathered = world.gather(torch.full((rank + 1, 2), float(rank)))  # 1 row from rank 0, 2 from rank 1
+        p_a, p_b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        p_a.grad = torch.full((2,), float(rank))
+        if rank == 1:
+            p_b.grad = torch.full((2,), 4.0)  # rank 0 has none
+        world.average_gradients([p_a, p_b])
+        sync_error = sync_batchnorm_error(rank)
+        if rank == 0:
+            Path(checks).write_text(json.dumps({"gathered": gathered.tolist(), "a": p_a.grad.tolist(),
+                                                "b": p_b.grad.tolist(), "sync_error": sync_error}))
+    from tailshift.engine import Trainer
+
+    original = Trainer._train_epoch
+
+    def dies(self, stage, stage_index, epoch, *args):
+        if epoch == die_at[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, stage, stage_index, epoch, *args)
+
+    for i, (values, overrides) in enumerate(jobs):
+        Trainer._train_epoch = dies if die_at is not None and die_at[0] == i and rank == 1 else original
+        train(build_config(values, overrides))
+    dist.destroy_process_group()
+
+
+def sync_batchnorm_error(rank: int) -> float:
+    """Largest difference (float64) between a conv/batch-norm stack on this rank's half of a batch with
+    synchronised batch norm and the plain stack on the whole batch: outputs, input and parameter
+    gradients (averaged over ranks), running statistics."""
+    def stack():
+        torch.manual_seed(0)
+        layers = [m for _ in range(4) for m in (torch.nn.Conv2d(3, 3, 3, padding=1, bias=False),
+                                                 torch.nn.BatchNorm2d(3), torch.nn.ReLU())]
+        return torch.nn.Sequential(*layers).double()
+
+    reference, synced = stack(), sync_batchnorm(stack())
+    x = torch.randn(8, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(8, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mine = slice(4 * rank, 4 * rank + 4)
+    x_all, x_mine = x.clone().requires_grad_(), x[mine].clone().requires_grad_()
+    out_all, out_mine = reference(x_all), synced(x_mine)
+    ((out_all - target) ** 2).mean().backward()
+    ((out_mine - target[mine]) ** 2).mean().backward()
+    World(rank, 2).average_gradients(list(synced.parameters()))
+    errors = [(out_mine - out_all[mine]).abs().max(), (x_mine.grad / 2 - x_all.grad[mine]).abs().max()]
+    errors += [(a.grad - b.grad).abs().max() for a, b in zip(synced.parameters(), reference.parameters())]
+    errors += [(a - b).abs().max() for a, b in zip(synced.buffers(), reference.buffers())]
+    return float(max(errors))
+
+
+def spawn(jobs: list, die_at: tuple[int, int] | None = None, checks: Path | None = None) -> None:
+    tmp.start_processes(_worker, args=(free_port(), jobs, die_at, str(checks) if checks else None), nprocs=2,
+                        start_method="spawn")
+
+
+def weights(out: Path) -> dict:
+    return torch.load(out / "checkpoint.pt", weights_only=True)["method"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    npz = write_npz(root / "tiny.npz")
+    jobs = [(base(npz, root / "two" / name), over) for name, over in EQUAL.items()]
+    killed = (base(npz, root / "killed"), RESUME)
+    with pytest.raises(tmp.ProcessExitedException, match="SIGKILL"):
+        spawn([*jobs, killed], die_at=(len(jobs), 2), checks=root / "checks.json")  # rank 1 dies in epoch 3
+    (root / "killed.pt").write_bytes((root / "killed" / "checkpoint.pt").read_bytes())
+    spawn([killed, (base(npz, root / "two" / "resume-reference"), RESUME)])
+    return root, npz
+
+
+def test_collectives_gather_uneven_rows_and_average_gradients(runs):
+    root, _ = runs
+    seen = json.loads((root / "checks.json").read_text())
+    assert seen["gathered"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert seen["a"] == [0.5, 0.5]
+    assert seen["b"] == [2.0, 2.0]  # a missing gradient counts as zeros once another rank has one
+    assert seen["sync_error"] < 1e-12
+
+
+@pytest.mark.parametrize("name", list(EQUAL))
+def test_two_processes_train_the_weights_of_one(runs, name):
+    root, npz = runs
+    one = train(build_config(base(npz, root / "one" / name), EQUAL[name]))
+    two = json.loads((root / "two" / name / "metrics.json").read_text())
+    assert one["processes"] == 1 and two["processes"] == 2
+    w1, w2 = weights(root / "one" / name), weights(root / "two" / name)
+    assert set(w1) == set(w2)
+    for key in w1:
+        tolerance = TOLERANCE.get(name, {"rtol": 1e-4, "atol": 2e-5})
+        torch.testing.assert_close(w2[key].float(), w1[key].float(), **tolerance, msg=key)
+    if name == "csa":  # the comparison covers fused steps
+        assert all(epoch["fused"] > 0 for epoch in two["curve"][1:])
+    assert [e["loss"] for e in two["curve"]] == pytest.approx([e["loss"] for e in one["curve"]], rel=1e-3)
+    if name not in TOLERANCE:
+        assert two["result"]["per_class"] == one["result"]["per_class"]
+
+
+def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs):
+    root, _ = runs
+    saved = torch.load(root / "killed.pt", weights_only=True)  # the checkpoint the kill left
+    assert saved["epoch"] == 2 and len(saved["extra_ranks"]) == 2
+    banks = [r["bank"]["images"] for r in saved["extra_ranks"]]
+    assert banks[0].shape[0] == 15 and not torch.equal(banks[0], banks[1])  # each rank its own rows' bank
+    reference = root / "two" / "resume-reference"
+    for key, value in weights(reference).items():
+        assert torch.equal(weights(root / "killed")[key], value), key
+    strip = lambda m: [{k: v for k, v in e.items() if k != "seconds"} for e in m["curve"]]  # noqa: E731
+    resumed = json.loads((root / "killed" / "metrics.json").read_text())
+    assert strip(resumed) == strip(json.loads((reference / "metrics.json").read_text()))
+
+
+def test_nproc_command_line_runs_torchrun_and_writes_the_run_folder_once(runs, tmp_path):
+    root, npz = runs
+    config = tmp_path / "ce.yaml"
+    config.write_text(json.dumps(base(npz, tmp_path / "run")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    # `tailshift train --nproc 2` runs `torchrun --standalone --nproc_per_node=2 -m tailshift train ...`
+    proc = subprocess.run([sys.executable, "-m", "tailshift", "train", str(config), "method.name=ce", "--nproc", "2"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("."))  # not the lock
+    assert written == ["checkpoint.pt", "config.yaml", "curve.json", "metrics.json"]
+    assert proc.stdout.count("ce (main head)") == 1  # one summary line: rank 0's
+    for key, value in weights(root / "two" / "ce").items():
+        assert torch.equal(weights(tmp_path / "run")[key], value), key
+
+
+def test_world_parts_and_steps():
+    parts = [World(r, 3).part(10) for r in range(3)]
+    assert parts == [(0, 4), (4, 7), (7, 10)]
+    assert World().part(7) == (0, 7) and World().steps(177, 30) == 6
+    assert World(0, 4).steps(182, 30) == 6  # a last batch of 2 rows cannot feed 4 processes: dropped
+    with pytest.raises(ValueError, match="at least the number of processes"):
+        World(0, 4).steps(100, 2)
+    shard = BatchShard(4, 7, 10, World(1, 3))
+    assert shard.split and shard.local(torch.arange(10)).tolist() == [4, 5, 6]

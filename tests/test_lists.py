@@ -1,0 +1,164 @@
+"""List datasets: the real ImageNet-LT / Places-LT split lists, generated image layouts, bad lines."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_imagenet_lt
+
+from tailshift.config import build_config
+from tailshift.data.arrays import DataError
+from tailshift.data.build import prepare_data
+from tailshift.data.groups import class_groups
+from tailshift.data.lists import ListOptions, count_order, read_coco_json, read_list_file
+from tailshift.data.sources import load_dataset
+
+#: the real split lists (no images), beside the repository: ../shared/data/lists
+LISTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lists"
+needs_lists = pytest.mark.skipif(not (LISTS / "Places_LT_train.txt").is_file(),
+                                 reason=f"the real split lists are not in {LISTS}")
+
+
+@needs_lists
+def test_places_lt_train_list_counts_and_groups():
+    paths, labels, lines = read_list_file(LISTS / "Places_LT_train.txt", 365)
+    counts = np.bincount(labels, minlength=365)
+    assert len(paths) == 62_500 and len(counts) == 365 and counts.min() == 5 and counts.max() == 4980
+    assert paths[0].startswith("train/") and lines[0] == 1
+    groups = class_groups(counts, "count")
+    assert [len(groups[g]) for g in ("many", "med", "few")] == [131, 163, 71]
+
+
+@needs_lists
+def test_places_lt_reindexed_by_descending_count():
+    _, labels, _ = read_list_file(LISTS / "Places_LT_train.txt", 365)
+    counts = np.bincount(labels, minlength=365)
+    new_of_old = count_order(labels, 365)
+    reindexed = np.bincount(new_of_old[labels], minlength=365)
+    assert (np.diff(reindexed) <= 0).all() and sorted(reindexed) == sorted(counts)
+    assert new_of_old[int(np.argmax(counts))] == 0 and reindexed[0] == 4980
+    # by index ranges, the re-indexed classes fall in the same Many/Med/Few as by count
+    sizes = [len(g) for g in class_groups(reindexed, "index", (131, 294)).values()]
+    assert sizes == [131, 163, 71]
+    assert [set(g) for g in class_groups(reindexed, "index", (131, 294)).values()] == \
+        [set(g) for g in class_groups(reindexed, "count").values()]
+
+
+@needs_lists
+@pytest.mark.parametrize("name, lines, classes, per_class, prefix", [
+    ("ImageNet_LT_test.txt", 50_000, 1000, 50, "val/n01440764/ILSVRC2012_val_"),
+    ("Places_LT_test.txt", 36_500, 365, 100, "val/airfield/Places365_val_"),
+])
+def test_real_test_lists_are_balanced(name, lines, classes, per_class, prefix):
+    paths, labels, _ = read_list_file(LISTS / name, classes)
+    assert len(paths) == lines and paths[0].startswith(prefix)
+    assert (np.bincount(labels, minlength=classes) == per_class).all()
+
+
+def test_imagenet_lt_layout_reads_and_reindexes(tmp_path):
+    root = write_imagenet_lt(tmp_path, counts=(3, 9, 5), test_per_class=2)
+    split = load_dataset("imagenet-lt", str(root))
+    assert split.train.num_classes == 3 and len(split.train) == 17 and len(split.test) == 6
+    assert Path(split.train.path(0)).is_file() and split.train.paths.dtype.kind == "S"
+    counted = load_dataset("imagenet-lt", str(root), lists=ListOptions(class_order="count"))
+    assert np.bincount(counted.train.labels)[:3].tolist() == [9, 5, 3]
+    # the same image keeps the same (re-indexed) label in both splits
+    assert counted.test.labels.tolist() == [2, 2, 0, 0, 1, 1]
+    assert counted.train.path(3) == split.train.path(3)
+
+
+def test_prepared_list_dataset_has_the_crop_shape_and_index_groups(tmp_path):
+    root = write_imagenet_lt(tmp_path, counts=(3, 9, 5), test_per_class=2)
+    cfg = build_config({"data": {"dataset": "imagenet-lt", "root": str(root), "class_order": "count",
+                                 "longtail": {"profile": "none"}, "crop_size": 32, "resize_size": 36,
+                                 "group_bounds": [1, 2]}})
+    data = prepare_data(cfg.data)
+    assert data.image_shape == (3, 32, 32) and data.num_classes == 3
+    assert data.class_counts.tolist() == [9, 5, 3] and [g.tolist() for g in data.groups.values()] == [[0], [1], [2]]
+
+
+def test_a_link_out_of_the_root_is_refused_unless_allowed(tmp_path):
+    root = write_imagenet_lt(tmp_path / "imagenet", counts=(3, 2), test_per_class=1)
+    elsewhere = tmp_path / "elsewhere"
+    (root / "train" / "n00000001").rename(elsewhere)
+    (root / "train" / "n00000001").symlink_to(elsewhere)  # a linked class folder
+    with pytest.raises(DataError, match=r"ImageNet_LT_train.txt:4: image .* resolves to .*elsewhere.*outside the data "
+                                        r"root.*allow_outside_root=true"):
+        load_dataset("imagenet-lt", str(root))
+    assert len(load_dataset("imagenet-lt", str(root), allow_outside_root=True).train) == 5
+
+
+def write_list(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("line, message", [
+    ("../outside.jpg 0", "not inside the image root"),
+    ("/etc/passwd 0", "not inside the image root"),
+    ("train/a.jpg 1000", "label 1000 is out of range (0..999)"),
+    ("train/a.jpg -1", "label -1 is out of range"),
+    ("train/a.jpg cat", "label 'cat' is not an integer"),
+    ("train/a.jpg", "expected 'relative/path label'"),
+])
+def test_bad_list_lines_name_the_file_and_line(tmp_path, line, message):
+    path = write_list(tmp_path / "list.txt", ["train/ok.jpg 0", "", line])
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        read_list_file(path, 1000)
+    assert f"{path}:3:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_image_names_the_list_line(tmp_path):
+    root = write_imagenet_lt(tmp_path, counts=(3, 2), test_per_class=1)
+    lines = (root / "ImageNet_LT_train.txt").read_text().splitlines()
+    (root / lines[3].split()[0]).unlink()
+    with pytest.raises(DataError, match=r"ImageNet_LT_train.txt:4: image 'train/n00000001/n00000001_0.JPEG' not found"):
+        load_dataset("imagenet-lt", str(root))
+
+
+def test_list_options_only_for_list_datasets_and_filelist_needs_its_lists(tmp_path):
+    with pytest.raises(DataError, match="apply to the list datasets"):
+        load_dataset("npz", str(tmp_path / "x.npz"), lists=ListOptions(class_order="count"))
+    with pytest.raises(DataError, match="needs data.train_list"):
+        load_dataset("filelist", str(tmp_path))
+    with pytest.raises(DataError, match="needs data.root"):
+        load_dataset("places-lt", None)
+    root = write_imagenet_lt(tmp_path, counts=(3, 2), test_per_class=1)
+    split = load_dataset("filelist", str(root), lists=ListOptions(str(root / "ImageNet_LT_train.txt"),
+                                                            str(root / "ImageNet_LT_test.txt")))
+    assert split.train.num_classes == 2 and len(split.train) == 5
+
+
+def inat_json(path: Path, images: list[tuple[int, str]], annotations: list[tuple[int, int]], categories) -> Path:
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": f, "width": 8, "height": 8} for i, f in images],
+        "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(annotations)],
+        "categories": [{"id": c, "name": f"species {c}"} for c in categories],
+    }))
+    return path
+
+
+def test_inaturalist_json_labels_follow_category_ids(tmp_path):
+    images = [(10, "train_val2018/Plantae/9/a.jpg"), (11, "train_val2018/Aves/2/b.jpg"),
+              (12, "train_val2018/Aves/2/c.jpg"), (13, "train_val2018/Insecta/5/d.jpg")]
+    train = inat_json(tmp_path / "train2018.json", images, [(10, 9), (11, 2), (12, 2), (13, 5)], [9, 2, 5])
+    paths, labels, numbers, categories, names = read_coco_json(train)
+    assert categories == [2, 5, 9] and labels.tolist() == [2, 0, 0, 1] and names[0] == "species 2"
+    test = inat_json(tmp_path / "val2018.json", images[:1], [(10, 7)], [7])
+    with pytest.raises(DataError, match=r"val2018.json: annotations\[0\]: category_id 7 is out of range"):
+        read_coco_json(test, categories)
+    for _, file in images:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_bytes(b"")
+    inat_json(tmp_path / "train2018.json", images, [(10, 9), (11, 5), (12, 5), (13, 2)], [9, 2, 5])
+    inat_json(tmp_path / "val2018.json", images[3:], [(13, 2)], [2, 5, 9])
+    split = load_dataset("inat2018", str(tmp_path), lists=ListOptions(class_order="count"))
+    assert split.train.num_classes == 3 and split.train.labels.tolist() == [2, 0, 0, 1]
+    assert split.train.class_names == ("species 5", "species 2", "species 9")
+    assert split.test.labels.tolist() == [1]
+    bad = inat_json(tmp_path / "bad.json", [(1, "../x.jpg")], [(1, 2)], [2])
+    with pytest.raises(DataError, match=r"bad.json: annotations\[0\]: path '../x.jpg' is not inside"):
+        read_coco_json(bad)
