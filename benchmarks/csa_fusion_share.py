@@ -1,6 +1,6 @@
 """How often CSA's balanced head actually trains: per epoch, the share of steps that fused
-contexts (the balanced head gets no loss on the others) and the samples pushed into the bank
-per step, averaged over the seeds of a finished ``reproduce table1 / figure4`` output folder.
+contexts (the balanced head gets no loss on the others), the runs that never fused, and the
+samples pushed into the bank per step, averaged over the seeds of a finished ``reproduce table1 / figure4`` output folder.
 
     python benchmarks/csa_fusion_share.py RUNS_FOLDER [--output FILE.json]
 
@@ -26,6 +26,8 @@ def summarize(runs: Path) -> dict:
         out[dataset] = {"seeds": len(curves),
                         "fused_share_per_epoch": fused.mean(0).round(3).tolist(),
                         "fused_share_whole_run": round(float(fused.mean()), 3),
+                        # the balanced head got no loss at all: it stays the untrained initial head
+                        "runs_never_fused": int((fused.sum(1) == 0).sum()),
                         "pushed_per_step_per_epoch": pushed.mean(0).round(2).tolist()}
     return out
 
@@ -38,11 +40,11 @@ def main() -> None:
     if not args.runs.is_dir():
         raise SystemExit(f"{args.runs} is not a folder; pass the study's <output>/runs")
     summary = summarize(args.runs)
-    print("| Dataset | seeds | share of steps fused, epochs 1-8 | whole run | pushed per step, epochs 1-8 |")
-    print("|---|---|---|---|---|")
+    print("| Dataset | seeds | share of steps fused, epochs 1-8 | whole run | runs never fused | pushed per step, epochs 1-8 |")
+    print("|---|---|---|---|---|---|")
     for d, s in summary.items():
         print(f"| {d} | {s['seeds']} | {' '.join(f'{v:.2f}' for v in s['fused_share_per_epoch'])} | "
-              f"{s['fused_share_whole_run']:.2f} | {' '.join(f'{v:.1f}' for v in s['pushed_per_step_per_epoch'])} |")
+              f"{s['fused_share_whole_run']:.2f} | {s['runs_never_fused']} | {' '.join(f'{v:.1f}' for v in s['pushed_per_step_per_epoch'])} |")
     if args.output:
         args.output.write_text(json.dumps({"command": f"python benchmarks/csa_fusion_share.py {args.runs}", **summary}, indent=1))
 
