@@ -50,7 +50,7 @@ def test_override_syntax():
     "override, message",
     [("data.dataset=imagenet-21k", "unknown dataset 'imagenet-21k'; known: cifar10"),
      ("model.name=vit", "unknown model 'vit'; known: lenet2d"),
-     ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
+     ("method.name=magic", "unknown method 'magic'; known: bbn, cbrs, ce, cmo, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
     cfg = build_config({"output": str(tmp_path)}, [override])
@@ -81,6 +81,24 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
 
     # (the config of that time: a constant rate; its coloured twins used seaborn "deep", the neutral palette)
     cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
-    assert cfg.fingerprint() == "cb89157a65fcd9be"
-    assert build_config(cfg.to_dict(), ["data.context.palette=tab10"]).fingerprint() != cfg.fingerprint()
-    assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()
+    # checkpoints of that time carry the fingerprint of the params as given; they still resume (test_engine)
+    assert cfg.legacy_fingerprint() == "cb89157a65fcd9be"
+    # since the method params are hashed resolved (every default filled in), the fingerprint a run
+    # writes is this one: pinned, so that a change to it is deliberate
+    assert cfg.fingerprint() == "777303fecc08501e"
+    for later in ("data.context.palette=tab10", "train.optim.clip_grad_norm=5", "train.optim.name=adamw",
+                  "train.optim.betas=[0.8, 0.99]"):
+        assert build_config(cfg.to_dict(), [later]).fingerprint() != cfg.fingerprint()
+        assert build_config(cfg.to_dict(), [later]).legacy_fingerprint() != cfg.legacy_fingerprint()
+
+
+def test_fingerprint_hashes_resolved_method_params():
+    # Figure 8's "U(0, 1)" row spells out CSA's defaults: it is the base CSA run, not a retrain
+    from tailshift.reproduce.common import config_path
+
+    base = load_config(config_path("table2/cifar100-lt_csa"))
+    spelled = load_config(config_path("table2/cifar100-lt_csa"), [
+        "method.params.lam_distribution=uniform", "method.params.lam_a=0.0", "method.params.lam_b=1.0"])
+    assert spelled.fingerprint() == base.fingerprint()
+    assert spelled.legacy_fingerprint() != base.legacy_fingerprint()
+    assert load_config(config_path("table2/cifar100-lt_csa"), ["method.params.lam_b=0.5"]).fingerprint() != base.fingerprint()

@@ -64,10 +64,12 @@ def _download(args) -> None:
 def _list(args) -> None:
     from .data.sources import DATASETS
     from .methods import METHODS
+    from .methods.losses import LOSSES
     from .models import MODELS
+    from .optim import OPTIMIZERS
 
-    for registry in (DATASETS, MODELS, METHODS):
-        print(f"{registry.kind}s: {', '.join(registry.names())}")
+    for registry in (DATASETS, MODELS, METHODS, LOSSES, OPTIMIZERS):
+        print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}: {', '.join(registry.names())}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--root", required=True)
     d.set_defaults(func=_download)
 
-    ls = sub.add_parser("list", help="list the registered datasets, models and methods")
+    ls = sub.add_parser("list", help="list the registered datasets, models, methods, losses and optimizers")
     ls.set_defaults(func=_list)
     return p
 

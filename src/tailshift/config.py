@@ -74,6 +74,7 @@ class SamplingConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # a registered optimizer: sgd | adamw
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -84,6 +85,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     clip_grad_norm: float = 0.0  # > 0: rescale each step's gradient to at most this total L2 norm
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
 
 
 @dataclass
@@ -115,10 +117,23 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained model (not where it is written or how it is shown).
 
+        The method's params are hashed as the method resolves them (every default filled in),
+        so a config that spells out a default trains, and resumes, as the one that leaves it out.
         Options added after runs were recorded are left out while they hold the value that
         reproduces the older behaviour, so those runs' checkpoints still match their configs.
         """
+        from .methods.base import resolved_params  # the methods know their defaults; config does not
+
+        return self._hash({"params": resolved_params(self.method.name, self.method.params)})
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint as written before method params were resolved (the params as given):
+        checkpoints written then carry it, and still resume under the same config."""
+        return self._hash({})
+
+    def _hash(self, method_update: dict) -> str:
         d = self.to_dict()
+        d["method"].update(method_update)
         for key in ("output", "progress", "threads", "device"):
             d.pop(key)
         for path, neutral in NEUTRAL_LATER_OPTIONS.items():
@@ -134,6 +149,8 @@ NEUTRAL_LATER_OPTIONS = {
     "train.optim.clip_grad_norm": 0.0,
     "train.optim.cosine_period": None,
     "data.context.palette": "deep",  # the colours of every coloured run recorded before the option existed
+    "train.optim.name": "sgd",
+    "train.optim.betas": [0.9, 0.999],
 }
 
 

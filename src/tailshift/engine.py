@@ -29,6 +29,7 @@ from .methods import METHODS, Method
 from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
 from .models import MODELS, create_model
+from .optim import OPTIMIZERS, build_optimizer
 
 
 #: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
@@ -56,15 +57,17 @@ def derive_seed(*parts) -> int:
     return int(np.random.SeedSequence([zlib.crc32(str(p).encode()) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def learning_rate(optim_cfg, base_lr: float, schedule: str, epochs: int, progress: float, period: int | None = None) -> float:
-    """LR at ``progress`` epochs into a stage (fractional, so schedules are smooth per step).
+def learning_rate(optim_cfg, base_lr: float, schedule: str, epochs: int, progress: float, period: int | None = None,
+                  warmup: bool = True) -> float:
+    """LR at ``progress`` epochs into a stage (fractional, so schedules are smooth per step);
+    ``warmup``: whether the run's linear warm-up (``optim_cfg.warmup_epochs``) opens the stage.
 
     ``cosine_epoch`` is the authors' release: the rate is set once per epoch, epoch e
     (0-based) training at base * (1 + cos(pi * e / period)) / 2; the engine passes the
     run's epoch count as the period for every stage (so cRT's 4-epoch re-training of an 8-epoch run
     trains at 0.1, 0.0962, 0.0854, 0.0691).
     """
-    warmup = optim_cfg.warmup_epochs if schedule == optim_cfg.schedule else 0
+    warmup = optim_cfg.warmup_epochs if warmup else 0
     if warmup and progress < warmup:
         return base_lr * (progress + 1e-8) / warmup
     if schedule == "constant":
@@ -101,6 +104,7 @@ def check_names(cfg: RunConfig) -> None:
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     METHODS.get(cfg.method.name)
+    OPTIMIZERS.get(cfg.train.optim.name)
 
 
 def build_method(cfg: RunConfig, data: PreparedData) -> Method:
@@ -164,7 +168,7 @@ class Trainer:
             payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:  # a truncated or foreign file: say which and why
             raise CheckpointMismatchError(f"cannot read checkpoint {self.checkpoint_path}: {err}") from None
-        if payload.get("fingerprint") != self.cfg.fingerprint():
+        if payload.get("fingerprint") not in (self.cfg.fingerprint(), self.cfg.legacy_fingerprint()):
             raise CheckpointMismatchError(
                 f"checkpoint {self.checkpoint_path} was written by another config "
                 f"(fingerprint {payload.get('fingerprint')} != {self.cfg.fingerprint()}); "
@@ -180,12 +184,13 @@ class Trainer:
         s = self.cfg.sampling
         labels = self.data.train.labels
         return {
-            name: Sampler(labels, stream_spec(req, s.balanced, s.per_class, s.balanced_epoch), self.cfg.seed, f"{stage_index}/{name}")
-            for name, req in stage.streams.items()
+            name: Sampler(labels, stream_spec(stage.streams[name], s.balanced, s.per_class, s.balanced_epoch),
+                          self.cfg.seed, f"{stage_index}/{name}")
+            for name in stage.stream_order()
         }
 
     def _epoch_indices(self, samplers: dict[str, Sampler], epoch: int, steps: int, batch: int) -> dict[str, torch.Tensor]:
-        """The first stream's epoch; the others cycle their own epochs to cover the same steps."""
+        """The driver's epoch (the first sampler); the others cycle their own epochs to cover the same steps."""
         out = {}
         for i, (name, sampler) in enumerate(samplers.items()):
             if i == 0:
@@ -216,19 +221,13 @@ class Trainer:
                 continue
             fresh = state.epoch == 0
             self.method.begin_stage(stage, fresh)
-            optimizer = torch.optim.SGD(
-                self.method.trainable_parameters(stage),
-                lr=stage.lr or cfg.train.optim.lr,
-                momentum=cfg.train.optim.momentum,
-                weight_decay=cfg.train.optim.weight_decay,
-                nesterov=cfg.train.optim.nesterov,
-            )
+            optimizer = build_optimizer(self.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
+                                        cfg.train.optim)
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
             samplers = self._samplers(stage, stage_index)
-            primary = next(iter(samplers.values()))
-            steps = math.ceil(len(primary) / batch)
+            steps = math.ceil(len(samplers[stage.driver]) / batch)
             for epoch in range(state.epoch, stage.epochs):
                 started = time.perf_counter()
                 logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
@@ -253,7 +252,7 @@ class Trainer:
         self.method.train_mode(stage)
         self.method.begin_epoch(stage, epoch)
         indices = self._epoch_indices(samplers, epoch, steps, batch)
-        epoch_length = len(next(iter(indices.values())))
+        epoch_length = len(indices[stage.driver])
         dev = self.device
         aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "augment", stage_index, epoch))
         method_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "method", stage_index, epoch))
@@ -268,7 +267,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
         for step in bar:
-            lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period)
+            lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period, stage.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             lo, hi = step * batch, min((step + 1) * batch, epoch_length)

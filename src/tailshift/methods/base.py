@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -19,31 +19,54 @@ from ..data.sampling import SamplerSpec
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
+STREAM_ROLES = ("uniform", "balanced", "power", "reversed")
 
 
 @dataclass(frozen=True)
 class StreamRequest:
     """A stream by role: "uniform" (every sample once per epoch), "balanced"
-    (q = 0, in the form the run's ``sampling`` config picks) or "power" with q."""
+    (q = 0, in the form the run's ``sampling`` config picks), "power" with q, or
+    "reversed" (class probability proportional to 1 / n, BBN's re-balancing branch)."""
 
     role: str
     q: float = 1.0
 
     def __post_init__(self):
-        if self.role not in ("uniform", "balanced", "power"):
-            raise ValueError(f"unknown stream role {self.role!r}; known: uniform, balanced, power")
+        if self.role not in STREAM_ROLES:
+            raise ValueError(f"unknown stream role {self.role!r}; known: {', '.join(STREAM_ROLES)}")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A training stage. The first stream drives the number of steps per epoch;
-    the others are cycled alongside it. ``lr`` overrides the run's learning rate."""
+    """A training stage.
+
+    ``driver``: the stream whose epoch sets the number of steps per epoch (the others are
+    cycled alongside it); it may be left out only when there is one stream. Each step's
+    batches are drawn (and augmented) driver first, then the others in declared order.
+    ``lr`` and ``schedule`` override the run's learning rate and schedule for this stage;
+    ``warmup``: whether the run's linear warm-up (``train.optim.warmup_epochs``) opens it.
+    """
 
     name: str
     epochs: int
     streams: dict[str, StreamRequest]
+    driver: str | None = None
     lr: float | None = None
     schedule: str | None = None
+    warmup: bool = True
+
+    def __post_init__(self):
+        if self.driver is None:
+            if len(self.streams) != 1:
+                raise ValueError(f"stage {self.name!r} has streams {', '.join(self.streams)}: name its driver")
+            object.__setattr__(self, "driver", next(iter(self.streams)))
+        elif self.driver not in self.streams:
+            raise ValueError(f"stage {self.name!r}: driver {self.driver!r} is not one of its streams "
+                             f"({', '.join(self.streams)})")
+
+    def stream_order(self) -> list[str]:
+        """The driver, then the other streams in declared order (the order batches are drawn in)."""
+        return [self.driver, *(name for name in self.streams if name != self.driver)]
 
 
 @dataclass
@@ -101,8 +124,19 @@ class Method(nn.Module):
     def training_step(self, batches: dict[str, Batch], ctx: StepContext) -> StepOutput:
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the heads read: the backbone's embedding unless a method changes it."""
+        return self.backbone(x)
+
+    def heads(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Every reported head by name: a function from ``features(x)`` to logits. The figures
+        (e.g. Grad-CAM of a head) and ``predict`` go through this, never through attributes."""
         raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every head; each is evaluated and reported."""
+        features = self.features(x)
+        return {name: head(features) for name, head in self.heads().items()}
 
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (besides buffers)."""
@@ -112,19 +146,25 @@ class Method(nn.Module):
         pass
 
 
-def build_params(method_cls: type, values: dict):
-    """Validate a method's ``params`` mapping against its ``Params`` dataclass."""
-    params_cls = method_cls.Params
+def build_params(owner: type, values: dict, key: str = "method.params"):
+    """Validate a ``params`` mapping (of a method, or a loss: ``key`` says where it was given)
+    against the owner's ``Params`` dataclass."""
+    params_cls = owner.Params
+    if not isinstance(values, dict):
+        raise ValueError(f"{key} for {owner.__name__} must be a mapping, got {values!r}")
     names = [f.name for f in dataclasses.fields(params_cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(
-            f"unknown method.params.{unknown[0]} for {method_cls.__name__}; known: {', '.join(names) or '(none)'}"
-        )
+        raise ValueError(f"unknown {key}.{unknown[0]} for {owner.__name__}; known: {', '.join(names) or '(none)'}")
     try:
         return params_cls(**values)
     except TypeError as err:
-        raise ValueError(f"bad method.params for {method_cls.__name__}: {err}") from None
+        raise ValueError(f"bad {key} for {owner.__name__}: {err}") from None
+
+
+def resolved_params(method_name: str, values: dict) -> dict:
+    """A method's params with every default filled in (what the run really uses), as plain data."""
+    return dataclasses.asdict(build_params(METHODS.get(method_name), values))
 
 
 def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_epoch: str) -> SamplerSpec:
@@ -135,4 +175,6 @@ def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_
         if balanced == "class_aware":
             return SamplerSpec(kind="class_aware", per_class=per_class, epoch_length=balanced_epoch)
         return SamplerSpec(kind="power", q=0.0, epoch_length=balanced_epoch)
+    if request.role == "reversed":
+        return SamplerSpec(kind="reversed")
     return SamplerSpec(kind="power", q=request.q)

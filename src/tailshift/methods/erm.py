@@ -1,43 +1,47 @@
-"""Single-head empirical risk minimisation with a chosen sampler: CE, CB-RS, q-power re-sampling."""
+"""Single-head empirical risk minimisation with a chosen sampler and loss: CE, CB-RS, q-power
+re-sampling, LA, and every loss-based method of Table 2 (Focal, CB, DRW, LDAM-DRW, Balanced Softmax)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, field
 
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
-from .losses import LOSSES
+from .heads import new_classifier
+from .losses import build_loss
 
 
 @METHODS.register("erm")
 class ERM(Method):
-    """One linear head trained on one stream. ``sampler``: uniform, balanced or power (with q)."""
+    """One head trained on one stream. ``sampler``: uniform, balanced or power (with q);
+    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine."""
 
     @dataclass
     class Params:
         sampler: str = "uniform"
         q: float = 1.0
         loss: str = "ce"
-        tau: float = 1.0
+        loss_params: dict = field(default_factory=dict)
+        classifier: str = "linear"
 
     default_head = "main"
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss_fn = LOSSES.get(self.params.loss)
-        self.head = backbone.new_head(num_classes)
+        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
+        self.head = new_classifier(backbone, num_classes, self.params.classifier)
         self.stream = StreamRequest(self.params.sampler, self.params.q)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.epochs, {"main": self.stream})]
 
+    def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        self.loss.begin_epoch(epoch, stage.epochs)
+
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        logits = self.head(self.backbone(batch.x))
-        return StepOutput(self.loss_fn(logits, batch.y, self.class_counts, self.params.tau))
+        return StepOutput(self.loss(self.head(self.backbone(batch.x)), batch.y))
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"main": self.head(self.backbone(x))}
+    def heads(self):
+        return {"main": self.head}
 
 
 @METHODS.register("ce")
@@ -72,3 +76,22 @@ class LogitAdjustment(ERM):
     @dataclass
     class Params(ERM.Params):
         loss: str = "la"
+
+
+@METHODS.register("drs")
+class DeferredResampling(ERM):
+    """DRS (Cao et al. 2019, Sec. 3.3): uniform sampling until ``start_epoch``, then re-sampled batches
+    (the run's class-balanced stream; Cao et al. re-sample with effective-number weights, beta = 0.9999,
+    which is close to class-balanced at CIFAR sizes). Both streams are drawn every step; the epoch
+    length is the uniform one (N draws), as in the paper. Default: from epoch 160 of 200."""
+
+    @dataclass
+    class Params(ERM.Params):
+        start_epoch: int = 160
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, {"main": StreamRequest("uniform"), "resampled": StreamRequest("balanced")},
+                      driver="main")]
+
+    def training_step(self, batches, ctx: StepContext) -> StepOutput:
+        return super().training_step({"main": batches["resampled" if ctx.epoch >= self.params.start_epoch else "main"]}, ctx)

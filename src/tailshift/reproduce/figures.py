@@ -14,8 +14,6 @@ from ..config import build_config, read_yaml
 from ..data.build import prepare_data
 from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
-from ..methods.context_bank import ContextBank
-from ..methods.mixing import fuse_context
 from . import table1
 from .common import Job, aggregate, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
 
@@ -133,7 +131,7 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 
 
 #: figure 3's models: run config suffix -> (column title, the head whose Grad-CAM is drawn)
-FIGURE3_MODELS = {"ce": ("CE", "head"), "cbrs": ("CB-RS", "head"), "csa": ("CSA", "balanced_head")}
+FIGURE3_MODELS = {"ce": ("CE", "main"), "cbrs": ("CB-RS", "main"), "csa": ("CSA", "balanced")}
 FIGURE3_LAMBDAS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -160,7 +158,7 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     """Upsampled, min-max normalised Grad-CAMs (N x H x W) of the true class, its probability and
     whether the map is all zero, for training images ``index`` (no augmentation), in eval mode."""
     method, arrays = trainer.method, trainer.train_arrays
-    backbone, head = method.backbone, getattr(method, head_name)
+    backbone, head = method.backbone, method.heads()[head_name]
     x, y = arrays.normalise(arrays.images[index]), arrays.labels[index]
     method.eval()
     with torch.no_grad():
@@ -180,20 +178,6 @@ def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0
     uniform = Sampler(labels, SamplerSpec("shuffle"), seed, "figure3/uniform").epoch_indices(0)
     balanced = Sampler(labels, SamplerSpec("class_aware", per_class=cfg.sampling.per_class), seed,
                        "figure3/balanced").epoch_indices(0)[:batch]
-    bank = ContextBank(method.params.bank_multiple * batch)
-    seen = 0
-    for start in range(0, len(uniform), batch):
-        b = arrays.batch(torch.from_numpy(uniform[start:start + batch]))
-        mask, confident = method.extract_contexts(b.x, b.y)
-        bank.push(b.x, mask, confident.nonzero().squeeze(1))
-        seen += len(b.y)
-        if bank.is_full:
-            break
-    if len(bank) == 0:
-        raise RuntimeError(f"no training image reaches the CSA uniform head's confidence delta={method.params.delta}; "
-                           "train longer (train.epochs=...)")
-    generator = torch.Generator().manual_seed(seed)
-    contexts, masks = bank.draw(n_show, generator)
     # Columns: the batch's first image of each class, by class (a class-aware batch repeats each
     # class per_class times in a row), then further images if there are fewer classes than columns.
     batch_labels = labels[balanced]
@@ -202,16 +186,17 @@ def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0
     shown = balanced[(firsts + rest)[:n_show]]
     bal = arrays.batch(torch.from_numpy(shown))
     x_bal, y_bal = bal.x, bal.y
-    with torch.no_grad():
-        fused = {lam: fuse_context(x_bal, contexts, masks, lam) for lam in lambdas}
-    rows = plots.context_shift_rows(contexts, masks, x_bal, fused, cfg.data.mean, cfg.data.std,
+    uniform_batches = ((b.x, b.y) for b in (arrays.batch(torch.from_numpy(uniform[start:start + batch]))
+                                            for start in range(0, len(uniform), batch)))
+    shift = method.show_fused_batch(uniform_batches, x_bal, lambdas, torch.Generator().manual_seed(seed))
+    rows = plots.context_shift_rows(shift.contexts, shift.masks, x_bal, shift.fused, cfg.data.mean, cfg.data.std,
                                     mask_label=f"background mask\nM = (1 - CAM)^{method.params.mask_power:g}")
     balanced_row = next(i for i, (label, _) in enumerate(rows) if label.startswith("balanced"))
     captions = {balanced_row: [f"class {int(c)}" for c in y_bal.cpu()]}
     info = {
-        "uniform_images_scanned": seen,
-        "bank_entries": len(bank),
-        "bank_capacity": bank.capacity,
+        "uniform_images_scanned": shift.uniform_images_scanned,
+        "bank_entries": shift.bank_entries,
+        "bank_capacity": shift.bank_capacity,
         "delta": method.params.delta,
         "mask_power": method.params.mask_power,
         "lambdas": list(lambdas),

@@ -1,0 +1,103 @@
+"""The dual-branch network (CSA's base, Table 12's cost baseline): one shared backbone, a uniform
+head on uniformly shuffled batches and a balanced head on re-sampled batches, losses added.
+
+What the balanced head sees is one hook, ``balanced_input``: the plain re-sampled batch here,
+the context-shifted one in CSA (``csa.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from .losses import LOSSES, build_loss
+from .mixing import mixup, mixup_loss
+
+DRIVERS = ("uniform", "balanced")
+BALANCED_STREAMS = ("balanced", "uniform")
+
+
+def bad_param(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"method.params.{name} must be {allowed}, got {value!r}")
+
+
+@METHODS.register("dual")
+class DualBranch(Method):
+    """Per step: the uniform head's loss on the uniform batch (optionally mixup), the balanced
+    head's loss on ``balanced_input`` (here the re-sampled batch itself, from the first step),
+    ``uniform_weight * L_u + balanced_weight * L_b``. Predicts with both heads and their ensemble
+    (mean of logits, Table 7)."""
+
+    @dataclass
+    class Params:
+        driver: str = "uniform"  # which stream's epoch sets the steps per epoch
+        balanced_stream: str = "balanced"  # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch)
+        uniform_loss: str = "ce"
+        uniform_loss_params: dict = field(default_factory=dict)
+        balanced_loss: str = "ce"
+        balanced_loss_params: dict = field(default_factory=dict)
+        uniform_weight: float = 1.0
+        balanced_weight: float = 1.0
+        mixup_alpha: float = 0.0  # > 0: mixup on the uniform branch
+        mixup_stop_epochs: int = 3  # mixup off in the last epochs (release)
+
+        def __post_init__(self):
+            for name, allowed in (("driver", DRIVERS), ("balanced_stream", BALANCED_STREAMS),
+                                  ("uniform_loss", tuple(LOSSES.names())), ("balanced_loss", tuple(LOSSES.names()))):
+                if getattr(self, name) not in allowed:
+                    raise bad_param(name, getattr(self, name), f"one of {', '.join(allowed)}")
+            for name in ("mixup_alpha", "uniform_weight", "balanced_weight", "mixup_stop_epochs"):
+                if getattr(self, name) < 0:
+                    raise bad_param(name, getattr(self, name), ">= 0")
+
+    default_head = "balanced"
+
+    def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
+        super().__init__(backbone, num_classes, class_counts, epochs, params)
+        p = self.params
+        self.uniform_head = backbone.new_head(num_classes)
+        self.balanced_head = backbone.new_head(num_classes)
+        self.uniform_loss = build_loss(p.uniform_loss, class_counts, p.uniform_loss_params,
+                                       "method.params.uniform_loss_params")
+        self.balanced_loss = build_loss(p.balanced_loss, class_counts, p.balanced_loss_params,
+                                        "method.params.balanced_loss_params")
+
+    def stages(self) -> list[Stage]:
+        streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream)}
+        return [Stage("train", self.epochs, streams, driver=self.params.driver)]
+
+    def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        self.uniform_loss.begin_epoch(epoch, stage.epochs)
+        self.balanced_loss.begin_epoch(epoch, stage.epochs)
+
+    def balanced_input(self, uniform, balanced, feature_map: torch.Tensor, uniform_logits: torch.Tensor,
+                       mixing: bool, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The images the balanced head trains on this step (None: no balanced loss) and extra logs.
+        ``feature_map`` / ``uniform_logits``: the uniform branch's forward (on mixed images when ``mixing``)."""
+        return balanced.x, {}
+
+    def training_step(self, batches, ctx: StepContext) -> StepOutput:
+        p = self.params
+        uni, bal = batches["uniform"], batches["balanced"]
+        mixing = p.mixup_alpha > 0 and ctx.epoch < ctx.stage.epochs - p.mixup_stop_epochs
+        if mixing:
+            x_mix, y_a, y_b, lam = mixup(uni.x, uni.y, p.mixup_alpha, ctx.generator)
+            fmap = self.backbone.feature_map(x_mix)
+        else:
+            fmap = self.backbone.feature_map(uni.x)
+        logits_u = self.uniform_head(self.backbone.embed(fmap))
+        loss_u = mixup_loss(self.uniform_loss, logits_u, y_a, y_b, lam) if mixing else self.uniform_loss(logits_u, uni.y)
+
+        x_bal, extra = self.balanced_input(uni, bal, fmap, logits_u, mixing, ctx)
+        if x_bal is not None:
+            loss_b = self.balanced_loss(self.balanced_head(self.backbone(x_bal)), bal.y)
+        else:
+            loss_b = loss_u.new_zeros(())
+        loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
+        return StepOutput(loss, {"loss_uniform": loss_u.detach(), "loss_balanced": loss_b.detach(), **extra})
+
+    def heads(self):
+        return {"balanced": self.balanced_head, "uniform": self.uniform_head,
+                "ensemble": lambda features: (self.balanced_head(features) + self.uniform_head(features)) / 2}

@@ -1,0 +1,35 @@
+"""Class-balanced losses with the effective number of samples (Cui et al., CVPR 2019)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import LOSSES, Loss, build_loss, effective_number_weights
+
+
+@LOSSES.register("class-balanced")
+class ClassBalanced(Loss):
+    """Cui et al. 2019, Eq. 5: CB(p, y) = (1 - beta) / (1 - beta^n_y) L(p, y), with the weights
+    scaled to sum to C and the batch loss the plain mean of the weighted per-sample losses
+    (their release). ``loss``: the wrapped L (ce: CB-CE / CB-softmax; focal: CB-Focal)."""
+
+    @dataclass
+    class Params:
+        beta: float = 0.9999
+        loss: str = "ce"
+        loss_params: dict = field(default_factory=dict)
+
+        def __post_init__(self):
+            if not 0.0 <= self.beta < 1.0:
+                raise ValueError(f"loss_params.beta must be in [0, 1), got {self.beta}")
+            LOSSES.get(self.loss)
+
+    def __init__(self, class_counts, params=None, key="loss_params"):
+        super().__init__(class_counts, params, key)
+        self.inner = build_loss(self.params.loss, class_counts, self.params.loss_params, f"{key}.loss_params")
+        self.register_buffer("cb_weights", effective_number_weights(self.class_counts, self.params.beta),
+                             persistent=False)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.cb_weights[targets] * self.inner.per_sample(logits, targets)
