@@ -2,7 +2,10 @@
 re-sampling, LA, and every loss-based method of Table 2 (Focal, CB, DRW, LDAM-DRW, Balanced Softmax)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import torch
 
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .heads import new_classifier
@@ -12,7 +15,9 @@ from .losses import build_loss
 @METHODS.register("erm")
 class ERM(Method):
     """One head trained on one stream. ``sampler``: uniform, balanced or power (with q);
-    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine."""
+    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine;
+    ``sigmoid_prior`` pi: the linear head's bias starts at -log((1 - pi) / pi), so every class
+    starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1; Cui et al. 2019: 0.1)."""
 
     @dataclass
     class Params:
@@ -21,6 +26,12 @@ class ERM(Method):
         loss: str = "ce"
         loss_params: dict = field(default_factory=dict)
         classifier: str = "linear"
+        sigmoid_prior: float | None = None
+
+        def __post_init__(self):
+            if self.sigmoid_prior is not None and not (0 < self.sigmoid_prior < 1 and self.classifier == "linear"):
+                raise ValueError(f"method.params.sigmoid_prior needs a linear classifier and a value in (0, 1), got "
+                                 f"{self.sigmoid_prior} with classifier {self.classifier!r}")
 
     default_head = "main"
 
@@ -28,6 +39,9 @@ class ERM(Method):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
         self.head = new_classifier(backbone, num_classes, self.params.classifier)
+        if self.params.sigmoid_prior is not None:
+            with torch.no_grad():
+                self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
         self.stream = StreamRequest(self.params.sampler, self.params.q)
 
     def stages(self) -> list[Stage]:
@@ -88,6 +102,11 @@ class DeferredResampling(ERM):
     @dataclass
     class Params(ERM.Params):
         start_epoch: int = 160
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.start_epoch < 0:
+                raise ValueError(f"method.params.start_epoch must be >= 0, got {self.start_epoch}")
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.epochs, {"main": StreamRequest("uniform"), "resampled": StreamRequest("balanced")},

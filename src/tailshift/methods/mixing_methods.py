@@ -25,6 +25,7 @@ class Remix(ERM):
         tau: float = 0.5
 
         def __post_init__(self):
+            super().__post_init__()
             if self.alpha <= 0 or self.kappa < 1 or not 0 <= self.tau <= 1:
                 raise ValueError(f"method.params needs alpha > 0, kappa >= 1 and tau in [0, 1], got "
                                  f"{self.alpha}, {self.kappa}, {self.tau}")
@@ -63,6 +64,7 @@ class ContextRichMinorityOversampling(ERM):
         end_epochs: int = 3
 
         def __post_init__(self):
+            super().__post_init__()
             if not 0 <= self.mix_prob <= 1 or self.beta <= 0 or self.start_epoch < 0 or self.end_epochs < 0:
                 raise ValueError(f"method.params needs mix_prob in [0, 1], beta > 0, start_epoch, end_epochs >= 0; "
                                  f"got {self.mix_prob}, {self.beta}, {self.start_epoch}, {self.end_epochs}")
