@@ -15,7 +15,7 @@ def test_rows_that_resolve_to_one_config_share_its_runs(tmp_path):
     assert rows["table6"]["V = 1 B"] == "base" and rows["figure8"]["U(0, 1)"] == "base"
     distinct = {slug for by_row in rows.values() for slug in by_row.values()}
     assert len(distinct) == 1 + 1 + 9 + 6 + 6 and len(jobs) == 2 * len(distinct)
-    cfg = next(j for j in jobs if j.key == "delta=0.3/seed1").resolve()
+    cfg = next(j for j in jobs if (j.run, j.seed) == ("delta=0.3", 1)).resolve()
     assert (cfg.method.params["delta"], cfg.seed, cfg.train.epochs) == (0.3, 1, 2)
     assert cfg.output == str(tmp_path / "runs" / "fashion-lt" / "delta=0.3" / "seed1")
 

@@ -138,13 +138,14 @@ class RunConfig:
             d.pop(key)
         for path, neutral in NEUTRAL_LATER_OPTIONS.items():
             *parents, leaf = path.split(".")
-            section = functools.reduce(lambda node, k: node[k], parents, d)
-            if section[leaf] == neutral:
+            section = functools.reduce(lambda node, k: node.get(k, {}), parents, d)
+            if leaf in section and section[leaf] == neutral:  # (a method param exists for some methods only)
                 del section[leaf]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
+#: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``);
+#: a method param added later goes here too, as "method.params.<name>"
 NEUTRAL_LATER_OPTIONS = {
     "train.optim.clip_grad_norm": 0.0,
     "train.optim.cosine_period": None,

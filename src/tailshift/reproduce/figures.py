@@ -15,13 +15,13 @@ from ..data.build import prepare_data
 from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
 from . import table1
-from .common import Job, aggregate, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
+from .common import Job, aggregate, by_job, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _pick(datasets, mnist_root) -> list[str]:
-    return datasets or table1.available_datasets(mnist_root)
+    return datasets or table1.TABLE1.available_datasets(mnist_root)
 
 
 def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
@@ -29,21 +29,21 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     datasets = _pick(datasets, mnist_root)
     jobs = []
     for d in datasets:
-        root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[d] == "mnist" else []
+        root = [*table1.TABLE1.data_root(d, mnist_root)]
         for g in GAMMAS:
             for s in seed_list(seeds):
-                jobs.append(Job(f"{d}/{g}/seed{s}", f"table1/{d}_ce",
-                                ["method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
-                                 f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides]))
+                jobs.append(Job(d, f"gamma{g}", s, f"table1/{d}_ce",
+                                ("method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
+                                 f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides)))
     started = time.perf_counter()
-    results = {r["key"]: r for r in run_jobs(jobs, workers)}
+    results = by_job(run_jobs(jobs, workers))
     wall = time.perf_counter() - started
     curves, table = {}, {}
     for d in datasets:
         table[d] = {}
         for g in GAMMAS:
-            values = [{"diverged": True} if results[f"{d}/{g}/seed{s}"]["diverged"] else results[f"{d}/{g}/seed{s}"]["heads"]["main"]
-                      for s in seed_list(seeds)]
+            runs = [results[(d, f"gamma{g}", s)] for s in seed_list(seeds)]
+            values = [{"diverged": True} if r["diverged"] else r["heads"]["main"] for r in runs]
             table[d][g] = aggregate(values)
         curves[d] = {"mean": [table[d][g]["all"]["mean"] for g in GAMMAS], "std": [table[d][g]["all"]["std"] for g in GAMMAS]}
     plots.accuracy_vs_gamma(curves, GAMMAS, out / "figure1.png", "Re-sampling weight vs accuracy (Figure 1)")
@@ -82,7 +82,7 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     """2-d embeddings of train and test under uniform sampling (CE) and CB-RS."""
     grey = [d for d in _pick(datasets, mnist_root) if not d.startswith("c")]
     dataset = grey[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     panels, summary = {}, {}
     started = time.perf_counter()
     for method in ("ce", "cbrs"):
@@ -103,9 +103,11 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
     found = _pick(datasets, mnist_root)
-    table = table1.run(found, seeds, workers, out, overrides, mnist_root, methods or list(table1.ROWS))
+    grid = table1.TABLE1
+    table = grid.run(found, seeds, workers, out, overrides, methods or [r.name for r in grid.rows], mnist_root=mnist_root)
     bars = ("ce", "crt", "cbrs", "csa")
-    values = {d: {table1.ROW_NAMES[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
+    labels = {r.name: r.label for r in grid.rows}
+    values = {d: {labels[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
                   for row, agg in rows.items() if row in bars} for d, rows in table.items()}
     plots.grouped_bars(values, out / "figure4.png", "Grey vs coloured context (Figure 4)")
     return table
@@ -115,7 +117,7 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     """A grid of coloured-context training samples (CMNIST-LT, or CFashion-LT without MNIST)."""
     coloured = [d for d in _pick(datasets, mnist_root) if d.startswith("c")]
     dataset = coloured[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     cfg = build_config(read_yaml(config_path(f"table1/{dataset}_ce")), [*root, *overrides])
     data = prepare_data(cfg.data)
     rng = np.random.default_rng(0)
@@ -213,7 +215,7 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     if not coloured:
         raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
     dataset = coloured[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     out = Path(out)
     trainers, results, data = {}, {}, None
     started = time.perf_counter()
