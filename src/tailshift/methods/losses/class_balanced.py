@@ -8,11 +8,9 @@ import torch
 from .base import LOSSES, Loss, build_loss, effective_number_weights
 
 
-@LOSSES.register("class-balanced")
-class ClassBalanced(Loss):
-    """Cui et al. 2019, Eq. 5: CB(p, y) = (1 - beta) / (1 - beta^n_y) L(p, y), with the weights
-    scaled to sum to C and the batch loss the plain mean of the weighted per-sample losses
-    (their release). ``loss``: the wrapped L (ce: CB-CE / CB-softmax; focal: CB-Focal)."""
+class EffectiveNumberWeighted(Loss):
+    """A loss around another one (``loss`` with its ``loss_params``) with per-class weights
+    w_c proportional to (1 - beta) / (1 - beta^n_c), summing to C (Cui et al. 2019, Eq. 3-4)."""
 
     @dataclass
     class Params:
@@ -28,8 +26,15 @@ class ClassBalanced(Loss):
     def __init__(self, class_counts, params=None, key="loss_params"):
         super().__init__(class_counts, params, key)
         self.inner = build_loss(self.params.loss, class_counts, self.params.loss_params, f"{key}.loss_params")
-        self.register_buffer("cb_weights", effective_number_weights(self.class_counts, self.params.beta),
+        self.register_buffer("effective_weights", effective_number_weights(self.class_counts, self.params.beta),
                              persistent=False)
 
+
+@LOSSES.register("class-balanced")
+class ClassBalanced(EffectiveNumberWeighted):
+    """Cui et al. 2019, Eq. 5: CB(p, y) = (1 - beta) / (1 - beta^n_y) L(p, y), with the weights
+    scaled to sum to C and the batch loss the plain mean of the weighted per-sample losses
+    (their release). ``loss``: the wrapped L (ce: CB-CE / CB-softmax; focal: CB-Focal)."""
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.cb_weights[targets] * self.inner.per_sample(logits, targets)
+        return self.effective_weights[targets] * self.inner.per_sample(logits, targets)
