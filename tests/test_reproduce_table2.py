@@ -6,7 +6,7 @@ import pytest
 from tailshift.data.sources import KNOWN_CAVEATS
 from tailshift.reproduce import table2
 from tailshift.reproduce.common import config_path
-from tailshift.reproduce.table2 import TABLE2, TABLE10
+from tailshift.reproduce.table2 import TABLE2, TABLE10, TABLE11
 
 
 def jobs_for(datasets, rhos, seeds, out, overrides, rows, grid=TABLE2):
@@ -120,20 +120,25 @@ def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
         TABLE10.run(["cifar10-lt"], 1, 1, tmp_path, [])
 
 
-def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
-    """`reproduce table10` on a tiny generated CIFAR-100 folder: CSA w/ LA beside the paper's row."""
+def write_cifar100(tmp_path, per_class):
+    """A tiny CIFAR-100 pickle folder (train ``per_class`` images a class, test one)."""
     import pickle
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    for name, per_class in (("train", 4), ("test", 1)):
-        labels = np.repeat(np.arange(100), per_class)
+    for name, n in (("train", per_class), ("test", 1)):
+        labels = np.repeat(np.arange(100), n)
         data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
         (folder / name).write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels.tolist(),
                                                   b"coarse_labels": [0] * len(labels)}, protocol=2))
     names = [f"class{i}".encode() for i in range(100)]
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))
+
+
+def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
+    """`reproduce table10` on a tiny generated CIFAR-100 folder: CSA w/ LA beside the paper's row."""
+    write_cifar100(tmp_path, 4)
     out = tmp_path / "out"
     table = TABLE10.run(["cifar100-lt"], 1, 1, out,
                         [f"data.root={tmp_path}", "data.longtail.n_max=4", "train.epochs=1", "train.optim.warmup_epochs=0",
@@ -142,6 +147,19 @@ def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
     md = (out / "table10.md").read_text()
     assert md.startswith("# Table 10: CSA with logit adjustment")
     assert "| cifar100-lt rho 100 | CSA w/ LA |" in md and "| 47.2 | 62.4 / 48.8 / 26.1 |" in md
+
+
+def test_table11_end_to_end_on_generated_cifar100_pickles(tmp_path):
+    """`reproduce table11`: BCL and BCL w/ CSA beside the paper's Table 11, paired seed by seed."""
+    write_cifar100(tmp_path, 2)
+    out = tmp_path / "out"
+    table = TABLE11.run(["cifar100-lt"], 1, 1, out,
+                        [f"data.root={tmp_path}", "data.longtail.n_max=2", "train.epochs=1", "train.optim.warmup_epochs=0",
+                         "train.batch_size=64", "model.name=resnet20", "csa-bcl:method.params.warmup_epochs=0"], rhos=[50])
+    assert set(table["cifar100-lt rho 50"]) == {"bcl", "csa-bcl"}
+    md = (out / "table11.md").read_text()
+    assert md.startswith("# Table 11: CSA with BCL")
+    assert "| cifar100-lt rho 50 | BCL | " in md and "| 56.6 | - / - / - |" in md and "| 57.1 |" in md
 
 
 @pytest.mark.parametrize("grid, dataset", [("table2", "cifar10-lt"), ("table2", "cifar100-lt"), ("table10", "cifar100-lt")])

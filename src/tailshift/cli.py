@@ -93,8 +93,8 @@ def parser() -> argparse.ArgumentParser:
                         "(table1 default: ce,crt,cbrs; figure4: all); table2: every row of the paper's Table 2 "
                         "(ce,focal,cb-focal,drs,ce-drw,ldam-drw,crt,lws,bbn,mixup,remix,m2m,cam-bs,cmo,crt-mixup,"
                         "lws-mixup,csa,csa-mixup) and cbrs,la,cb-ce,balanced-softmax,tau-norm,dual,csa-uniform,"
-                        "csa-ensemble (default: all); table10: csa-cbrs,csa-la,csa-both (default)")
-    r.add_argument("--rhos", type=_rhos, default=(100,), help="table2, table10: imbalance ratios, comma-separated (default 100)")
+                        "csa-ensemble (default: all); table10: csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl")
+    r.add_argument("--rhos", type=_rhos, default=(100,), help="table2, table10, table11: imbalance ratios, comma-separated (default 100)")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
                         "fashion-lt or cfashion-lt run on a CPU)")

@@ -104,6 +104,8 @@ class Sampler:
         out = np.empty((visits, k), dtype=np.int64)
         for c in present:
             slots = np.flatnonzero(class_seq == c)
+            if len(slots) == 0:  # an epoch shorter than one round of the classes skips some
+                continue
             need = len(slots) * k
             members = self.members[c]
             cycles = -(-need // len(members))

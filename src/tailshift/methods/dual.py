@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from .contrastive import BalancedContrastive
 from .losses import LOSSES, build_loss
 from .mixing import mixup, mixup_loss
 
@@ -27,8 +28,10 @@ def bad_param(name: str, value: Any, allowed: str) -> ValueError:
 class DualBranch(Method):
     """Per step: the uniform head's loss on the uniform batch (optionally mixup), the balanced
     head's loss on ``balanced_input`` (here the re-sampled batch itself, from the first step),
-    ``uniform_weight * L_u + balanced_weight * L_b``. Predicts with both heads and their ensemble
-    (mean of logits, Table 7)."""
+    ``uniform_weight * L_u + balanced_weight * L_b`` (+ ``contrastive_weight`` times BCL's contrastive
+    loss of the uniform batch, prototypes from the uniform head: the release's "BCL" base loss, which
+    with ``uniform_loss: la`` is BCL on the uniform branch). Predicts with both heads and their
+    ensemble (mean of logits, Table 7)."""
 
     @dataclass
     class Params:
@@ -42,13 +45,15 @@ class DualBranch(Method):
         balanced_weight: float = 1.0
         mixup_alpha: float = 0.0  # > 0: mixup on the uniform branch
         mixup_stop_epochs: int = 3  # mixup off in the last epochs (release)
+        contrastive_weight: float = 0.0  # > 0: BCL's contrastive loss on the uniform branch (Table 11), this weight
+        contrastive_params: dict = field(default_factory=dict)
 
         def __post_init__(self):
             for name, allowed in (("driver", DRIVERS), ("balanced_stream", BALANCED_STREAMS),
                                   ("uniform_loss", tuple(LOSSES.names())), ("balanced_loss", tuple(LOSSES.names()))):
                 if getattr(self, name) not in allowed:
                     raise bad_param(name, getattr(self, name), f"one of {', '.join(allowed)}")
-            for name in ("mixup_alpha", "uniform_weight", "balanced_weight", "mixup_stop_epochs"):
+            for name in ("mixup_alpha", "uniform_weight", "balanced_weight", "mixup_stop_epochs", "contrastive_weight"):
                 if getattr(self, name) < 0:
                     raise bad_param(name, getattr(self, name), ">= 0")
 
@@ -63,6 +68,7 @@ class DualBranch(Method):
                                        "method.params.uniform_loss_params")
         self.balanced_loss = build_loss(p.balanced_loss, class_counts, p.balanced_loss_params,
                                         "method.params.balanced_loss_params")
+        self.contrastive = BalancedContrastive(backbone.out_dim, p.contrastive_params) if p.contrastive_weight > 0 else None
 
     def stages(self) -> list[Stage]:
         streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream)}
@@ -96,6 +102,10 @@ class DualBranch(Method):
         else:
             loss_b = loss_u.new_zeros(())
         loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
+        if self.contrastive is not None:
+            loss_c = self.contrastive(self.backbone, uni.x, self.uniform_head.weight, uni.y, ctx.generator)
+            loss = loss + p.contrastive_weight * loss_c
+            extra = {**extra, "loss_contrastive": loss_c.detach()}
         return StepOutput(loss, {"loss_uniform": loss_u.detach(), "loss_balanced": loss_b.detach(), **extra})
 
     def heads(self):

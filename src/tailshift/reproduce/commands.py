@@ -9,7 +9,7 @@ from ..registry import Registry
 from . import ablations, figures
 from .grid import Grid
 from .table1 import TABLE1
-from .table2 import TABLE2, TABLE10
+from .table2 import GRIDS
 
 COMMANDS: Registry = Registry("reproduce command")
 
@@ -47,7 +47,7 @@ def _figure_command(figure):
     return command
 
 
-for _grid in (TABLE1, TABLE2, TABLE10):
+for _grid in (TABLE1, *GRIDS.values()):
     COMMANDS.register(_grid.name)(_grid_command(_grid))
 COMMANDS.register("ablations")(
     lambda r: ablations.run(r.study, r.tables, r.seeds, r.workers, r.out, r.overrides, r.mnist_root))
