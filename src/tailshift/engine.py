@@ -189,11 +189,12 @@ class Trainer:
             for name in stage.stream_order()
         }
 
-    def _epoch_indices(self, samplers: dict[str, Sampler], epoch: int, steps: int, batch: int) -> dict[str, torch.Tensor]:
-        """The driver's epoch (the first sampler); the others cycle their own epochs to cover the same steps."""
+    def _epoch_indices(self, samplers: dict[str, Sampler], driver: str, epoch: int, steps: int,
+                       batch: int) -> dict[str, torch.Tensor]:
+        """The driver's epoch; the other streams cycle their own epochs to cover the same steps."""
         out = {}
-        for i, (name, sampler) in enumerate(samplers.items()):
-            if i == 0:
+        for name, sampler in samplers.items():
+            if name == driver:
                 idx = sampler.epoch_indices(epoch)
             else:
                 parts, have, k = [], 0, 0
@@ -251,7 +252,7 @@ class Trainer:
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
         self.method.begin_epoch(stage, epoch)
-        indices = self._epoch_indices(samplers, epoch, steps, batch)
+        indices = self._epoch_indices(samplers, stage.driver, epoch, steps, batch)
         epoch_length = len(indices[stage.driver])
         dev = self.device
         aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "augment", stage_index, epoch))

@@ -12,17 +12,14 @@ from .heads import new_classifier
 from .losses import build_loss
 
 
-@METHODS.register("erm")
-class ERM(Method):
-    """One head trained on one stream. ``sampler``: uniform, balanced or power (with q);
+class SingleHead(Method):
+    """One head and one loss; subclasses say which streams feed it (``stages``).
     ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine;
     ``sigmoid_prior`` pi: the linear head's bias starts at -log((1 - pi) / pi), so every class
     starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1; Cui et al. 2019: 0.1)."""
 
     @dataclass
     class Params:
-        sampler: str = "uniform"
-        q: float = 1.0
         loss: str = "ce"
         loss_params: dict = field(default_factory=dict)
         classifier: str = "linear"
@@ -42,10 +39,6 @@ class ERM(Method):
         if self.params.sigmoid_prior is not None:
             with torch.no_grad():
                 self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
-        self.stream = StreamRequest(self.params.sampler, self.params.q)
-
-    def stages(self) -> list[Stage]:
-        return [Stage("train", self.epochs, {"main": self.stream})]
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
         self.loss.begin_epoch(epoch, stage.epochs)
@@ -56,6 +49,19 @@ class ERM(Method):
 
     def heads(self):
         return {"main": self.head}
+
+
+@METHODS.register("erm")
+class ERM(SingleHead):
+    """One head trained on one stream. ``sampler``: uniform, balanced or power (with q)."""
+
+    @dataclass
+    class Params(SingleHead.Params):
+        sampler: str = "uniform"
+        q: float = 1.0
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, {"main": StreamRequest(self.params.sampler, self.params.q)})]
 
 
 @METHODS.register("ce")
@@ -93,14 +99,14 @@ class LogitAdjustment(ERM):
 
 
 @METHODS.register("drs")
-class DeferredResampling(ERM):
+class DeferredResampling(SingleHead):
     """DRS (Cao et al. 2019, Sec. 3.3): uniform sampling until ``start_epoch``, then re-sampled batches
     (the run's class-balanced stream; Cao et al. re-sample with effective-number weights, beta = 0.9999,
     which is close to class-balanced at CIFAR sizes). Both streams are drawn every step; the epoch
     length is the uniform one (N draws), as in the paper. Default: from epoch 160 of 200."""
 
     @dataclass
-    class Params(ERM.Params):
+    class Params(SingleHead.Params):
         start_epoch: int = 160
 
         def __post_init__(self):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import METHODS, Stage, StepContext, StepOutput, StreamRequest
-from .erm import ERM
+from .erm import ERM, SingleHead
 from .mixing import cutmix_box, mixup, paste_box, sample_lambda
 
 
@@ -49,7 +49,7 @@ class Remix(ERM):
 
 
 @METHODS.register("cmo")
-class ContextRichMinorityOversampling(ERM):
+class ContextRichMinorityOversampling(SingleHead):
     """CMO (Park et al. 2022, Eq. 3-4): with probability ``mix_prob``, a box of a minority-oversampled
     image (class-balanced stream, the paper's 1/n weights) is pasted onto a uniformly drawn image,
     CutMix-style (lam ~ Beta(beta, beta), the box of area 1 - lam), and the loss mixes both labels by
@@ -57,7 +57,7 @@ class ContextRichMinorityOversampling(ERM):
     beta 1; as the release, no mixing in the first ``start_epoch`` + 1 epochs nor the last ``end_epochs``)."""
 
     @dataclass
-    class Params(ERM.Params):
+    class Params(SingleHead.Params):
         mix_prob: float = 0.5
         beta: float = 1.0
         start_epoch: int = 3
