@@ -216,3 +216,15 @@ def test_optimizer_is_chosen_by_name(prepared, tmp_path):
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     with pytest.raises(ValueError, match="unknown optimizer 'lion'; known: adamw, sgd"):
         Trainer(cfg_for(tmp_path, "method.name=ce", "train.optim.name=lion", name="c"), prepared)
+
+
+def test_the_engine_names_no_method_and_no_loss():
+    import inspect
+
+    import tailshift.engine as engine
+    from tailshift.methods import METHODS
+    from tailshift.methods.losses import LOSSES
+
+    source = inspect.getsource(engine)
+    named = [n for n in (*METHODS.names(), *LOSSES.names()) if f'"{n}"' in source or f"'{n}'" in source]
+    assert named == []
