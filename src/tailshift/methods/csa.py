@@ -223,7 +223,8 @@ class ContextShiftAugmentation(DualBranch):
         ``balanced_x`` has images are drawn with ``generator`` and fused at each fixed lambda."""
         bank, scanned = None, 0
         for x, y in uniform_batches:
-            bank = bank or ContextBank(self.params.bank_multiple * x.shape[0])
+            if bank is None:  # capacity from the first batch, as in training
+                bank = ContextBank(self.params.bank_multiple * x.shape[0])
             mask, confident = self.extract_contexts(x, y)
             bank.push(x, mask, confident.nonzero().squeeze(1))
             scanned += len(y)
