@@ -431,3 +431,20 @@ def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_pat
     cam_map = torch.rand(2, 5, 5, requires_grad=True)
     cam.upsample_cam(cam_map, 28).sum().backward()
     assert cam_map.grad is not None
+
+
+def test_show_fused_batch_fills_a_training_sized_bank_and_fuses_at_each_lambda():
+    from tailshift.methods.mixing import fuse_context
+
+    method = _method(delta=0.0).eval()
+    batches = [(b["uniform"].x, b["uniform"].y) for b in (_batches(method, seed) for seed in range(3))]
+    x_bal = _batches(method, 9)["balanced"].x[:5]
+    shown = method.show_fused_batch(iter(batches), x_bal, (0.0, 0.5), torch.Generator().manual_seed(0))
+    assert (shown.uniform_images_scanned, shown.bank_entries, shown.bank_capacity) == (B, B, B)  # full after one batch
+    assert shown.contexts.shape == x_bal.shape
+    torch.testing.assert_close(shown.fused[0.0], x_bal)
+    torch.testing.assert_close(shown.fused[0.5], fuse_context(x_bal, shown.contexts, shown.masks, 0.5))
+    none_confident = _method(delta=1.0).eval()
+    none_confident.params.delta = 1.01
+    with pytest.raises(RuntimeError, match="no training image reaches"):
+        none_confident.show_fused_batch(iter(batches), x_bal, (0.5,), torch.Generator())
