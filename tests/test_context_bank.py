@@ -47,16 +47,18 @@ def test_clear_and_empty_errors():
     assert _ids(bank.contents()[0]) == [10]
 
 
-def test_push_of_chosen_rows_equals_pushing_the_selection():
+def test_push_of_kept_rows_equals_pushing_the_selection():
     images, masks = _batch(0, 6)
-    rows = torch.tensor([5, 0, 3])
+    keep = torch.tensor([True, False, False, True, False, True])
     chosen, reference = ContextBank(4), ContextBank(4)
-    for bank, args in ((chosen, (images, masks, rows)), (reference, (images[rows], masks[rows]))):
+    for bank, args in ((chosen, (images, masks, keep)), (reference, (images[keep], masks[keep]))):
         bank.push(*_batch(10, 3))
         bank.push(*args)  # wraps around the ring
     for got, want in zip(chosen.contents(), reference.contents()):
         assert torch.equal(got, want)
-    assert _ids(chosen.contents()[0]) == [12, 5, 0, 3]
+    assert _ids(chosen.contents()[0]) == [12, 0, 3, 5]
+    chosen.push(images, masks, torch.zeros(6, dtype=torch.bool))  # nothing kept: a no-op
+    assert _ids(chosen.contents()[0]) == [12, 0, 3, 5]
 
 
 def test_per_channel_channels_last_masks_keep_their_layout():
@@ -125,3 +127,45 @@ def test_state_dict_round_trip():
     assert len(empty) == 0
     with pytest.raises(ValueError, match="capacity"):
         ContextBank(8).load_state_dict(state)
+
+
+class _SlotFifo:
+    """The bank before its counters moved to the device, slot by slot: row j of a push goes to
+    slot ``next``, then ``next`` advances (mod capacity); a draw permutes the occupied slots."""
+
+    def __init__(self, capacity):
+        self.capacity, self.slots, self.next, self.size = capacity, [None] * capacity, 0, 0
+
+    def push(self, ids):
+        for i in ids[-self.capacity:]:
+            self.slots[self.next] = i
+            self.next = (self.next + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def draw(self, n, generator):
+        slots = torch.randperm(self.size, generator=generator)[:n] if n <= self.size \
+            else torch.randint(self.size, (n,), generator=generator)
+        return [self.slots[s] for s in slots.tolist()]
+
+
+@pytest.mark.parametrize("capacity", [4, 7])
+def test_ring_with_device_counters_draws_the_contexts_of_the_slot_by_slot_bank(capacity):
+    rng = torch.Generator().manual_seed(capacity)
+    bank, reference, start = ContextBank(capacity), _SlotFifo(capacity), 0
+    for step in range(40):
+        if step % 13 == 12:  # emptied, as CSA does every epoch
+            bank.clear()
+            reference.next = reference.size = 0
+        n = int(torch.randint(0, 2 * capacity, (), generator=rng))  # some pushes hold more than fit
+        keep = torch.rand(n, generator=rng) < 0.6
+        bank.push(*_batch(start, n), keep)
+        reference.push([start + i for i in range(n) if keep[i]])
+        start += n
+        assert len(bank) == reference.size and bank.is_full == (reference.size == capacity)
+        assert int(bank._next) == reference.next
+        if reference.size:
+            draws = int(torch.randint(1, capacity + 3, (), generator=rng))  # with replacement past len
+            seed = int(torch.randint(0, 2**31, (), generator=rng))
+            images, masks = bank.draw(draws, torch.Generator().manual_seed(seed))
+            assert _ids(images) == reference.draw(draws, torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(masks[:, 0, 0, 0], images[:, 0, 0, 0] / 100)

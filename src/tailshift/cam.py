@@ -85,10 +85,10 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     channel has a positive weight) becomes all zeros instead of the 0/0 NaN of
     the release, and a range under ``eps`` still stays within [0, 1).
     """
-    flat = cam.flatten(1)
+    flat = cam.flatten(1).float()  # in float32 also under autocast: eps is 0 in fp16
     low = flat.min(dim=1, keepdim=True).values
     span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(eps)
-    return ((flat - low) / span).view_as(cam)
+    return ((flat - low) / span).view(cam.shape)
 
 
 @functools.lru_cache(maxsize=32)

@@ -17,7 +17,7 @@ import yaml
 
 from .io import atomic_write_text
 from .optim import OPTIMIZERS
-from .validation import bounded, one_of, rule_of
+from .validation import OneOf, bounded, one_of, rule_of
 
 
 class ConfigError(ValueError):
@@ -131,6 +131,18 @@ class TrainConfig:
     eval_every: int = bounded(1, ge=0, note="0: the last epoch only")
     checkpoint: bool = True
     sync_batchnorm: bool = False  # several processes: batch-norm statistics over the global batch
+    # Speed switches (speed.py resolves "auto" for the run's device; explicit values are honoured):
+    # torch.compile of the backbone's feature map: off | default (inductor) | reduce-overhead (+ CUDA graphs);
+    # auto: default on CUDA, off on CPU (compiling costs more than a CPU run of these models saves)
+    compile: str = one_of("auto", ("auto", "off", "default", "reduce-overhead"))
+    # autocast of the training step: off | bf16 | fp16 (with a gradient scaler);
+    # auto: bf16 on a CUDA device that has it (no scaler needed), off on CPU (slow there without AMX)
+    amp: str = one_of("auto", ("auto", "off", "bf16", "fp16"))
+    # the model (and its input batches) channels-last; auto: on everywhere (faster for small convolutions
+    # on CPU with oneDNN and for autocast on GPUs; every recorded run trained so)
+    channels_last: str = one_of("auto", ("auto", "on", "off"))
+    # the optimizer's fused kernel (same update, one launch); auto: on CUDA, off on CPU (recorded CPU runs)
+    fused_optimizer: str = one_of("auto", ("auto", "on", "off"))
 
 
 @dataclass
@@ -183,7 +195,10 @@ def _hash(values: dict) -> str:
 
 #: options that change where or how a run is written or shown, never the trained model
 NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outside_root",
-                     "data.workers")  # how many processes decode changes no pixel
+                     "data.workers",  # how many processes decode changes no pixel
+                     # the same computation compiled, in another memory layout, or in one fused kernel
+                     # (float rounding aside, as with "threads")
+                     "train.compile", "train.channels_last", "train.fused_optimizer")
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``);
 #: a method param added later goes here too, as "method.params.<name>"
@@ -202,6 +217,10 @@ NEUTRAL_LATER_OPTIONS = {
     "train.sync_batchnorm": False,
     "train.optim.name": "sgd",
     "train.optim.betas": [0.9, 0.999],
+    # auto is off on CPU, where every recorded run was trained; a checkpoint written on CUDA before the
+    # option existed resumes under bf16 there (train.amp=off resumes it as written)
+    "train.amp": "auto",
+    "method.params.joint_forward": False,
 }
 
 
@@ -287,6 +306,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 
+def _switch_word(value: Any, rule) -> Any:
+    """YAML 1.1 reads on / off (and yes / no, true / false) as booleans: for a choice that has the
+    words "on" / "off" (``train.amp=off``), a boolean stands for them."""
+    if isinstance(value, bool) and isinstance(rule, OneOf) and "off" in rule.names():
+        return "on" if value else "off"
+    return value
+
+
 def build_dataclass(cls, values: Any, prefix: str):
     """``values`` (a mapping) as a ``cls`` instance: unknown keys, types and declared rules checked."""
     if values is None:
@@ -303,8 +330,8 @@ def build_dataclass(cls, values: Any, prefix: str):
     for name in names:
         if name in values:
             key = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _convert(values[name], hints[name], key)
             rule = rule_of(cls, name)
+            kwargs[name] = _convert(_switch_word(values[name], rule), hints[name], key)
             complaint = rule.check(kwargs[name], key) if rule is not None else None
             if complaint:
                 raise ConfigError(complaint)

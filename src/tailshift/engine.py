@@ -37,6 +37,7 @@ from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
 from .models import MODELS, create_model
 from .optim import OPTIMIZERS, build_optimizer
+from .speed import resolve_speed
 
 
 #: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
@@ -176,11 +177,15 @@ class Trainer:
         self.method = build_method(cfg, self.data).to(self.device)
         if cfg.train.sync_batchnorm and self.world.size > 1:
             sync_batchnorm(self.method)
+        self.speed = resolve_speed(cfg.train, self.device)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
-        self.method.to(memory_format=torch.channels_last)
+        self.method.to(memory_format=self.speed.memory_format)
         # the train and test feeds: DeviceArrays (on the device) or StreamFeed (decoded by workers)
-        self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data)
+        self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data,
+                                                         self.speed.memory_format)
         check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
+        self.speed.compile_backbone(self.method.backbone)  # after the check: it compiles nothing for one image
+        self.scaler = self.speed.grad_scaler(self.device)
         self.out = Path(cfg.output)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -204,6 +209,8 @@ class Trainer:
             "extra": extra[0],
             "optimizer": optimizer.state_dict(),
         }
+        if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker, for an exact resume
+            payload["scaler"] = self.scaler.state_dict()
         if self.world.size > 1:
             payload["extra_ranks"] = extra
         with atomic_open(self.checkpoint_path) as f:
@@ -225,6 +232,8 @@ class Trainer:
         ranks = payload.get("extra_ranks")
         self.method.load_extra_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.size
                                      else payload["extra"])
+        if self.scaler.is_enabled() and "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
         return state, payload["optimizer"]
 
@@ -300,7 +309,7 @@ class Trainer:
             fresh = state.epoch == 0
             self.method.begin_stage(stage, fresh)
             optimizer = build_optimizer(self.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
-                                        cfg.train.optim)
+                                        cfg.train.optim, self.speed.fused_optimizer)
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
@@ -344,6 +353,7 @@ class Trainer:
         clip = cfg.train.optim.clip_grad_norm
         params = [p for group in optimizer.param_groups for p in group["params"]]
         clipped = torch.zeros((), device=dev)  # steps whose gradient norm exceeded clip (kept on device: no sync)
+        speed, scaler = self.speed, self.scaler
         bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
         plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
@@ -353,21 +363,25 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ctx = StepContext(stage, stage_index, epoch, step, method_gen, BatchShard(start, stop, hi - lo, world))
-            out = self.method.training_step(batches, ctx)
-            loss = out.loss
+            speed.step_begins()
+            with speed.autocast(dev):
+                out = self.method.training_step(batches, ctx)
+            loss = out.loss.float()
             share = (stop - start) * world.size / (hi - lo)
             if share != 1.0:  # fewer (or more) rows than an even share: weight so the ranks' mean is the batch mean
                 loss = loss * share
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # the scaler passes everything through unless amp is fp16
             world.average_gradients(params)
             if clip > 0:
+                scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 clipped = clipped + (norm > clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             total += loss.detach()
             for key, value in out.logs.items():
-                sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
+                sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
         if world.size > 1:  # the curve logs means over ranks; batch-norm statistics are rank 0's (as DDP)
             reduced = world.mean_(torch.stack([total, *(torch.as_tensor(v, dtype=total.dtype, device=dev)
                                                         for v in sums.values())]))

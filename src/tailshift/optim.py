@@ -1,5 +1,6 @@
 """Optimizers by name (``train.optim.name``): each builds from the parameters to train, the
-stage's learning rate and the run's ``train.optim`` section."""
+stage's learning rate, the run's ``train.optim`` section and whether to use torch's fused kernel
+(the same update in one launch per step; ``train.fused_optimizer``)."""
 from __future__ import annotations
 
 import torch
@@ -10,16 +11,18 @@ OPTIMIZERS: Registry = Registry("optimizer")
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(parameters, lr: float, cfg) -> torch.optim.Optimizer:
+def sgd(parameters, lr: float, cfg, fused: bool = False) -> torch.optim.Optimizer:
     """SGD with ``momentum``, ``weight_decay`` (L2, added to the gradient) and ``nesterov``."""
-    return torch.optim.SGD(parameters, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    return torch.optim.SGD(parameters, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                           fused=fused or None)
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(parameters, lr: float, cfg) -> torch.optim.Optimizer:
+def adamw(parameters, lr: float, cfg, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019) with ``betas`` and decoupled ``weight_decay``; momentum is not used."""
-    return torch.optim.AdamW(parameters, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(parameters, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
-def build_optimizer(parameters, lr: float, cfg) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.name)(parameters, lr, cfg)
+def build_optimizer(parameters, lr: float, cfg, fused: bool = False) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.name)(parameters, lr, cfg, fused)

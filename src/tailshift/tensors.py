@@ -32,14 +32,8 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, index)
 
 
-def gather_rows_into(out: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> None:
-    """``out[:] = x[index]``, with no intermediate copy when ``out`` is contiguous or channels-last
-    like ``x`` (e.g. a slice of a ring buffer)."""
-    if out.shape[1:] != x.shape[1:] or out.shape[0] != index.shape[0]:
-        raise ValueError(f"cannot gather {index.shape[0]} rows of {tuple(x.shape)} into {tuple(out.shape)}")
-    if is_channels_last(out) == is_channels_last(x) and (out.is_contiguous() or is_channels_last(out)):
-        source = x if is_channels_last(x) or x.is_contiguous() else x.contiguous()
-        torch.index_select(_memory_rows(source), 0, index, out=_memory_rows(out))
-    else:
-        out.copy_(gather_rows(x, index))
-
+def scatter_rows(out: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> None:
+    """``out[index] = x`` along dim 0 (``index`` on ``out``'s device), copying whole samples in
+    memory order, so a channels-last ``out`` (a ring buffer) takes one ``index_copy_``."""
+    layout = torch.channels_last if is_channels_last(out) else torch.contiguous_format
+    _memory_rows(out).index_copy_(0, index, _memory_rows(x.contiguous(memory_format=layout)))

@@ -44,12 +44,13 @@ def epoch_length(indices: dict[str, torch.Tensor]) -> int:
     return min(len(idx) for idx in indices.values())
 
 
-def normalise(raw: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
-    """uint8 -> float in [0, 1], then (x - mean) / std if given; channels-last."""
+def normalise(raw: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None,
+              memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """uint8 -> float in [0, 1], then (x - mean) / std if given; channels-last unless told otherwise."""
     x = raw.float().div_(255.0)
     if mean is not None:
         x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=memory_format)
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator,
@@ -83,6 +84,7 @@ class DeviceArrays:
     """One split held on the device as uint8; ``batch(idx)`` returns normalised floats."""
 
     storage = "device"
+    memory_format = torch.channels_last  # of the float batches (train.channels_last=off: contiguous)
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class DeviceArrays:
         return len(self.labels)
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        return normalise(raw, self.mean, self.std)
+        return normalise(raw, self.mean, self.std, self.memory_format)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None,
               rows: tuple[int, int] | None = None) -> Batch:

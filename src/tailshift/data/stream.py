@@ -133,6 +133,7 @@ class StreamFeed:
     so a process does not keep two idle pools)."""
 
     storage = "stream"
+    memory_format = torch.channels_last  # of the float batches, as DeviceArrays
 
     def __init__(self, images, device: torch.device, mean=None, std=None, augmented: bool = False,
                  workers: int = 4, prefetch: int = 2, persistent: bool = True):
@@ -159,7 +160,7 @@ class StreamFeed:
 
     def _to_device(self, raw: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, augmented: bool) -> Batch:
         raw = raw.to(self.device, non_blocking=True)
-        return Batch(normalise(raw, self.mean, self.std), labels.to(self.device, non_blocking=True),
+        return Batch(normalise(raw, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True),
                      index.to(self.device, non_blocking=True), augmented)
 
     def epoch(self, indices: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int,
@@ -197,8 +198,17 @@ def choose_storage(storage: str, train, test, device: torch.device) -> str:
     return "device" if train.images.nbytes + test.images.nbytes < DEVICE_SHARE * free else "stream"
 
 
-def make_feeds(train, test, device: torch.device, data_cfg) -> tuple:
-    """The train and test feeds of a run's data (``DeviceArrays`` or ``StreamFeed``)."""
+def make_feeds(train, test, device: torch.device, data_cfg,
+               memory_format: torch.memory_format = torch.channels_last) -> tuple:
+    """The train and test feeds of a run's data (``DeviceArrays`` or ``StreamFeed``), whose float
+    batches are in ``memory_format``."""
+    feeds = _feeds(train, test, device, data_cfg)
+    for feed in feeds:
+        feed.memory_format = memory_format
+    return feeds
+
+
+def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
     d = data_cfg
     storage = choose_storage(d.storage, train, test, device)
     files = isinstance(train, FileDataset)

@@ -161,7 +161,7 @@ class ContextShiftAugmentation(DualBranch):
             elif logits is None:  # plain CAM on an extra forward: the head runs once, for delta
                 logits = head(fmap)
         confident = logits.softmax(dim=1).gather(1, y.view(-1, 1)).squeeze(1) >= p.delta
-        return mask, confident
+        return mask.to(x.dtype), confident  # under autocast the CAM is bf16 / fp16: masks stay in the images' dtype
 
     def _draw_contexts(
         self, images: torch.Tensor, masks: torch.Tensor, confident: torch.Tensor, n: int, generator: torch.Generator
@@ -169,14 +169,15 @@ class ContextShiftAugmentation(DualBranch):
         """``n`` contexts for fusion, or None when there are not enough yet.
 
         With the bank: a random draw once it is full. Without (``use_bank`` False):
-        this step's ``confident`` rows of ``images`` / ``masks``, drawn with replacement.
+        this step's ``confident`` rows (a boolean mask) of ``images`` / ``masks``, drawn with replacement.
         """
         if self.params.use_bank:
             return self.bank.draw(n, generator) if self.bank.is_full else None
-        if confident.shape[0] == 0:
+        rows = confident.nonzero().squeeze(1)
+        if rows.shape[0] == 0:
             return None
-        pick = torch.randint(confident.shape[0], (n,), generator=generator, device=generator.device)
-        rows = confident.index_select(0, pick.to(confident.device))
+        pick = torch.randint(rows.shape[0], (n,), generator=generator, device=generator.device)
+        rows = rows.index_select(0, pick.to(rows.device))
         return gather_rows(images, rows), gather_rows(masks, rows)
 
     def _fuse(self, x: torch.Tensor, contexts: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator,
@@ -206,15 +207,16 @@ class ContextShiftAugmentation(DualBranch):
         pushed = 0.0
         contexts = None
         if not plain_phase and ctx.epoch >= self._first_extraction_epoch:
-            train_forward = (feature_map, uniform_logits) if self._reuse_train_map and not mixing else None
+            reuse = self._reuse_train_map and not mixing and feature_map is not None  # None: joint_forward
+            train_forward = (feature_map, uniform_logits) if reuse else None
             mask, confident = self.extract_contexts(uniform.x, uniform.y, train_forward)
-            confident = confident.nonzero().squeeze(1)
             images = uniform.x
             if shard is not None:  # every process's confident samples, in global batch order
-                images = shard.world.gather(gather_rows(uniform.x, confident))
-                mask = shard.world.gather(gather_rows(mask, confident))
-                confident = torch.arange(images.shape[0], device=images.device)
-            pushed = float(confident.shape[0])
+                rows = confident.nonzero().squeeze(1)
+                images = shard.world.gather(gather_rows(uniform.x, rows))
+                mask = shard.world.gather(gather_rows(mask, rows))
+                confident = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+            pushed = confident.sum(dtype=torch.float32)  # a device scalar: logging it waits for nothing
             if p.use_bank:
                 self.bank.push(images, mask, confident)
             if ctx.epoch >= p.warmup_epochs:
@@ -226,6 +228,7 @@ class ContextShiftAugmentation(DualBranch):
             x_bal = self._fuse(balanced.x, contexts, ctx.generator, shard)
         else:
             x_bal = balanced.x if plain_phase else None
+        # the fusion flag is decided on the host (a full bank is known so without a sync): a plain number
         return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0}
 
     def show_fused_batch(self, uniform_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], balanced_x: torch.Tensor,
@@ -239,7 +242,7 @@ class ContextShiftAugmentation(DualBranch):
             if bank is None:  # capacity from the first batch, as in training
                 bank = ContextBank(self.params.bank_multiple * x.shape[0])
             mask, confident = self.extract_contexts(x, y)
-            bank.push(x, mask, confident.nonzero().squeeze(1))
+            bank.push(x, mask, confident)
             scanned += len(y)
             if bank.is_full:
                 break

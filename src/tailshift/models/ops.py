@@ -192,6 +192,7 @@ class _Conv2dS2DHInputGrad(torch.autograd.Function):
 
 def conv2d_s2dh_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` with the faster input gradient (stride 1, no padding, even heights)."""
-    if x.shape[2] % 2 or (x.shape[2] - weight.shape[2] + 1) % 2 or weight.shape[2] != weight.shape[3] or bias is None:
+    if x.shape[2] % 2 or (x.shape[2] - weight.shape[2] + 1) % 2 or weight.shape[2] != weight.shape[3] or bias is None \
+            or torch.is_autocast_enabled(x.device.type):  # the float32 kernel's trick; autocast picks its own dtype
         return F.conv2d(x, weight, bias)
     return _Conv2dS2DHInputGrad.apply(x, weight, bias)

@@ -1,0 +1,70 @@
+"""A run's speed switches (``train.compile``, ``train.amp``, ``train.channels_last``,
+``train.fused_optimizer``), each "auto" resolved for the run's device (config.py says which way
+and why), and what the engine does with them.
+
+What is compiled is the backbone's feature map (every convolution, its backward included), not
+the method's whole step: the steps hold Python decisions (warm-up, a full bank, mixup phases),
+generators and bank state that would cut the graph or recompile it, while the backbone is
+where the kernels are. ``reduce-overhead`` replays that region as CUDA graphs.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Speed:
+    compile: str = "off"  # off | default | reduce-overhead
+    amp: str = "off"  # off | bf16 | fp16
+    channels_last: bool = True
+    fused_optimizer: bool = False
+    #: torch.compile's backend: inductor (the modes above); tests on a machine without a
+    #: C++ compiler use "aot_eager", which traces and runs the same graphs without generating code
+    backend: str = "inductor"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self, device: torch.device):
+        """The training step's autocast region (a no-op context when amp is off)."""
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=AMP_DTYPES[self.amp])
+
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """fp16's loss scaler; disabled (every call a pass-through) otherwise: bf16 has float32's range."""
+        return torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
+
+    def compile_backbone(self, backbone: torch.nn.Module) -> None:
+        """Replace ``backbone.feature_map`` (which ``forward`` and the methods call) by its compiled form."""
+        if self.compile == "off":
+            return
+        options = {"mode": self.compile} if self.backend == "inductor" else {}
+        backbone.feature_map = torch.compile(backbone.feature_map, backend=self.backend, **options)
+
+    def step_begins(self) -> None:
+        """Tell CUDA graphs a new training step starts (the previous step's graph outputs may be reused)."""
+        if self.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+
+
+def resolve_speed(train_cfg, device: torch.device) -> Speed:
+    """The switches of ``train_cfg`` with "auto" made concrete for ``device`` (see config.TrainConfig)."""
+    cuda = device.type == "cuda"
+
+    def chosen(value: str, auto):
+        return auto if value == "auto" else value
+
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return Speed(
+        compile=chosen(train_cfg.compile, "default" if cuda else "off"),
+        amp=chosen(train_cfg.amp, "bf16" if bf16 else "off"),
+        channels_last=chosen(train_cfg.channels_last, "on") == "on",
+        fused_optimizer=chosen(train_cfg.fused_optimizer, "on" if cuda else "off") == "on",
+    )
