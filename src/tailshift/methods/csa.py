@@ -269,6 +269,7 @@ class ContextShiftAugmentation(Method):
             "loss_balanced": loss_b.detach(),
             "pushed": pushed,
             "fused": 1.0 if contexts is not None else 0.0,
+            "bank_fill": len(self.bank) / self.bank.capacity if self.bank is not None else 0.0,
         }
         return StepOutput(loss, logs)
 

@@ -171,7 +171,7 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     return up.cpu().numpy(), prob.cpu().numpy(), flat.cpu().numpy()
 
 
-def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
+def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
     """One step of CSA's context shift with the trained model: masks of uniform batches from the
     uniform head, confident samples into a context bank (batch-sized, as in training) until it is
     full, ``n_show`` contexts drawn and fused into a class-balanced batch at each lambda."""
@@ -260,7 +260,7 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     cam_path = plots.cam_grid(images, cams, row_labels, out / "figure3.png",
                               f"Grad-CAM of the true class on {dataset} training images (Figures 3, 11, 12)", captions)
 
-    rows, row_captions, bank_info = _figure3_context_shift(trainers["csa"], 10, FIGURE3_LAMBDAS)
+    rows, row_captions, bank_info = context_shift_example(trainers["csa"], 10, FIGURE3_LAMBDAS)
     bank_path = plots.image_rows(rows, out / "figure3_bank.png",
                                  f"CSA context shift on {dataset}: contexts from the uniform head, fused into a "
                                  "class-balanced batch (Figure 5)", captions=row_captions)
