@@ -106,7 +106,7 @@ def test_exported_model_gives_the_runs_logits_without_tailshift(run_folder, tmp_
     (["export", "{run}", "--format", "tflite"], "unknown export format 'tflite'; allowed: torchscript, onnx"),
     (["evaluate", "{run}", "model.name=resnet20"], "cannot load checkpoint {run}/checkpoint.pt into model.name=resnet20 "
                                                    "method.name=csa: "),
-    (["evaluate", "{run}", "data.root={tmp}/five.npz"], "data.dataset=npz has 5 classes; the run in {run} was "
+    (["evaluate", "{run}", "data.root={tmp}/five.npz", "data.groups=count"], "data.dataset=npz has 5 classes; the run in {run} was "
                                                         "trained on 10"),
 ])
 def test_bad_input_is_one_line_naming_it(run_folder, tmp_path, capsys, argv, message):
