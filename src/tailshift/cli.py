@@ -100,7 +100,7 @@ def _evaluate(args) -> None:
         cells = " ".join("     -" if r[k] is None else f"{r[k]:6.2f}" for k in ("all", "many", "med", "few"))
         print(f"{head + (' *' if head == run.head else ''):10s} {cells}")
     counts = result["train_class_counts"]
-    print(f"per class ({run.head} head, * reported): " + ", ".join(
+    print(f"per class, {run.head} head (training images n): " + ", ".join(
         f"{name} {'-' if acc is None else f'{acc:.1f}'} (n={n})"
         for name, acc, n in zip(result["class_names"], result["heads"][run.head]["per_class"], counts)))
     paths = write_evaluation(run, result, Path(args.output) if args.output else evaluation_folder(run.folder, args.overrides))
