@@ -8,7 +8,8 @@ from tailshift import cli
 def test_list_shows_registries(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "methods: cbrs, ce, crt, csa, dual" in out and "lenet2d" in out and "fashion-mnist" in out
+    assert "methods: bbn, bcl, cbrs, ce, cmo, crt, csa, drs, dual" in out and "lenet2d" in out and "fashion-mnist" in out
+    assert "losses: balanced-softmax, ce, class-balanced, drw, focal, la, ldam" in out and "optimizers: adamw, sgd" in out
 
 
 def test_errors_are_one_line_without_traceback(capsys):
@@ -18,9 +19,9 @@ def test_errors_are_one_line_without_traceback(capsys):
 
 
 def test_table2_rhos_must_be_integers(capsys, tmp_path):
-    assert cli.main(["reproduce", "table2", "--rhos", "100,ten", "--output", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "tailshift: error: --rhos must be comma-separated integers such as 100,50,10, got '100,ten'"
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "table2", "--rhos", "100,ten", "--output", str(tmp_path)])
+    assert "--rhos must be comma-separated integers such as 100,50,10, got '100,ten'" in capsys.readouterr().err
 
 
 def test_bad_seeds_option_names_the_value_and_the_forms_allowed(capsys):
@@ -32,13 +33,18 @@ def test_bad_seeds_option_names_the_value_and_the_forms_allowed(capsys):
 
 
 def test_overrides_may_follow_options(monkeypatch, tmp_path):
+    from tailshift.reproduce.grid import Grid
+
     seen = {}
-    monkeypatch.setattr("tailshift.reproduce.table1.run", lambda *a: seen.setdefault("args", a))
+    monkeypatch.setattr(Grid, "run", lambda grid, *a: seen.setdefault("args", (grid.name, *a)))
     assert cli.main(["reproduce", "table1", "--seeds", "2", "seed=1", "--workers", "1", "train.epochs=3"]) == 0
-    datasets, seeds, workers, out, overrides, mnist_root, methods = seen["args"]
-    assert (seeds, workers, overrides) == ([0, 1], 1, ["seed=1", "train.epochs=3"])
+    name, datasets, seeds, workers, out, overrides, methods, rhos, mnist_root = seen["args"]
+    assert (name, seeds, workers, overrides) == ("table1", [0, 1], 1, ["seed=1", "train.epochs=3"])
     seen.clear()
-    assert cli.main(["reproduce", "table1", "--seeds", "5-7"]) == 0 and seen["args"][1] == [5, 6, 7]
+    assert cli.main(["reproduce", "table1", "--seeds", "5-7"]) == 0 and seen["args"][2] == [5, 6, 7]
+    seen.clear()
+    assert cli.main(["reproduce", "table2", "--rhos", "100,10", "--methods", "bbn,csa", "--datasets", "cifar10-lt"]) == 0
+    assert seen["args"][0] == "table2" and seen["args"][1] == ["cifar10-lt"] and seen["args"][6:8] == (["bbn", "csa"], (100, 10))
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "table1", "--bogus"])
 

@@ -52,7 +52,7 @@ def test_override_syntax():
     "override, message",
     [("data.dataset=imagenet-21k", "unknown dataset 'imagenet-21k'; known: cifar10"),
      ("model.name=vit", "unknown model 'vit'; known: lenet2d"),
-     ("method.name=magic", "unknown method 'magic'; known: cbrs, ce, crt")],
+     ("method.name=magic", "unknown method 'magic'; known: bbn, bcl, cbrs, ce, cmo, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
     # refused when the config is built, before any data is read
@@ -82,9 +82,15 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
 
     # (the config of that time: a constant rate; its coloured twins used seaborn "deep", the neutral palette)
     cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
-    assert cfg.fingerprint() == "cb89157a65fcd9be"
-    assert build_config(cfg.to_dict(), ["data.context.palette=tab10"]).fingerprint() != cfg.fingerprint()
-    assert build_config(cfg.to_dict(), ["train.optim.clip_grad_norm=5"]).fingerprint() != cfg.fingerprint()
+    # checkpoints of that time carry the fingerprint of the params as given; they still resume (test_engine)
+    assert cfg.legacy_fingerprint() == "cb89157a65fcd9be"
+    # since the method params are hashed resolved (every default filled in), the fingerprint a run
+    # writes is this one: pinned, so that a change to it is deliberate
+    assert cfg.fingerprint() == "8d4a4690ce86a1e8"
+    for later in ("data.context.palette=tab10", "train.optim.clip_grad_norm=5", "train.optim.name=adamw",
+                  "train.optim.betas=[0.8, 0.99]"):
+        assert build_config(cfg.to_dict(), [later]).fingerprint() != cfg.fingerprint()
+        assert build_config(cfg.to_dict(), [later]).legacy_fingerprint() != cfg.legacy_fingerprint()
 
 
 def test_opting_into_outside_paths_does_not_change_the_fingerprint():
@@ -102,7 +108,7 @@ def test_config_differences_name_each_shaping_key_with_both_values():
 def test_large_scale_options_keep_fingerprints_and_workers_never_count():
     older = ["train.optim.schedule=constant", "data.context.palette=deep"]  # the config behind the pinned fingerprint
     cfg = load_config(config_path("table1/fashion-lt_ce"), older)
-    assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == "cb89157a65fcd9be"
+    assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == cfg.fingerprint()
     for changed in ("data.storage=stream", "data.class_order=count", "train.sync_batchnorm=true",
                     "data.color_jitter=0.2", "model.pretrained=w.pth"):
         assert build_config(cfg.to_dict(), [changed]).fingerprint() != cfg.fingerprint(), changed
@@ -119,3 +125,15 @@ def test_large_scale_options_keep_fingerprints_and_workers_never_count():
 def test_large_scale_options_are_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config({}, [override])
+
+
+def test_fingerprint_hashes_resolved_method_params():
+    # Figure 8's "U(0, 1)" row spells out CSA's defaults: it is the base CSA run, not a retrain
+    from tailshift.reproduce.common import config_path
+
+    base = load_config(config_path("table2/cifar100-lt_csa"))
+    spelled = load_config(config_path("table2/cifar100-lt_csa"), [
+        "method.params.lam_distribution=uniform", "method.params.lam_a=0.0", "method.params.lam_b=1.0"])
+    assert spelled.fingerprint() == base.fingerprint()
+    assert spelled.legacy_fingerprint() != base.legacy_fingerprint()
+    assert load_config(config_path("table2/cifar100-lt_csa"), ["method.params.lam_b=0.5"]).fingerprint() != base.fingerprint()

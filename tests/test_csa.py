@@ -73,8 +73,8 @@ def _count_feature_maps(method):
         ({"cam_mode": "both"}, "cam_mode"),
         ({"driver": "power"}, "driver"),
         ({"balanced_stream": "power"}, "balanced_stream"),
-        ({"uniform_loss": "focal"}, "uniform_loss"),
-        ({"balanced_loss": "focal"}, "balanced_loss"),
+        ({"uniform_loss": "magic"}, "uniform_loss"),
+        ({"balanced_loss": "magic"}, "balanced_loss"),
         ({"lam_a": 0.6, "lam_b": 0.2}, "lam_a"),
         ({"lam_distribution": "beta", "lam_a": 0.0}, "lam_a"),
         ({"lam_distribution": "gauss"}, "lam_distribution"),
@@ -93,10 +93,10 @@ def test_unknown_param_rejected():
 
 def test_streams_follow_driver_and_balanced_stream():
     stage = _method().stages()[0]
-    assert list(stage.streams) == ["uniform", "balanced"]
+    assert stage.driver == "uniform" and stage.stream_order() == ["uniform", "balanced"]
     assert stage.streams["balanced"].role == "balanced"
     stage = _method(driver="balanced", balanced_stream="uniform").stages()[0]
-    assert list(stage.streams) == ["balanced", "uniform"]
+    assert stage.driver == "balanced" and stage.stream_order() == ["balanced", "uniform"]
     assert stage.streams["balanced"].role == "uniform"
 
 
@@ -278,14 +278,14 @@ def test_final_epochs_train_balanced_head_on_plain_batches(monkeypatch):
 
 def test_dual_never_extracts_and_trains_balanced_head_from_the_start(monkeypatch):
     method = _method("dual")
-    assert method.params.context_shift is False
-    monkeypatch.setattr(method, "extract_contexts", lambda *a: pytest.fail("dual computes no CAM"))
+    assert not isinstance(method, csa.ContextShiftAugmentation) and not hasattr(method, "extract_contexts")
     for epoch in (0, 15):
         out = _step(method, epoch)
-        assert out.logs["fused"] == 0.0 and out.logs["pushed"] == 0
+        assert set(out.logs) == {"loss_uniform", "loss_balanced"}
         assert out.logs["loss_balanced"] > 0
         assert method.balanced_head.weight.grad.abs().sum() > 0
-    assert method.bank is None
+    with pytest.raises(ValueError, match="unknown method.params.delta for DualBranch"):
+        _method("dual", delta=0.5)
 
 
 def test_loss_weights():
@@ -295,7 +295,7 @@ def test_loss_weights():
 
 
 def test_la_losses_use_class_prior():
-    method = _method("dual", uniform_loss="la", balanced_loss="la", tau=1.0)
+    method = _method("dual", uniform_loss="la", balanced_loss="la", uniform_loss_params={"tau": 1.0})
     batches = _batches(method)
     method.train()
     out = method.training_step(batches, _ctx(method, 0))
@@ -360,10 +360,11 @@ def test_extra_state_round_trips_the_bank():
 
 # --- through the engine ----------------------------------------------------------------------
 def _cfg(tmp_path, name, method="csa", epochs=2, **params):
+    csa_only = {"warmup_epochs": 1, "delta": 0.0} if method == "csa" else {}
     return build_config(
         {
             "model": {"name": "lenet2d"},
-            "method": {"name": method, "params": {"warmup_epochs": 1, "delta": 0.0, **params}},
+            "method": {"name": method, "params": {**csa_only, **params}},
             "train": {"epochs": epochs, "batch_size": 32, "test_batch_size": 100},
             "device": "cpu",
             "progress": False,
@@ -411,7 +412,7 @@ def test_killed_run_with_kept_bank_resumes_exactly(tmp_path):
 
 def test_dual_runs_through_the_engine(tmp_path):
     metrics = train(_cfg(tmp_path, "dual", method="dual"), tiny_prepared(channels=3))
-    assert all(r["pushed"] == 0 and r["fused"] == 0 and r["loss_balanced"] > 0 for r in metrics["curve"])
+    assert all("pushed" not in r and r["loss_balanced"] > 0 for r in metrics["curve"])
 
 
 def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_path):
@@ -430,3 +431,20 @@ def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_pat
     cam_map = torch.rand(2, 5, 5, requires_grad=True)
     cam.upsample_cam(cam_map, 28).sum().backward()
     assert cam_map.grad is not None
+
+
+def test_show_fused_batch_fills_a_training_sized_bank_and_fuses_at_each_lambda():
+    from tailshift.methods.mixing import fuse_context
+
+    method = _method(delta=0.0).eval()
+    batches = [(b["uniform"].x, b["uniform"].y) for b in (_batches(method, seed) for seed in range(3))]
+    x_bal = _batches(method, 9)["balanced"].x[:5]
+    shown = method.show_fused_batch(iter(batches), x_bal, (0.0, 0.5), torch.Generator().manual_seed(0))
+    assert (shown.uniform_images_scanned, shown.bank_entries, shown.bank_capacity) == (B, B, B)  # full after one batch
+    assert shown.contexts.shape == x_bal.shape
+    torch.testing.assert_close(shown.fused[0.0], x_bal)
+    torch.testing.assert_close(shown.fused[0.5], fuse_context(x_bal, shown.contexts, shown.masks, 0.5))
+    none_confident = _method(delta=1.0).eval()
+    none_confident.params.delta = 1.01
+    with pytest.raises(RuntimeError, match="no training image reaches"):
+        none_confident.show_fused_batch(iter(batches), x_bal, (0.5,), torch.Generator())

@@ -175,7 +175,9 @@ def test_two_processes_train_the_weights_of_one(runs, name):
     w1, w2 = weights(root / "one" / name), weights(root / "two" / name)
     assert set(w1) == set(w2)
     for key in w1:
-        tolerance = TOLERANCE.get(name, {"rtol": 1e-4, "atol": 2e-5})
+        # float32 sums of one process over 30 rows and of two over 15 each round differently; after
+        # 3 epochs this reaches 1.5e-4 on some CPUs (AMD EPYC), far below what a wrong share makes
+        tolerance = TOLERANCE.get(name, {"rtol": 1e-3, "atol": 3e-4})
         torch.testing.assert_close(w2[key].float(), w1[key].float(), **tolerance, msg=key)
     if name == "csa":  # the comparison covers fused steps
         assert all(epoch["fused"] > 0 for epoch in two["curve"][1:])

@@ -6,6 +6,7 @@ import torch
 
 from tailshift.config import build_config, load_config
 from tailshift.engine import CheckpointMismatchError, DivergenceError, Trainer, learning_rate, train
+from tailshift.optim import build_optimizer
 
 
 def cfg_for(tmp_path, *overrides, name="run"):
@@ -171,3 +172,70 @@ def test_gradient_clipping_bounds_every_step_and_is_logged(prepared, tmp_path):
     assert metrics["curve"][0]["clipped"] == 1.0  # a fresh network's gradient is far above 1e-4
     unclipped = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=1", name="plain"), prepared)
     assert "clipped" not in unclipped["curve"][0]
+
+
+def test_checkpoint_with_the_legacy_fingerprint_resumes(prepared, tmp_path):
+    # written before method params were resolved: the checkpoint carries the hash of the params as given
+    cfg = cfg_for(tmp_path, "method.name=ce", "train.epochs=2")
+    full = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=2", name="full"), prepared)
+    trainer = Trainer(cfg, prepared)
+    original = trainer._train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    trainer._train_epoch = dies_in_second_epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["fingerprint"] == cfg.fingerprint() != cfg.legacy_fingerprint()
+    payload["fingerprint"] = cfg.legacy_fingerprint()
+    torch.save(payload, tmp_path / "run" / "checkpoint.pt")
+    assert Trainer(cfg, prepared).fit()["heads"] == full["heads"]
+
+
+def test_stage_driver_is_explicit_with_several_streams():
+    from tailshift.methods.base import Stage, StreamRequest
+
+    two = {"a": StreamRequest("uniform"), "b": StreamRequest("balanced")}
+    with pytest.raises(ValueError, match="stage 'x' has streams a, b: name its driver"):
+        Stage("x", 1, two)
+    with pytest.raises(ValueError, match="driver 'c' is not one of its streams"):
+        Stage("x", 1, two, driver="c")
+    assert Stage("x", 1, two, driver="b").stream_order() == ["b", "a"]
+    assert Stage("x", 1, {"main": StreamRequest("uniform")}).driver == "main"
+
+
+def test_warmup_opens_a_stage_only_when_it_asks():
+    optim = build_config({}, ["train.optim.warmup_epochs=2", "train.optim.schedule=constant"]).train.optim
+    assert learning_rate(optim, 0.2, "constant", 8, 0.5) == pytest.approx(0.05)
+    assert learning_rate(optim, 0.2, "constant", 8, 0.5, warmup=False) == 0.2
+    # the old rule (warm-up iff the stage's schedule is the run's) is gone: a stage's own schedule may warm up
+    assert learning_rate(optim, 0.2, "cosine", 8, 0.5) == pytest.approx(0.05)
+
+
+def test_optimizer_is_chosen_by_name(prepared, tmp_path):
+    metrics = train(cfg_for(tmp_path, "method.name=ce", "train.optim.name=adamw", "train.optim.lr=0.001",
+                            "train.optim.weight_decay=0.01"), prepared)
+    assert metrics["result"]["all"] > 20
+    trainer = Trainer(cfg_for(tmp_path, "method.name=ce", "train.optim.name=adamw", name="b"), prepared)
+    opt = build_optimizer(trainer.method.parameters(), 0.1, trainer.cfg.train.optim)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="train.optim.name must be one of adamw, sgd; got 'lion'"):
+        cfg_for(tmp_path, "method.name=ce", "train.optim.name=lion", name="c")
+
+
+def test_the_engine_names_no_method_and_no_loss():
+    import inspect
+
+    import tailshift.engine as engine
+    from tailshift.methods import METHODS
+    from tailshift.methods.losses import LOSSES
+
+    source = inspect.getsource(engine)
+    named = [n for n in (*METHODS.names(), *LOSSES.names()) if f'"{n}"' in source or f"'{n}'" in source]
+    assert named == []

@@ -90,7 +90,7 @@ def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert _png_size(out / "figure3.png")[1] > 600 and _png_size(out / "figure3_bank.png")[0] > 600
     saved = json.loads((out / "figure3.json").read_text())
     assert saved == json.loads(json.dumps(summary))
-    assert set(saved["models"]) == {"ce", "cbrs", "csa"} and saved["models"]["csa"]["cam_head"] == "balanced_head"
+    assert set(saved["models"]) == {"ce", "cbrs", "csa"} and saved["models"]["csa"]["cam_head"] == "balanced"
     assert len(saved["samples"]) == 8 and {s["group"] for s in saved["samples"]} == {"many", "few"}
     assert all(len(m["p_true"]) == 8 and 0 <= m["test"]["all"] <= 100 for m in saved["models"].values())
     bank = saved["context_shift"]

@@ -41,7 +41,7 @@ def test_epoch_line_shows_missing_groups_as_dashes():
 
 
 def test_reproduce_prints_one_line_per_finished_run(monkeypatch, capsys):
-    jobs = [common.Job(f"fashion-lt/{m}/seed0", "table1/fashion-lt_ce", []) for m in ("ce", "csa", "crt")]
+    jobs = [common.Job("fashion-lt", m, 0, "table1/fashion-lt_ce") for m in ("ce", "csa", "crt")]
     results = {"fashion-lt/ce/seed0": {"diverged": False, "seconds": 12.0, "head": "main",
                                        "heads": {"main": {"all": 51.234}}},
                "fashion-lt/csa/seed0": {"diverged": True, "seconds": 3.0},

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from tailshift.reproduce.common import aggregate, config_path, paired_difference, sign_flip_p
-from tailshift.reproduce.table1 import collect, jobs_for, markdown, paired, select_rows
+from tailshift.reproduce.table1 import TABLE1
+
+
+def jobs_for(datasets, seeds, out, overrides, rows):
+    return TABLE1.jobs(TABLE1.studies(datasets), rows, seeds, out, overrides)
+
+
+def result(study, run_, seed, heads):
+    return {"key": f"{study}/{run_}/seed{seed}", "study": study, "run": run_, "seed": seed, "diverged": False,
+            "heads": heads}
 
 
 def run(all_, collapsed=False):
@@ -20,20 +29,22 @@ def test_aggregate_leaves_diverged_and_collapsed_runs_out_of_the_mean():
 
 
 def test_table1_jobs_cover_every_dataset_run_and_seed_longest_first(tmp_path):
-    jobs = jobs_for(["fashion-lt", "cfashion-lt"], 2, tmp_path, ["train.epochs=1"], rows=select_rows(["ce", "crt", "cbrs"]))
+    jobs = jobs_for(["fashion-lt", "cfashion-lt"], 2, tmp_path, ["train.epochs=1"], TABLE1.select_rows(["ce", "crt", "cbrs"]))
     assert len(jobs) == 2 * 2 * 2  # CE and cRT share the crt runs
-    assert all("cbrs" in j.key for j in jobs[:4])
+    assert all(j.run == "cbrs" for j in jobs[:4])
+    assert {(j.study, j.run, j.seed) for j in jobs} == {(d, r, s) for d in ("fashion-lt", "cfashion-lt")
+                                                        for r in ("crt", "cbrs") for s in (0, 1)}
     assert all(config_path(j.config).exists() for j in jobs)
     assert jobs[0].resolve().train.epochs == 1
 
 
 def test_table_rows_come_from_the_right_heads_and_print_beside_the_paper():
-    results = [{"key": f"fashion-lt/{r}/seed{s}", "diverged": False,
-                "heads": {"ce": run(40.0 + s), "crt": run(60.0 + s), "main": run(80.0 + s)}}
+    results = [result("fashion-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + s), "main": run(80.0 + s)})
                for r in ("crt", "cbrs") for s in range(2)]
-    table = collect(results, ["fashion-lt"], 2, select_rows(None))
+    rows = TABLE1.select_rows(None)
+    table = TABLE1.collect(results, TABLE1.studies(["fashion-lt"]), rows, 2)
     assert table["fashion-lt"]["ce"]["all"]["mean"] == 40.5 and table["fashion-lt"]["cbrs"]["all"]["mean"] == 80.5
-    md = markdown(table, {"fashion-lt": {"ce": [45.6, 94.7, 43.1, 0.0]}}, "T", "note")
+    md = TABLE1.markdown(table, {"fashion-lt": {"ce": [45.6, 94.7, 43.1, 0.0]}}, rows, "note")
     assert "| fashion-lt | CE | 40.5 ± 0.7 |" in md and "| 45.6 | 94.7 / 43.1 / 0.0 |" in md
 
 
@@ -65,27 +76,28 @@ def test_paired_difference_keeps_only_seeds_where_both_runs_are_healthy():
 
 
 def test_table1_pairs_csa_with_each_baseline_seed_by_seed():
-    results = [{"key": f"cmnist-lt/{r}/seed{s}", "diverged": False,
-                "heads": {"ce": run(40.0 + s), "crt": run(60.0 + 2 * s), "main": run(45.0), "balanced": run(59.0 + 3 * s),
-                          "uniform": run(50.0), "ensemble": run(55.0)}}
+    results = [result("cmnist-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + 2 * s), "main": run(45.0),
+                                           "balanced": run(59.0 + 3 * s), "uniform": run(50.0), "ensemble": run(55.0)})
                for r in ("crt", "cbrs", "csa") for s in range(4)]
-    rows = select_rows(["ce", "crt", "cbrs", "csa"])
-    pairs = paired(results, ["cmnist-lt"], 4, rows)["cmnist-lt"]
-    assert list(pairs) == ["csa - ce", "csa - crt", "csa - cbrs", "cbrs - ce", "cbrs - crt"]
-    assert (pairs["cbrs - crt"]["mean"], pairs["cbrs - crt"]["losses"]) == (-18.0, 4)  # 45 against 60, 62, 64, 66
-    assert pairs["csa - crt"]["mean"] == pytest.approx(0.5)  # differences -1, 0, 1, 2
-    assert (pairs["csa - crt"]["wins"], pairs["csa - crt"]["ties"], pairs["csa - crt"]["losses"]) == (2, 1, 1)
-    assert pairs["csa - ce"]["wins"] == 4 and pairs["csa - ce"]["p"] == 2 / 16
-    md = markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note", pairs={"cmnist-lt": pairs})
+    rows = TABLE1.select_rows(["ce", "crt", "cbrs", "csa"])
+    studies = TABLE1.studies(["cmnist-lt"])
+    pairs = TABLE1.pairs(results, studies, rows, 4)["cmnist-lt"]
+    assert list(pairs) == [("csa", "ce"), ("csa", "crt"), ("csa", "cbrs"), ("cbrs", "ce"), ("cbrs", "crt")]
+    assert (pairs["cbrs", "crt"]["mean"], pairs["cbrs", "crt"]["losses"]) == (-18.0, 4)  # 45 against 60, 62, 64, 66
+    assert pairs["csa", "crt"]["mean"] == pytest.approx(0.5)  # differences -1, 0, 1, 2
+    assert (pairs["csa", "crt"]["wins"], pairs["csa", "crt"]["ties"], pairs["csa", "crt"]["losses"]) == (2, 1, 1)
+    assert pairs["csa", "ce"]["wins"] == 4 and pairs["csa", "ce"]["p"] == 2 / 16
+    table = TABLE1.collect(results, studies, rows, 4)
+    md = TABLE1.markdown(table, {}, rows, "note", pairs={"cmnist-lt": pairs})
     assert "| cmnist-lt | CSA − cRT | 4 | +0.5 ± 1.3 | 2 / 1 / 1 | 0.750 |" in md
-    strong = {"cmnist-lt": {"csa - ce": {**pairs["csa - ce"], "p": 2 / 2**20}}}
-    assert "| 4 / 0 / 0 | < 0.001 |" in markdown({}, {}, "T", "note", pairs=strong)
-    assert "Paired by seed" not in markdown(collect(results, ["cmnist-lt"], 4, rows), {}, "T", "note")
+    strong = {"cmnist-lt": {("csa", "ce"): {**pairs["csa", "ce"], "p": 2 / 2**20}}}
+    assert "| 4 / 0 / 0 | < 0.001 |" in TABLE1.markdown({}, {}, rows, "note", pairs=strong)
+    assert "Paired by seed" not in TABLE1.markdown(table, {}, rows, "note")
 
 
 def test_unknown_study_method_lists_known():
-    with pytest.raises(ValueError, match="known: ce, crt, cbrs, csa"):
-        select_rows(["bbn"])
+    with pytest.raises(ValueError, match="unknown Table 1 method 'bbn'; known: ce, crt, cbrs, csa"):
+        TABLE1.select_rows(["bbn"])
 
 
 def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
@@ -93,7 +105,6 @@ def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
     import numpy as np
 
     from test_sources import write_idx
-    from tailshift.reproduce import table1
 
     rng = np.random.default_rng(0)
     (tmp_path / "mnist").mkdir()
@@ -105,15 +116,14 @@ def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
         write_idx(tmp_path / "mnist" / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels)
     out = tmp_path / "out"
-    table = table1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"],
-                       str(tmp_path / "mnist"), ["ce", "crt", "cbrs"])
+    table = TABLE1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"], ["ce", "crt", "cbrs"], mnist_root=str(tmp_path / "mnist"))
     assert set(table["cmnist-lt"]) == {"ce", "crt", "cbrs"}
     md = (out / "table1.md").read_text()
     assert "| cmnist-lt | CE |" in md and "| 39.1 | 94.4 / 12.2 / 15.2 |" in md and "Command:" in md
     assert (out / "runs" / "cmnist-lt" / "crt" / "seed0" / "metrics.json").exists()
     # rebuilt from the finished runs, the report still gives their training time, not the seconds it took itself
     trained = json.loads((out / "table1.json").read_text())["runs"]
-    again = table1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"], str(tmp_path / "mnist"), ["ce", "crt", "cbrs"])
+    again = TABLE1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"], ["ce", "crt", "cbrs"], mnist_root=str(tmp_path / "mnist"))
     assert again == table
     rebuilt = json.loads((out / "table1.json").read_text())["runs"]
     assert [r["train_seconds"] for r in rebuilt] == [r["train_seconds"] for r in trained]
@@ -134,10 +144,10 @@ def test_seeds_parse_from_a_count_a_range_or_a_list_and_name_themselves():
 
 
 def test_a_seed_range_names_its_runs_by_seed_and_extends_a_study(tmp_path):
-    jobs = jobs_for(["fashion-lt"], [5, 6], tmp_path, [], rows=select_rows(["ce", "cbrs"]))
+    rows = TABLE1.select_rows(["ce", "cbrs"])
+    jobs = jobs_for(["fashion-lt"], [5, 6], tmp_path, [], rows)
     assert sorted(j.key for j in jobs) == ["fashion-lt/cbrs/seed5", "fashion-lt/cbrs/seed6",
                                            "fashion-lt/crt/seed5", "fashion-lt/crt/seed6"]
     assert {j.resolve().seed for j in jobs} == {5, 6}
-    results = [{"key": j.key, "diverged": False, "heads": {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}}
-               for j in jobs]
-    assert collect(results, ["fashion-lt"], [5, 6], select_rows(["ce", "cbrs"]))["fashion-lt"]["cbrs"]["runs"] == 2
+    results = [result(j.study, j.run, j.seed, {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}) for j in jobs]
+    assert TABLE1.collect(results, TABLE1.studies(["fashion-lt"]), rows, [5, 6])["fashion-lt"]["cbrs"]["runs"] == 2

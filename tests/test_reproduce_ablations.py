@@ -15,7 +15,7 @@ def test_rows_that_resolve_to_one_config_share_its_runs(tmp_path):
     assert rows["table6"]["V = 1 B"] == "base" and rows["figure8"]["U(0, 1)"] == "base"
     distinct = {slug for by_row in rows.values() for slug in by_row.values()}
     assert len(distinct) == 1 + 1 + 9 + 6 + 6 and len(jobs) == 2 * len(distinct)
-    cfg = next(j for j in jobs if j.key == "delta=0.3/seed1").resolve()
+    cfg = next(j for j in jobs if (j.run, j.seed) == ("delta=0.3", 1)).resolve()
     assert (cfg.method.params["delta"], cfg.seed, cfg.train.epochs) == (0.3, 1, 2)
     assert cfg.output == str(tmp_path / "runs" / "fashion-lt" / "delta=0.3" / "seed1")
 
@@ -79,3 +79,11 @@ def test_ablations_end_to_end_on_a_generated_file(tmp_path):
     # epoch 1 warms up, epoch 3 is plain (stop_last_epochs 1); without the bank, epoch 2 fuses
     # contexts from each step's own uniform batch
     assert [round(e["fused"], 2) for e in curve][0] == 0 and curve[1]["fused"] > 0 and curve[2]["fused"] == 0
+
+
+def test_figure8_uniform_row_is_the_base_cifar_run(tmp_path):
+    # the CIFAR CSA configs leave lambda's distribution at its default: the row that spells it out
+    # resolves to the same params, so it reuses the base run instead of training 200 epochs again
+    for study in ("cifar10-lt", "cifar100-lt"):
+        _, rows = ablations.plan(study, ablations.select_tables(["figure8"], study), 1, tmp_path, [])
+        assert rows["figure8"]["U(0, 1)"] == "base"

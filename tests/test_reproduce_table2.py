@@ -6,13 +6,18 @@ import pytest
 from tailshift.data.sources import KNOWN_CAVEATS
 from tailshift.reproduce import table2
 from tailshift.reproduce.common import config_path
+from tailshift.reproduce.table2 import TABLE2, TABLE10, TABLE11
+
+
+def jobs_for(datasets, rhos, seeds, out, overrides, rows, grid=TABLE2):
+    return grid.jobs(grid.studies(datasets, rhos), rows, seeds, out, overrides)
 
 
 def test_table2_jobs_one_per_run_rho_and_seed_dual_runs_first(tmp_path):
-    rows = table2.select_rows(["ce", "crt", "csa", "csa-ensemble", "la"])
-    jobs = table2.jobs_for(["cifar10-lt"], [100, 10], 2, tmp_path, ["train.epochs=1", "train.optim.warmup_epochs=0"], rows)
+    rows = TABLE2.select_rows(["ce", "crt", "csa", "csa-ensemble", "la"])
+    jobs = jobs_for(["cifar10-lt"], [100, 10], 2, tmp_path, ["train.epochs=1", "train.optim.warmup_epochs=0"], rows)
     assert len(jobs) == 3 * 2 * 2  # runs crt (CE + cRT), csa (two heads), la
-    assert all("/csa/" in j.key for j in jobs[:4])
+    assert all(j.run == "csa" for j in jobs[:4])
     assert all(config_path(j.config).exists() for j in jobs)
     cfg = next(j for j in jobs if j.key == "cifar10-lt rho 10/la/seed1").resolve()
     assert (cfg.data.longtail.rho, cfg.seed, cfg.train.epochs) == (10, 1, 1)
@@ -20,29 +25,42 @@ def test_table2_jobs_one_per_run_rho_and_seed_dual_runs_first(tmp_path):
 
 
 def test_run_scoped_overrides_reach_only_their_run(tmp_path):
-    rows = table2.select_rows(["crt", "csa"])
-    jobs = table2.jobs_for(["cifar10-lt"], [100], 1, tmp_path,
-                           ["train.epochs=16", "train.optim.warmup_epochs=1", "csa:method.params.warmup_epochs=2"], rows)
-    by_run = {j.key.split("/")[1]: j.resolve() for j in jobs}
+    rows = TABLE2.select_rows(["crt", "csa"])
+    jobs = jobs_for(["cifar10-lt"], [100], 1, tmp_path,
+                    ["train.epochs=16", "train.optim.warmup_epochs=1", "csa:method.params.warmup_epochs=2"], rows)
+    by_run = {j.run: j.resolve() for j in jobs}
     assert by_run["csa"].method.params["warmup_epochs"] == 2 and by_run["csa"].train.epochs == 16
     assert "warmup_epochs" not in by_run["crt"].method.params and by_run["crt"].train.epochs == 16
     with pytest.raises(ValueError, match="scoped to run 'bbn'; runs of this grid: crt, csa"):
-        table2.jobs_for(["cifar10-lt"], [100], 1, tmp_path, ["bbn:seed=1"], rows)
+        jobs_for(["cifar10-lt"], [100], 1, tmp_path, ["bbn:seed=1"], rows)
 
 
 def test_table2_paper_rows_take_table7_heads_for_cifar100_rho100():
-    paper = table2.paper_rows([100, 10])
+    paper = TABLE2.paper_rows(TABLE2.studies(["cifar10-lt", "cifar100-lt"], [100, 10]))
     assert paper["cifar10-lt rho 100"]["csa"] == [80.6, None, None, None]
     assert paper["cifar100-lt rho 10"]["ce"] == [55.7, None, None, None]
     assert paper["cifar100-lt rho 100"]["csa-uniform"] == [39.4, 68.3, 37.3, 6.1]
     assert "cifar10-lt rho 50" not in paper
 
 
+def test_table2_knows_every_row_of_the_papers_table_and_its_numbers():
+    # the paper's Table 2, column CIFAR10-LT rho 100, top to bottom ("-": not reported)
+    paper = TABLE2.paper_rows(TABLE2.studies(["cifar10-lt"], [100]))["cifar10-lt rho 100"]
+    column = [70.4, 70.4, 74.6, 75.6, 76.3, 77.0, 75.7, 73.0, 79.8, 73.1, 75.4, 79.1, 75.4, None, 79.1, 76.3, 80.6, 82.5]
+    assert [r.name for r in table2.PAPER_ROWS] == list(paper)
+    assert [paper[r.name][0] for r in table2.PAPER_ROWS] == column
+    assert TABLE2.paper_rows(TABLE2.studies(["cifar100-lt"], [50]))["cifar100-lt rho 50"]["remix"] == [None] * 4
+    missing = {r.name for r in TABLE2.rows if r.run is None}
+    assert missing == {"m2m", "cam-bs"}
+    implemented = {r.run for r in TABLE2.rows if r.run is not None}
+    assert all(config_path(f"table2/{d}_{run}").exists() for d in ("cifar10-lt", "cifar100-lt") for run in implemented)
+
+
 def test_table2_unknown_method_or_dataset_lists_known(tmp_path):
-    with pytest.raises(ValueError, match="unknown Table 2 method 'bbn'; known: ce, crt, cbrs, la"):
-        table2.select_rows(["bbn"])
+    with pytest.raises(ValueError, match="unknown Table 2 method 'magic'; known: ce, focal, cb-focal, drs"):
+        TABLE2.select_rows(["magic"])
     with pytest.raises(ValueError, match="unknown Table 2 dataset 'imagenet-lt'; known: cifar10-lt, cifar100-lt"):
-        table2.run(["imagenet-lt"], [100], 1, 1, tmp_path, [])
+        TABLE2.run(["imagenet-lt"], 1, 1, tmp_path, [])
 
 
 def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
@@ -60,12 +78,13 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     path = tmp_path / "cifar10-jpeg.npz"  # the name of the known JPEG-decoded copy: its caveat must show
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     out = tmp_path / "out"
-    table = table2.run(["cifar10-lt"], [10], 1, 1, out,
+    table = TABLE2.run(["cifar10-lt"], 1, 1, out,
                        [f"data.root={path}", "data.longtail.n_max=12", "train.epochs=1", "train.optim.warmup_epochs=0", "train.batch_size=16"],
-                       ["ce", "crt", "csa", "csa-uniform"])
+                       ["ce", "crt", "m2m", "csa", "csa-uniform"], rhos=[10])
     assert set(table["cifar10-lt rho 10"]) == {"ce", "crt", "csa", "csa-uniform"}
     md = (out / "table2.md").read_text()
     assert "| cifar10-lt rho 10 | CSA (uniform head) |" in md and "| 89.8 |" in md
+    assert "| cifar10-lt rho 10 | M2m | - | - | - | - | 87.5 | - / - / - | not implemented: needs a CE-trained" in md
     assert f"Data: {path} (**a JPEG-decoded copy of CIFAR-10" in md
     # CSA paired with the baselines in the table only (CB-RS, LA and dual were not run); one seed: no p-value
     # (a tiny one-epoch run may collapse, and then has no pair at all)
@@ -77,54 +96,71 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
 
 
 def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
-    rows = table2.select_rows(None, table2.TABLE10)
+    rows = TABLE10.select_rows(None)
     assert list(rows) == ["csa-cbrs", "csa-la", "csa-both"]
-    jobs = table2.jobs_for(["cifar100-lt"], [100], 2, tmp_path, [], rows, table2.TABLE10)
+    jobs = jobs_for(["cifar100-lt"], [100], 2, tmp_path, [], rows, TABLE10)
     assert len(jobs) == 3 * 2 and all(j.config.startswith("table10/cifar100-lt_csa-") for j in jobs)
-    params = {j.key.split("/")[1]: j.resolve().method.params for j in jobs}
+    params = {j.run: j.resolve().method.params for j in jobs}
     # the release: LA on the uniform head only, plain CE on the balanced branch
     assert params["csa-la"]["balanced_stream"] == "uniform"
     assert params["csa-la"]["uniform_loss"] == "la" and params["csa-la"]["balanced_loss"] == "ce"
     assert params["csa-both"].get("balanced_stream", "balanced") == "balanced"
     assert params["csa-both"]["uniform_loss"] == "la" and params["csa-both"]["balanced_loss"] == "ce"
-    variants = table2.select_rows(["csa-la-balanced-head", "csa-both-balanced-head"], table2.TABLE10)
-    old = {j.key.split("/")[1]: j.resolve().method.params
-           for j in table2.jobs_for(["cifar100-lt"], [100], 1, tmp_path, [], variants, table2.TABLE10)}
+    variants = TABLE10.select_rows(["csa-la-balanced-head", "csa-both-balanced-head"])
+    old = {j.run: j.resolve().method.params for j in jobs_for(["cifar100-lt"], [100], 1, tmp_path, [], variants, TABLE10)}
     assert old["csa-la-balanced-head"]["balanced_loss"] == "la" and old["csa-la-balanced-head"].get("uniform_loss", "ce") == "ce"
     assert old["csa-both-balanced-head"]["balanced_loss"] == "la"
-    paper = table2.paper_rows([100, 50], table2.TABLE10)
+    paper = TABLE10.paper_rows(TABLE10.studies(["cifar100-lt"], [100, 50]))
     assert paper == {"cifar100-lt rho 100": {"csa-cbrs": [45.8, 64.3, 49.7, 18.2], "csa-la": [47.2, 62.4, 48.8, 26.1],
                                              "csa-both": [45.0, 48.7, 51.0, 31.4]},
                      "cifar100-lt rho 50": {}}
     with pytest.raises(ValueError, match="unknown Table 10 method 'csa'; known: csa-cbrs, csa-la, csa-both, csa-la-balanced-head"):
-        table2.select_rows(["csa"], table2.TABLE10)
+        TABLE10.select_rows(["csa"])
     with pytest.raises(ValueError, match="unknown Table 10 dataset 'cifar10-lt'; known: cifar100-lt"):
-        table2.run(["cifar10-lt"], [100], 1, 1, tmp_path, [], grid=table2.TABLE10)
+        TABLE10.run(["cifar10-lt"], 1, 1, tmp_path, [])
 
 
-def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
-    """`reproduce table10` on a tiny generated CIFAR-100 folder: CSA w/ LA beside the paper's row."""
+def write_cifar100(tmp_path, per_class):
+    """A tiny CIFAR-100 pickle folder (train ``per_class`` images a class, test one)."""
     import pickle
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    for name, per_class in (("train", 4), ("test", 1)):
-        labels = np.repeat(np.arange(100), per_class)
+    for name, n in (("train", per_class), ("test", 1)):
+        labels = np.repeat(np.arange(100), n)
         data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
         (folder / name).write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels.tolist(),
                                                   b"coarse_labels": [0] * len(labels)}, protocol=2))
     names = [f"class{i}".encode() for i in range(100)]
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))
+
+
+def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):
+    """`reproduce table10` on a tiny generated CIFAR-100 folder: CSA w/ LA beside the paper's row."""
+    write_cifar100(tmp_path, 4)
     out = tmp_path / "out"
-    table = table2.run(["cifar100-lt"], [100], 1, 1, out,
-                       [f"data.root={tmp_path}", "data.longtail.profile=none", "data.longtail.n_max=1",  # no empty class
-                        "train.epochs=1", "train.optim.warmup_epochs=0",
-                        "train.batch_size=32", "model.name=resnet20"], ["csa-la"], table2.TABLE10)
+    table = TABLE10.run(["cifar100-lt"], 1, 1, out,
+                        [f"data.root={tmp_path}", "data.longtail.profile=none", "data.longtail.n_max=1",  # no empty class
+                         "train.epochs=1", "train.optim.warmup_epochs=0",
+                         "train.batch_size=32", "model.name=resnet20"], ["csa-la"])
     assert set(table["cifar100-lt rho 100"]) == {"csa-la"}
     md = (out / "table10.md").read_text()
     assert md.startswith("# Table 10: CSA with logit adjustment")
     assert "| cifar100-lt rho 100 | CSA w/ LA |" in md and "| 47.2 | 62.4 / 48.8 / 26.1 |" in md
+
+
+def test_table11_end_to_end_on_generated_cifar100_pickles(tmp_path):
+    """`reproduce table11`: BCL and BCL w/ CSA beside the paper's Table 11, paired seed by seed."""
+    write_cifar100(tmp_path, 2)
+    out = tmp_path / "out"
+    table = TABLE11.run(["cifar100-lt"], 1, 1, out,
+                        [f"data.root={tmp_path}", "data.longtail.profile=none", "data.longtail.n_max=2", "train.epochs=1", "train.optim.warmup_epochs=0",
+                         "train.batch_size=64", "model.name=resnet20", "csa-bcl:method.params.warmup_epochs=0"], rhos=[50])
+    assert set(table["cifar100-lt rho 50"]) == {"bcl", "csa-bcl"}
+    md = (out / "table11.md").read_text()
+    assert md.startswith("# Table 11: CSA with BCL")
+    assert "| cifar100-lt rho 50 | BCL | " in md and "| 56.6 | - / - / - |" in md and "| 57.1 |" in md
 
 
 @pytest.mark.parametrize("grid, dataset", [("table2", "cifar10-lt"), ("table2", "cifar100-lt"), ("table10", "cifar100-lt")])

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from conftest import write_imagenet_lt
 
 from tailshift import cli
 from tailshift.config import build_config, read_yaml
 from tailshift.reproduce.common import config_path, paper_numbers
-from tailshift.reproduce.table3 import MODELS, jobs_for
+from tailshift.reproduce.table3 import MODELS, TABLE3
 
 
 def test_shipped_configs_follow_the_paper():
@@ -38,6 +39,8 @@ def test_table3_runs_and_prints_the_paper_beside_ours(tmp_path, capsys):
     md = (out / "table3.md").read_text()
     assert "# Table 3: ImageNet-LT" in md and "| resnet10 | CSA |" in md and "| 42.7 |" in md
     assert "| CSA (100 epochs) | 43.2 | 49.7 | 63.6 | 47.0 | 23.8 |" in md
+    with pytest.raises(ValueError, match="unknown Table 3 backbone 'resnet18'; known: resnet10, resnet50"):
+        TABLE3.studies(["resnet18"])
     saved = json.loads((out / "table3.json").read_text())
     assert {r["key"] for r in saved["runs"]} == {"resnet10/crt/seed0", "resnet10/cbrs/seed0", "resnet10/csa/seed0"}
     assert not any(r["diverged"] for r in saved["runs"]) and saved["table"]["resnet10"]["csa"]["all"]["mean"] >= 0
@@ -47,6 +50,7 @@ def test_table3_runs_and_prints_the_paper_beside_ours(tmp_path, capsys):
 
 
 def test_table3_jobs_scope_overrides_by_run(tmp_path):
-    jobs = jobs_for(["resnet50"], 2, tmp_path, ["csa:method.params.delta=0.5"], {"csa": ("csa", "balanced")})
+    jobs = TABLE3.jobs(TABLE3.studies(["resnet50"]), TABLE3.select_rows(["csa"]), 2, tmp_path,
+                       ["csa:method.params.delta=0.5"])
     assert [j.key for j in jobs] == ["resnet50/csa/seed0", "resnet50/csa/seed1"]
     assert jobs[0].config == "table3/imagenet-lt_csa_resnet50" and "method.params.delta=0.5" in jobs[0].overrides

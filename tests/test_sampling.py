@@ -70,3 +70,9 @@ def test_shards_partition_an_epoch():
 def test_bad_specs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplerSpec(**kwargs)
+
+
+def test_class_aware_epoch_shorter_than_a_round_of_classes():
+    labels = np.repeat(np.arange(10), 3)
+    idx = Sampler(labels, SamplerSpec("class_aware", per_class=2, epoch_length=6), 0).epoch_indices(0)
+    assert len(idx) == 6 and len(set(labels[idx])) == 3  # three classes visited, two draws each

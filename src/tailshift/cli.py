@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPRODUCIBLE = ("table1", "table2", "table3", "table10", "ablations",
-                "figure1", "figure2", "figure3", "figure4", "figure7")
-
-
 def _train(args) -> None:
     from .config import load_config
     from .engine import train
@@ -36,30 +32,25 @@ def _train(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce import ablations, figures, table1, table2, table3
-    from .reproduce.common import default_workers
+    from .reproduce.commands import COMMANDS, Request
 
-    out = Path(args.output or f"runs/reproduce/{args.what}")
-    workers = args.workers or default_workers()
-    datasets = args.datasets.split(",") if args.datasets else None
-    methods = args.methods.split(",") if args.methods else None
-    if args.what == "table1":
-        table1.run(datasets, args.seeds, workers, out, args.overrides, args.mnist_root, methods)
-    elif args.what == "table3":
-        models = args.models.split(",") if args.models else None
-        table3.run(models, args.seeds, args.workers or 1, out, args.overrides, methods, args.nproc)
-    elif args.what in table2.GRIDS:
-        try:
-            rhos = [int(r) for r in args.rhos.split(",")]
-        except ValueError:
-            raise ValueError(f"--rhos must be comma-separated integers such as 100,50,10, got {args.rhos!r}") from None
-        table2.run(datasets, rhos, args.seeds, workers, out, args.overrides, methods, table2.GRIDS[args.what])
-    elif args.what == "ablations":
-        tables = args.tables.split(",") if args.tables else None
-        ablations.run(args.study, tables, args.seeds, workers, out, args.overrides, args.mnist_root)
-    else:
-        getattr(figures, args.what)(datasets=datasets, seeds=args.seeds, workers=workers, out=out,
-                                    overrides=args.overrides, mnist_root=args.mnist_root, methods=methods)
+    request = Request(
+        out=Path(args.output or f"runs/reproduce/{args.what}"), workers=args.workers, seeds=args.seeds,
+        overrides=args.overrides, datasets=args.datasets, methods=args.methods, rhos=args.rhos,
+        mnist_root=args.mnist_root, study=args.study, tables=args.tables, models=args.models, nproc=args.nproc,
+    )
+    COMMANDS.get(args.what)(request)
+
+
+def _names(text: str) -> list[str]:
+    return text.split(",")
+
+
+def _rhos(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rhos must be comma-separated integers such as 100,50,10, got {text!r}") from None
 
 
 def _seeds(text: str) -> list[int]:
@@ -81,10 +72,12 @@ def _download(args) -> None:
 def _list(args) -> None:
     from .data.sources import DATASETS
     from .methods import METHODS
+    from .methods.losses import LOSSES
     from .models import MODELS
+    from .optim import OPTIMIZERS
 
-    for registry in (DATASETS, MODELS, METHODS):
-        print(f"{registry.kind}s: {', '.join(registry.names())}")
+    for registry in (DATASETS, MODELS, METHODS, LOSSES, OPTIMIZERS):
+        print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}: {', '.join(registry.names())}")
 
 
 def _evaluate(args) -> None:
@@ -158,29 +151,35 @@ def parser() -> argparse.ArgumentParser:
                    help="processes on this machine (one per GPU), launched with torchrun (default 1)")
     t.set_defaults(func=_train)
 
+    from .reproduce.commands import COMMANDS
+
     r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's")
-    r.add_argument("what", choices=REPRODUCIBLE)
+    r.add_argument("what", choices=COMMANDS.names())
     r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine); "
                         "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
     r.add_argument("--seeds", type=_seeds, default=list(range(5)),
                    help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) or a list (0,3,7)")
     r.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per core; table3: 1, each run takes the machine)")
-    r.add_argument("--datasets", default=None, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
-    r.add_argument("--methods", default=None,
-                   help="study rows for table1/figure4: ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
-                        "(table1 default: ce,crt,cbrs; figure4: all); table2 adds la,dual,csa-mixup (default: all); "
-                        "table10: csa-cbrs,csa-la,csa-both (default: all); "
+    r.add_argument("--datasets", type=_names, default=None,
+                   help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
+    r.add_argument("--methods", type=_names, default=None,
+                   help="table rows, comma-separated: table1/figure4 ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
+                        "(table1 default: ce,crt,cbrs; figure4: all); table2: every row of the paper's Table 2 "
+                        "(ce,focal,cb-focal,drs,ce-drw,ldam-drw,crt,lws,bbn,mixup,remix,m2m,cam-bs,cmo,crt-mixup,"
+                        "lws-mixup,csa,csa-mixup) and cbrs,la,cb-ce,balanced-softmax,tau-norm,dual,csa-uniform,"
+                        "csa-ensemble (default: all); table10: csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl; "
                         "table3: ce,crt,cbrs,csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)")
-    r.add_argument("--models", default=None,
+    r.add_argument("--models", type=_names, default=None,
                    help="table3: backbones, comma-separated of resnet10,resnet50 (default both)")
     r.add_argument("--nproc", type=int, default=1,
                    help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
-    r.add_argument("--rhos", default="100", help="table2, table10: imbalance ratios, comma-separated (default 100)")
+    r.add_argument("--rhos", type=_rhos, default=(100,),
+                   help="table2, table10, table11: imbalance ratios, comma-separated (default 100)")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
                         "fashion-lt or cfashion-lt run on a CPU)")
-    r.add_argument("--tables", default=None,
+    r.add_argument("--tables", type=_names, default=None,
                    help="ablations: comma-separated of table4,table5,table6,table8,figure8 (default: all the "
                         "study's backbone allows; table8 needs a pooled backbone)")
     r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
@@ -192,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--root", required=True)
     d.set_defaults(func=_download)
 
-    ls = sub.add_parser("list", help="list the registered datasets, models and methods")
+    ls = sub.add_parser("list", help="list the registered datasets, models, methods, losses and optimizers")
     ls.set_defaults(func=_list)
     _add_run_commands(sub)
     return p

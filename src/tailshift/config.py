@@ -16,6 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from .io import atomic_write_text
+from .optim import OPTIMIZERS
 from .validation import bounded, one_of, rule_of
 
 
@@ -103,6 +104,7 @@ class SamplingConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = one_of("sgd", OPTIMIZERS)
     lr: float = bounded(0.1, gt=0)
     momentum: float = bounded(0.0, ge=0)
     weight_decay: float = bounded(0.0, ge=0)
@@ -116,6 +118,7 @@ class OptimConfig:
     gamma: float = bounded(0.1, gt=0)
     # > 0: rescale each step's gradient to at most this total L2 norm
     clip_grad_norm: float = bounded(0.0, ge=0, note="0: off")
+    betas: list[float] = bounded(ge=0, lt=1, default_factory=lambda: [0.9, 0.999])  # adamw
 
 
 @dataclass
@@ -151,10 +154,33 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained model (not where it is written or how it is shown).
 
+        The method's params are hashed as the method resolves them (every default filled in),
+        so a config that spells out a default trains, and resumes, as the one that leaves it out.
         Options added after runs were recorded are left out while they hold the value that
         reproduces the older behaviour, so those runs' checkpoints still match their configs.
         """
-        return hashlib.sha256(json.dumps(shaping(self.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
+        return _hash(shaping(self.resolved_dict()))
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint as written before method params were resolved (the params as given):
+        checkpoints written then carry it, and still resume under the same config."""
+        return _hash(shaping(self.to_dict()))
+
+    def accepted_fingerprints(self) -> tuple[str, str]:
+        """The fingerprints a checkpoint of this config may carry: today's and the legacy one."""
+        return self.fingerprint(), self.legacy_fingerprint()
+
+    def resolved_dict(self) -> dict:
+        """``to_dict`` with the method's params as the method resolves them (every default filled in)."""
+        from .methods.base import resolved_params  # the methods know their defaults; config does not
+
+        d = self.to_dict()
+        d["method"]["params"] = resolved_params(self.method.name, self.method.params)
+        return d
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 #: options that change where or how a run is written or shown, never the trained model
@@ -162,7 +188,8 @@ NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outs
                      "data.workers",  # how many processes decode changes no pixel
                      "train.tensorboard")
 
-#: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``)
+#: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``);
+#: a method param added later goes here too, as "method.params.<name>"
 NEUTRAL_LATER_OPTIONS = {
     "train.optim.clip_grad_norm": 0.0,
     "train.optim.cosine_period": None,
@@ -176,6 +203,8 @@ NEUTRAL_LATER_OPTIONS = {
     "data.color_jitter": 0.4,
     "model.pretrained": None,
     "train.sync_batchnorm": False,
+    "train.optim.name": "sgd",
+    "train.optim.betas": [0.9, 0.999],
 }
 
 

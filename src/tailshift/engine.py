@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .config import ConfigError, RunConfig, config_differences, save_config
 from .data.build import PreparedData, prepare_data
-from .data.pipeline import batch_plan
+from .data.pipeline import batch_plan, epoch_length
 from .data.sampling import Sampler
 from .data.sources import DATASETS
 from .data.stream import make_feeds
@@ -34,6 +34,7 @@ from .methods import METHODS, Method
 from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
 from .models import MODELS, create_model
+from .optim import OPTIMIZERS, build_optimizer
 from .progress import Progress
 from .tensorboard_log import TensorBoardLog
 
@@ -63,15 +64,17 @@ def derive_seed(*parts) -> int:
     return int(np.random.SeedSequence([zlib.crc32(str(p).encode()) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def learning_rate(optim_cfg, base_lr: float, schedule: str, epochs: int, progress: float, period: int | None = None) -> float:
-    """LR at ``progress`` epochs into a stage (fractional, so schedules are smooth per step).
+def learning_rate(optim_cfg, base_lr: float, schedule: str, epochs: int, progress: float, period: int | None = None,
+                  warmup: bool = True) -> float:
+    """LR at ``progress`` epochs into a stage (fractional, so schedules are smooth per step);
+    ``warmup``: whether the run's linear warm-up (``optim_cfg.warmup_epochs``) opens the stage.
 
     ``cosine_epoch`` is the authors' release: the rate is set once per epoch, epoch e
     (0-based) training at base * (1 + cos(pi * e / period)) / 2; the engine passes the
     run's epoch count as the period for every stage (so cRT's 4-epoch re-training of an 8-epoch run
     trains at 0.1, 0.0962, 0.0854, 0.0691).
     """
-    warmup = optim_cfg.warmup_epochs if schedule == optim_cfg.schedule else 0
+    warmup = optim_cfg.warmup_epochs if warmup else 0
     if warmup and progress < warmup:
         return base_lr * (progress + 1e-8) / warmup
     if schedule == "constant":
@@ -116,6 +119,7 @@ def check_names(cfg: RunConfig) -> None:
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     METHODS.get(cfg.method.name)
+    OPTIMIZERS.get(cfg.train.optim.name)
 
 
 def build_method(cfg: RunConfig, data: PreparedData) -> Method:
@@ -221,7 +225,7 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"cannot read checkpoint {self.checkpoint_path} ({_load_failure(err)}); only tensors and plain "
                 "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
-        if not isinstance(payload, dict) or payload.get("fingerprint") != self.cfg.fingerprint():
+        if not isinstance(payload, dict) or payload.get("fingerprint") not in self.cfg.accepted_fingerprints():
             raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
         # a run resumed on as many processes as wrote it gets each rank's own state back
@@ -254,15 +258,17 @@ class Trainer:
         s = self.cfg.sampling
         labels = self.data.train.labels
         return {
-            name: Sampler(labels, stream_spec(req, s.balanced, s.per_class, s.balanced_epoch), self.cfg.seed, f"{stage_index}/{name}")
-            for name, req in stage.streams.items()
+            name: Sampler(labels, stream_spec(stage.streams[name], s.balanced, s.per_class, s.balanced_epoch),
+                          self.cfg.seed, f"{stage_index}/{name}")
+            for name in stage.stream_order()
         }
 
-    def _epoch_indices(self, samplers: dict[str, Sampler], epoch: int, steps: int, batch: int) -> dict[str, torch.Tensor]:
-        """The first stream's epoch; the others cycle their own epochs to cover the same steps."""
+    def _epoch_indices(self, samplers: dict[str, Sampler], driver: str, epoch: int, steps: int,
+                       batch: int) -> dict[str, torch.Tensor]:
+        """The driver's epoch; the other streams cycle their own epochs to cover the same steps."""
         out = {}
-        for i, (name, sampler) in enumerate(samplers.items()):
-            if i == 0:
+        for name, sampler in samplers.items():
+            if name == driver:
                 idx = sampler.epoch_indices(epoch)
             else:
                 parts, have, k = [], 0, 0
@@ -304,19 +310,13 @@ class Trainer:
                 continue
             fresh = state.epoch == 0
             self.method.begin_stage(stage, fresh)
-            optimizer = torch.optim.SGD(
-                self.method.trainable_parameters(stage),
-                lr=stage.lr or cfg.train.optim.lr,
-                momentum=cfg.train.optim.momentum,
-                weight_decay=cfg.train.optim.weight_decay,
-                nesterov=cfg.train.optim.nesterov,
-            )
+            optimizer = build_optimizer(self.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
+                                        cfg.train.optim)
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
             samplers = self._samplers(stage, stage_index)
-            primary = next(iter(samplers.values()))
-            steps = self.world.steps(len(primary), batch)
+            steps = self.world.steps(len(samplers[stage.driver]), batch)
             for epoch in range(state.epoch, stage.epochs):
                 started = time.perf_counter()
                 logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
@@ -343,7 +343,7 @@ class Trainer:
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
         self.method.begin_epoch(stage, epoch)
-        indices = self._epoch_indices(samplers, epoch, steps, batch)
+        indices = self._epoch_indices(samplers, stage.driver, epoch, steps, batch)
         dev = self.device
         world = self.world
         augment_seed = derive_seed(cfg.seed, "augment", stage_index, epoch)
@@ -360,7 +360,8 @@ class Trainer:
         bar = self.progress.steps(steps, f"{stage.name} {epoch + 1}/{stage.epochs}")
         plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
         for step, (lo, hi, start, stop), batches in zip(bar, plan, feed):
-            lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period)
+            lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period,
+                               stage.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ctx = StepContext(stage, stage_index, epoch, step, method_gen, BatchShard(start, stop, hi - lo, world))
@@ -422,11 +423,6 @@ class Trainer:
         if self.world.is_main:
             atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
-
-
-def epoch_length(indices: dict[str, torch.Tensor]) -> int:
-    """Draws in an epoch: the first (driving) stream's."""
-    return len(next(iter(indices.values())))
 
 
 def train(cfg: RunConfig, data: PreparedData | None = None, resume: bool = True) -> dict:

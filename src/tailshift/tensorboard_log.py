@@ -71,9 +71,7 @@ class TensorBoardLog:
         random streams, so training is unchanged); skipped until a confident image exists."""
         from .reproduce.figures import FIGURE3_LAMBDAS, context_shift_example
 
-        method = self.trainer.method
-        shifts = hasattr(method, "extract_contexts") and getattr(method.params, "context_shift", False)
-        if not shifts or not hasattr(self.trainer.train_arrays, "batch"):
+        if not hasattr(self.trainer.method, "show_fused_batch") or not hasattr(self.trainer.train_arrays, "batch"):
             return
         device = self.trainer.device
         try:  # a crop-flipped split draws its crops from the global generator: leave it as it was

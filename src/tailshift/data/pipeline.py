@@ -39,6 +39,11 @@ def batch_plan(length: int, steps: int, batch_size: int, world: World) -> Iterat
         yield (lo, hi, *world.part(hi - lo))
 
 
+def epoch_length(indices: dict[str, torch.Tensor]) -> int:
+    """Draws in an epoch: the driving stream's (every other stream cycles to cover at least as many)."""
+    return min(len(idx) for idx in indices.values())
+
+
 def normalise(raw: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
     """uint8 -> float in [0, 1], then (x - mean) / std if given; channels-last."""
     x = raw.float().div_(255.0)
@@ -124,8 +129,7 @@ class DeviceArrays:
         """Each step's batches, stream by stream (this process's rows); augmentation drawn from
         one generator seeded with ``seed``, in step and stream order."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        length = len(next(iter(indices.values())))
-        for lo, hi, start, stop in batch_plan(length, steps, batch_size, world):
+        for lo, hi, start, stop in batch_plan(epoch_length(indices), steps, batch_size, world):
             rows = None if (start, stop) == (0, hi - lo) else (start, stop)
             yield {name: self.batch(idx[lo:hi], generator, rows) for name, idx in indices.items()}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLER_KINDS = ("shuffle", "power", "class_aware")
+SAMPLER_KINDS = ("shuffle", "power", "class_aware", "reversed")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class SamplerSpec:
       power        i.i.d. draws with class probability n_k^q / sum n^q (Eq. 2)
       class_aware  classes cycled in shuffled order, ``per_class`` consecutive
                    samples from each (the release's CB-RS sampler; q = 0)
+      reversed     i.i.d. draws with class probability 1/n_k / sum 1/n (BBN's reversed
+                   sampler, Zhou et al. 2020, Eq. 1; Eq. 2 with q = -1)
     epoch_length: "dataset" (N draws), "balanced" (n_max x C draws, as the
       release's balanced sampler), or an int.
     """
@@ -86,8 +88,9 @@ class Sampler:
         if self.spec.kind == "shuffle":
             reps = -(-n // len(self.labels))
             return np.concatenate([rng.permutation(len(self.labels)) for _ in range(reps)])[:n]
-        if self.spec.kind == "power":
-            per_sample = class_probabilities(self.counts, self.spec.q)[self.labels] / self.counts[self.labels]
+        if self.spec.kind in ("power", "reversed"):
+            q = -1.0 if self.spec.kind == "reversed" else self.spec.q
+            per_sample = class_probabilities(self.counts, q)[self.labels] / self.counts[self.labels]
             return rng.choice(len(self.labels), size=n, p=per_sample / per_sample.sum())
         return self._class_aware(rng, n)
 
@@ -101,6 +104,8 @@ class Sampler:
         out = np.empty((visits, k), dtype=np.int64)
         for c in present:
             slots = np.flatnonzero(class_seq == c)
+            if len(slots) == 0:  # an epoch shorter than one round of the classes skips some
+                continue
             need = len(slots) * k
             members = self.members[c]
             cycles = -(-need // len(members))

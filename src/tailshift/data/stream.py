@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..distributed import World
 from .arrays import ArrayDataset, DataError
 from .lists import FileDataset
-from .pipeline import Batch, DeviceArrays, batch_plan, normalise
+from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
 from .transforms import crop_flip, eval_image, train_image
 
 STORAGES = ("auto", "device", "stream")
@@ -166,9 +166,8 @@ class StreamFeed:
               world: World = World()) -> Iterator[dict[str, Batch]]:
         """As ``DeviceArrays.epoch``: each step's batches (this process's rows), augmented per image."""
         arrays = {name: idx.numpy() for name, idx in indices.items()}
-        length = len(next(iter(arrays.values())))
         requests = [(seed, tuple((name, idx[lo + start: lo + stop], lo + start) for name, idx in arrays.items()))
-                    for lo, hi, start, stop in batch_plan(length, steps, batch_size, world)]
+                    for lo, hi, start, stop in batch_plan(epoch_length(indices), steps, batch_size, world)]
         return self._run(requests, self.augmented)
 
     def iterate(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -20,13 +20,14 @@ from ..distributed import BatchShard
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
-STREAM_ROLES = ("uniform", "balanced", "power")
+STREAM_ROLES = ("uniform", "balanced", "power", "reversed")
 
 
 @dataclass(frozen=True)
 class StreamRequest:
     """A stream by role: "uniform" (every sample once per epoch), "balanced"
-    (q = 0, in the form the run's ``sampling`` config picks) or "power" with q."""
+    (q = 0, in the form the run's ``sampling`` config picks), "power" with q, or
+    "reversed" (class probability proportional to 1 / n, BBN's re-balancing branch)."""
 
     role: str
     q: float = 1.0
@@ -38,14 +39,35 @@ class StreamRequest:
 
 @dataclass(frozen=True)
 class Stage:
-    """A training stage. The first stream drives the number of steps per epoch;
-    the others are cycled alongside it. ``lr`` overrides the run's learning rate."""
+    """A training stage.
+
+    ``driver``: the stream whose epoch sets the number of steps per epoch (the others are
+    cycled alongside it); it may be left out only when there is one stream. Each step's
+    batches are drawn (and augmented) driver first, then the others in declared order.
+    ``lr`` and ``schedule`` override the run's learning rate and schedule for this stage;
+    ``warmup``: whether the run's linear warm-up (``train.optim.warmup_epochs``) opens it.
+    """
 
     name: str
     epochs: int
     streams: dict[str, StreamRequest]
+    driver: str | None = None
     lr: float | None = None
     schedule: str | None = None
+    warmup: bool = True
+
+    def __post_init__(self):
+        if self.driver is None:
+            if len(self.streams) != 1:
+                raise ValueError(f"stage {self.name!r} has streams {', '.join(self.streams)}: name its driver")
+            object.__setattr__(self, "driver", next(iter(self.streams)))
+        elif self.driver not in self.streams:
+            raise ValueError(f"stage {self.name!r}: driver {self.driver!r} is not one of its streams "
+                             f"({', '.join(self.streams)})")
+
+    def stream_order(self) -> list[str]:
+        """The driver, then the other streams in declared order (the order batches are drawn in)."""
+        return [self.driver, *(name for name in self.streams if name != self.driver)]
 
 
 @dataclass
@@ -105,8 +127,19 @@ class Method(nn.Module):
     def training_step(self, batches: dict[str, Batch], ctx: StepContext) -> StepOutput:
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the heads read: the backbone's embedding unless a method changes it."""
+        return self.backbone(x)
+
+    def heads(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Every reported head by name: a function from ``features(x)`` to logits. The figures
+        (e.g. Grad-CAM of a head) and ``predict`` go through this, never through attributes."""
         raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every head; each is evaluated and reported."""
+        features = self.features(x)
+        return {name: head(features) for name, head in self.heads().items()}
 
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (besides buffers)."""
@@ -116,19 +149,25 @@ class Method(nn.Module):
         pass
 
 
-def build_params(method_cls: type, values: dict):
-    """Validate a method's ``params`` mapping against its ``Params`` dataclass: names, types
-    (from the annotations) and the rules declared next to the fields (``validation.bounded``)."""
+def build_params(owner: type, values: dict, key: str = "method.params"):
+    """Validate a ``params`` mapping (of a method, or a loss: ``key`` says where it was given) against
+    the owner's ``Params`` dataclass: names, types (from the annotations) and the rules declared next
+    to the fields (``validation.bounded``)."""
     from ..config import ConfigError, build_dataclass  # lazily: config imports the registries lazily too
 
-    params_cls = method_cls.Params
+    params_cls = owner.Params
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key} for {owner.__name__} must be a mapping, got {values!r}")
     names = [f.name for f in dataclasses.fields(params_cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown method.params.{unknown[0]} for {method_cls.__name__}; known: {', '.join(names) or '(none)'}"
-        )
-    return build_dataclass(params_cls, values, "method.params")
+        raise ConfigError(f"unknown {key}.{unknown[0]} for {owner.__name__}; known: {', '.join(names) or '(none)'}")
+    return build_dataclass(params_cls, values, key)
+
+
+def resolved_params(method_name: str, values: dict) -> dict:
+    """A method's params with every default filled in (what the run really uses), as plain data."""
+    return dataclasses.asdict(build_params(METHODS.get(method_name), values))
 
 
 def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_epoch: str) -> SamplerSpec:
@@ -139,4 +178,6 @@ def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_
         if balanced == "class_aware":
             return SamplerSpec(kind="class_aware", per_class=per_class, epoch_length=balanced_epoch)
         return SamplerSpec(kind="power", q=0.0, epoch_length=balanced_epoch)
+    if request.role == "reversed":
+        return SamplerSpec(kind="reversed")
     return SamplerSpec(kind="power", q=request.q)

@@ -1,4 +1,5 @@
-"""Context-Shift Augmentation (CSA, paper Sec. 3, Algorithm 1) and its dual-branch baseline.
+"""Context-Shift Augmentation (CSA, paper Sec. 3, Algorithm 1): the dual-branch network whose
+balanced batches get the background of confidently classified uniform images pasted in.
 
 One shared backbone, a uniform head trained on uniformly shuffled batches and a
 balanced head trained on re-sampled batches whose images get the background of
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -19,24 +20,31 @@ from ..cam import CAM_METHODS, context_masks
 from ..distributed import BatchShard
 from ..tensors import gather_rows, is_channels_last
 from ..validation import bounded, one_of
-from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from .base import METHODS, Stage, StepContext
 from .context_bank import ContextBank
-from .losses import LOSSES
-from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, mixup, mixup_loss, sample_lambda
+from .dual import DualBranch, bad_param
+from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
 
 CAM_MODES = ("eval", "train")
 BANK_SCOPES = ("rank", "global")
-DRIVERS = ("uniform", "balanced")
-BALANCED_STREAMS = ("balanced", "uniform")
 
 
-def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"method.params.{name} must be {allowed}, got {value!r}")
+@dataclass
+class FusedBatch:
+    """One balanced batch under context shift, for showing (Figure 5): the drawn contexts and their
+    masks, the fused batch at each lambda, and how the bank was filled."""
+
+    contexts: torch.Tensor
+    masks: torch.Tensor
+    fused: dict[float, torch.Tensor]
+    uniform_images_scanned: int
+    bank_entries: int
+    bank_capacity: int
 
 
 @METHODS.register("csa")
-class ContextShiftAugmentation(Method):
-    """CSA: uniform head + context extraction, balanced head on context-shifted re-sampled batches.
+class ContextShiftAugmentation(DualBranch):
+    """CSA: the dual branch plus context extraction; the balanced head trains on context-shifted batches.
 
     Per step: the uniform head's loss on the uniform batch; masks of that batch
     from the uniform head's (Grad-)CAM; samples with true-class probability
@@ -47,18 +55,7 @@ class ContextShiftAugmentation(Method):
     """
 
     @dataclass
-    class Params:
-        context_shift: bool = True  # False: the plain dual-branch network ("dual")
-        driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch
-        # "uniform": Table 10 "w/ LA" (context shift on uniform batches)
-        balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
-        uniform_loss: str = one_of("ce", LOSSES)
-        balanced_loss: str = one_of("ce", LOSSES)
-        tau: float = bounded(1.0, ge=0)  # logit-adjustment temperature of an "la" loss
-        uniform_weight: float = bounded(1.0, ge=0)
-        balanced_weight: float = bounded(1.0, ge=0)
-        mixup_alpha: float = bounded(0.0, ge=0)  # > 0: mixup on the uniform branch
-        mixup_stop_epochs: int = bounded(3, ge=0)  # mixup off in the last epochs (release)
+    class Params(DualBranch.Params):
         # "cam": Zhou et al. (Table 8), needs a pooled-linear backbone
         cam: str = one_of("gradcam", CAM_METHODS)
         # eval: BN running statistics (release); train: the training forward's map
@@ -81,25 +78,20 @@ class ContextShiftAugmentation(Method):
         bank_scope: str = one_of("rank", BANK_SCOPES)
 
         def __post_init__(self):
+            super().__post_init__()
             if self.lam_distribution == "uniform" and not 0.0 <= self.lam_a <= self.lam_b <= 1.0:
-                raise _bad("lam_a/lam_b", (self.lam_a, self.lam_b), "0 <= lam_a <= lam_b <= 1 for a uniform lambda")
+                raise bad_param("lam_a/lam_b", (self.lam_a, self.lam_b), "0 <= lam_a <= lam_b <= 1 for a uniform lambda")
             if self.lam_distribution == "beta" and not (self.lam_a > 0 and self.lam_b > 0):
-                raise _bad("lam_a/lam_b", (self.lam_a, self.lam_b), "both > 0 for a beta lambda")
-
-    default_head = "balanced"
+                raise bad_param("lam_a/lam_b", (self.lam_a, self.lam_b), "both > 0 for a beta lambda")
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         p = self.params
-        if p.context_shift and p.cam == "cam" and not backbone.pooled_linear:
+        if p.cam == "cam" and not backbone.pooled_linear:
             raise ValueError(
                 f"method.params.cam=cam needs a backbone whose embed is global average pooling; "
                 f"{type(backbone).__name__} is not (use cam=gradcam)"
             )
-        self.uniform_head = backbone.new_head(num_classes)
-        self.balanced_head = backbone.new_head(num_classes)
-        self._uniform_loss = LOSSES.get(p.uniform_loss)
-        self._balanced_loss = LOSSES.get(p.balanced_loss)
         # Without batch norm or dropout, eval and train mode give the same feature map,
         # so the training forward's map serves the CAM and the extra forward is saved.
         self._reuse_train_map = p.cam_mode == "train" or not backbone.mode_dependent
@@ -111,14 +103,8 @@ class ContextShiftAugmentation(Method):
         self._first_extraction_epoch = p.warmup_epochs if emptied else 0
         self.bank: ContextBank | None = None
 
-    # --- streams and epochs --------------------------------------------------
-    def stages(self) -> list[Stage]:
-        streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream)}
-        if self.params.driver == "balanced":
-            streams = {"balanced": streams["balanced"], "uniform": streams["uniform"]}
-        return [Stage("train", self.epochs, streams)]
-
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        super().begin_epoch(stage, epoch)
         if self.params.empty_bank_each_epoch and self.bank is not None:
             self.bank.clear()
 
@@ -206,77 +192,65 @@ class ContextShiftAugmentation(Method):
             lam = shard.local(lam)
         return fuse_context(x, contexts[0], contexts[1], lam)
 
-    # --- training ------------------------------------------------------------
-    def training_step(self, batches, ctx: StepContext) -> StepOutput:
+    # --- the balanced branch's input ------------------------------------------
+    def balanced_input(self, uniform, balanced, feature_map, uniform_logits, mixing: bool, ctx: StepContext):
+        """Context extraction (Sec. 3.1) from the uniform batch, then the balanced batch fused
+        (Eq. 6-9) once contexts are available, plain in the final ``stop_last_epochs``, else None."""
         p = self.params
-        uni, bal = batches["uniform"], batches["balanced"]
         plain_phase = ctx.epoch >= ctx.stage.epochs - p.stop_last_epochs  # augmentation disabled
-        mixing = p.mixup_alpha > 0 and ctx.epoch < ctx.stage.epochs - p.mixup_stop_epochs
-
-        # Uniform branch (Eq. 4-5), optionally on mixed images.
-        if mixing:
-            x_mix, y_a, y_b, lam_mix = mixup(uni.x, uni.y, p.mixup_alpha, ctx.generator)
-            fmap = self.backbone.feature_map(x_mix)
-        else:
-            fmap = self.backbone.feature_map(uni.x)
-        logits_u = self.uniform_head(self.backbone.embed(fmap))
-        if mixing:
-            loss_u = mixup_loss(lambda z, t: self._uniform_loss(z, t, self.class_counts, p.tau), logits_u, y_a, y_b, lam_mix)
-        else:
-            loss_u = self._uniform_loss(logits_u, uni.y, self.class_counts, p.tau)
-
-        # Context extraction (Sec. 3.1) and the contexts for this step's fusion. ``shard``: the
-        # global batch's rows of this process when the bank spans every process.
+        # ``shard``: the global batch's rows of this process when the bank spans every process
         shard = ctx.shard if p.bank_scope == "global" and ctx.shard is not None and ctx.shard.split else None
-        if p.context_shift and p.use_bank and self.bank is None:  # capacity fixed by the first batch
-            rows = shard.total if shard is not None else uni.x.shape[0]
-            self.bank = ContextBank(p.bank_multiple * rows, device=uni.x.device)
+        if p.use_bank and self.bank is None:  # capacity fixed by the first batch
+            rows = shard.total if shard is not None else uniform.x.shape[0]
+            self.bank = ContextBank(p.bank_multiple * rows, device=uniform.x.device)
         pushed = 0.0
         contexts = None
-        if p.context_shift and not plain_phase and ctx.epoch >= self._first_extraction_epoch:
-            train_forward = (fmap, logits_u) if self._reuse_train_map and not mixing else None
-            mask, confident = self.extract_contexts(uni.x, uni.y, train_forward)
+        if not plain_phase and ctx.epoch >= self._first_extraction_epoch:
+            train_forward = (feature_map, uniform_logits) if self._reuse_train_map and not mixing else None
+            mask, confident = self.extract_contexts(uniform.x, uniform.y, train_forward)
             confident = confident.nonzero().squeeze(1)
-            images = uni.x
+            images = uniform.x
             if shard is not None:  # every process's confident samples, in global batch order
-                images = shard.world.gather(gather_rows(uni.x, confident))
+                images = shard.world.gather(gather_rows(uniform.x, confident))
                 mask = shard.world.gather(gather_rows(mask, confident))
                 confident = torch.arange(images.shape[0], device=images.device)
             pushed = float(confident.shape[0])
             if p.use_bank:
                 self.bank.push(images, mask, confident)
             if ctx.epoch >= p.warmup_epochs:
-                n = shard.total if shard is not None else bal.x.shape[0]
+                n = shard.total if shard is not None else balanced.x.shape[0]
                 contexts = self._draw_contexts(images, mask, confident, n, ctx.generator)
                 if shard is not None and contexts is not None:
                     contexts = (shard.local(contexts[0]), shard.local(contexts[1]))
-
-        # Balanced branch (Eq. 8-9): fused, plain (dual / final epochs) or no loss at all.
         if contexts is not None:
-            x_bal = self._fuse(bal.x, contexts, ctx.generator, shard)
-        elif not p.context_shift or plain_phase:
-            x_bal = bal.x
+            x_bal = self._fuse(balanced.x, contexts, ctx.generator, shard)
         else:
-            x_bal = None
-        if x_bal is not None:
-            loss_b = self._balanced_loss(self.balanced_head(self.backbone(x_bal)), bal.y, self.class_counts, p.tau)
-        else:
-            loss_b = loss_u.new_zeros(())
+            x_bal = balanced.x if plain_phase else None
+        fill = len(self.bank) / self.bank.capacity if self.bank is not None else 0.0
+        return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0, "bank_fill": fill}
 
-        loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
-        logs = {
-            "loss_uniform": loss_u.detach(),
-            "loss_balanced": loss_b.detach(),
-            "pushed": pushed,
-            "fused": 1.0 if contexts is not None else 0.0,
-            "bank_fill": len(self.bank) / self.bank.capacity if self.bank is not None else 0.0,
-        }
-        return StepOutput(loss, logs)
-
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        balanced, uniform = self.balanced_head(features), self.uniform_head(features)
-        return {"balanced": balanced, "uniform": uniform, "ensemble": (balanced + uniform) / 2}
+    def show_fused_batch(self, uniform_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], balanced_x: torch.Tensor,
+                         lambdas: Iterable[float], generator: torch.Generator) -> FusedBatch:
+        """Context shift of one balanced batch, as training does it, for showing: contexts of the
+        uniform ``(x, y)`` batches (masks from the uniform head, filtered by ``delta``) fill a bank of
+        the training capacity until it is full (or the batches run out); as many contexts as
+        ``balanced_x`` has images are drawn with ``generator`` and fused at each fixed lambda."""
+        bank, scanned = None, 0
+        for x, y in uniform_batches:
+            if bank is None:  # capacity from the first batch, as in training
+                bank = ContextBank(self.params.bank_multiple * x.shape[0])
+            mask, confident = self.extract_contexts(x, y)
+            bank.push(x, mask, confident.nonzero().squeeze(1))
+            scanned += len(y)
+            if bank.is_full:
+                break
+        if bank is None or len(bank) == 0:
+            raise RuntimeError(f"no training image reaches the CSA uniform head's confidence delta={self.params.delta}; "
+                               "train longer (train.epochs=...)")
+        contexts, masks = bank.draw(balanced_x.shape[0], generator)
+        with torch.no_grad():
+            fused = {lam: fuse_context(balanced_x, contexts, masks, lam) for lam in lambdas}
+        return FusedBatch(contexts, masks, fused, scanned, len(bank), bank.capacity)
 
     # --- checkpoint ----------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
@@ -289,13 +263,3 @@ class ContextShiftAugmentation(Method):
             return
         self.bank = ContextBank(bank_state["capacity"])
         self.bank.load_state_dict(bank_state)
-
-
-@METHODS.register("dual")
-class DualBranch(ContextShiftAugmentation):
-    """The dual-branch network without context shift (Table 12's cost baseline): the balanced
-    head is trained on plain re-sampled batches from the first step; no CAM is ever computed."""
-
-    @dataclass
-    class Params(ContextShiftAugmentation.Params):
-        context_shift: bool = False

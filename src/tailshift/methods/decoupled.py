@@ -1,86 +1,105 @@
-"""Decoupled classifier re-training (cRT, Kang et al. 2020) as a two-stage method."""
+"""Decoupled two-stage training (Kang et al., ICLR 2020): cRT, LWS and tau-normalisation on one base.
+
+Stage 1 learns the representation and a linear head on uniformly shuffled batches
+(optionally with mixup: MiSLAS, Zhong et al. 2021, the "+ mixup" rows of Table 2).
+Stage 2 freezes the backbone (in eval mode) and adjusts the classifier on class-balanced
+batches; a method with nothing to train there (tau-norm) has no second stage. Both
+classifiers are reported: the stage-1 head under ``first_head`` and the adjusted one under
+the method's ``default_head``.
+"""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
-from .losses import LOSSES
+from .losses import LOSSES, build_loss, check_loss_params
+from .mixing import mixup, mixup_loss
 
 RETRAIN_SCHEDULES = ("constant", "cosine", "cosine_epoch")  # a step schedule would use the run's milestones
 
 
-@METHODS.register("crt")
-class ClassifierRetraining(Method):
-    """Stage 1: CE with uniform sampling. Stage 2: freeze the backbone (eval mode)
-    and re-train a classifier on class-balanced batches.
-
-    The stage-2 classifier starts as a copy of the stage-1 classifier (the
-    release's choice) unless ``reinit`` is true. Both heads are reported: "ce"
-    is exactly the CE baseline with the same seed, "crt" the re-trained one.
-    """
+class TwoStageMethod(Method):
+    """The shared two-stage base. Subclasses say what stage 2 trains (``new_classifier``,
+    ``start_classifier``) and how it classifies (``classify``)."""
 
     @dataclass
     class Params:
+        # the release's LeNet cRT; Table 2's CIFAR configs: 10 epochs at lr 0.2
         retrain_epochs: int = bounded(4, ge=1)
         retrain_lr: float = bounded(0.1, gt=0)
-        reinit: bool = False
         # cosine_epoch: the release's LeNet cRT (period = train.epochs)
         retrain_schedule: str = one_of("constant", RETRAIN_SCHEDULES)
-        loss: str = one_of("ce", LOSSES)
+        loss: str = one_of("ce", LOSSES)  # both stages
+        loss_params: dict = field(default_factory=dict)
+        mixup_alpha: float = bounded(0.0, ge=0, note="0: off")  # > 0: stage 1 on mixup batches, lam ~ Beta(alpha, alpha)
 
-    default_head = "crt"
+        def __post_init__(self):
+            check_loss_params(self.loss, self.loss_params, "method.params.loss_params")
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss_fn = LOSSES.get(self.params.loss)
+        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
         self.head = backbone.new_head(num_classes)
-        self.retrained = backbone.new_head(num_classes)
+        self.retrained = self.new_classifier()
+        self.first_head = "mixup" if self.params.mixup_alpha > 0 else "ce"
+        self.retraining = False
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    # --- what a subclass defines -------------------------------------------------------
+    def new_classifier(self) -> nn.Module | None:
+        """The module stage 2 trains (None: nothing to train, no second stage)."""
+        raise NotImplementedError
+
+    def start_classifier(self) -> None:
+        """Set up the stage-2 module when stage 2 starts (not on resume)."""
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the adjusted classifier."""
+        raise NotImplementedError
+
+    # --- the two stages ------------------------------------------------------------------
     def stages(self) -> list[Stage]:
-        return [
-            Stage("represent", self.epochs, {"main": StreamRequest("uniform")}),
-            Stage(
-                "retrain",
-                self.params.retrain_epochs,
-                {"main": StreamRequest("balanced")},
-                lr=self.params.retrain_lr,
-                schedule=self.params.retrain_schedule,
-            ),
-        ]
+        stages = [Stage("represent", self.epochs, {"main": StreamRequest("uniform")})]
+        if self.retrained is not None:
+            stages.append(Stage("retrain", self.params.retrain_epochs, {"main": StreamRequest("balanced")},
+                                lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False))
+        return stages
 
     def begin_stage(self, stage: Stage, fresh: bool) -> None:
-        frozen = stage.name == "retrain"
-        self.backbone.requires_grad_(not frozen)
-        self.head.requires_grad_(not frozen)
-        self.retrained.requires_grad_(frozen)
+        self.retraining = stage.name == "retrain"
+        self.backbone.requires_grad_(not self.retraining)
+        self.head.requires_grad_(not self.retraining)
+        if self.retrained is not None:
+            self.retrained.requires_grad_(self.retraining)
         self._cache = None
-        if frozen and fresh:
-            if self.params.reinit:
-                self.retrained.load_state_dict(self.backbone.new_head(self.num_classes).to(self.head.weight.device).state_dict())
-            else:
-                self.retrained.load_state_dict(copy.deepcopy(self.head.state_dict()))
+        if self.retraining and fresh:
+            self.start_classifier()
 
     def trainable_parameters(self, stage: Stage):
-        return list((self.retrained if stage.name == "retrain" else nn.ModuleList([self.backbone, self.head])).parameters())
+        return list((self.retrained if self.retraining else nn.ModuleList([self.backbone, self.head])).parameters())
 
     def train_mode(self, stage: Stage) -> None:
         self.train()
-        if stage.name == "retrain":
+        if self.retraining:
             self.backbone.eval()
+
+    def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        self.loss.begin_epoch(epoch, stage.epochs)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        if ctx.stage.name == "retrain":
-            logits = self.retrained(self._frozen_features(batch))
-        else:
-            logits = self.head(self.backbone(batch.x))
-        return StepOutput(self.loss_fn(logits, batch.y, self.class_counts, 1.0))
+        if self.retraining:
+            return StepOutput(self.loss(self.classify(self._frozen_features(batch)), batch.y))
+        if self.params.mixup_alpha > 0:
+            x, y_a, y_b, lam = mixup(batch.x, batch.y, self.params.mixup_alpha, ctx.generator)
+            return StepOutput(mixup_loss(self.loss, self.head(self.backbone(x)), y_a, y_b, lam))
+        return StepOutput(self.loss(self.head(self.backbone(batch.x)), batch.y))
 
     @torch.no_grad()
     def _frozen_features(self, batch) -> torch.Tensor:
@@ -101,6 +120,74 @@ class ClassifierRetraining(Method):
             filled[batch.index[missing]] = True
         return features[batch.index]
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        return {"ce": self.head(features), "crt": self.retrained(features)}
+    def heads(self):
+        return {self.first_head: self.head, self.default_head: self.classify}
+
+
+@METHODS.register("crt")
+class ClassifierRetraining(TwoStageMethod):
+    """cRT (Kang et al. 2020, Sec. 4): stage 2 re-trains a linear classifier
+    z = W' f(x) + b' on class-balanced batches, the backbone frozen.
+
+    It starts as a copy of the stage-1 classifier (the CSA release's choice) unless
+    ``reinit`` is true. "ce" is exactly the CE baseline with the same seed.
+    """
+
+    @dataclass
+    class Params(TwoStageMethod.Params):
+        reinit: bool = False
+
+    default_head = "crt"
+
+    def new_classifier(self) -> nn.Module:
+        return self.backbone.new_head(self.num_classes)
+
+    def start_classifier(self) -> None:
+        source = self.backbone.new_head(self.num_classes).to(self.head.weight.device) if self.params.reinit else self.head
+        self.retrained.load_state_dict(copy.deepcopy(source.state_dict()))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.retrained(features)
+
+
+class ClassScales(nn.Module):
+    """One learnable scale per class, starting at 1."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_classes))
+
+
+@METHODS.register("lws")
+class LearnableWeightScaling(TwoStageMethod):
+    """LWS (Kang et al. 2020, Sec. 4): z_j = f_j (w_j^T x + b_j), stage 2 learns only the per-class
+    scales f (from 1) on class-balanced batches; the stage-1 weights and the backbone stay frozen."""
+
+    default_head = "lws"
+
+    def new_classifier(self) -> nn.Module:
+        return ClassScales(self.num_classes)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features) * self.retrained.scale
+
+
+@METHODS.register("tau-norm")
+class TauNormalisation(TwoStageMethod):
+    """tau-normalisation (Kang et al. 2020, Sec. 4): w~_j = w_j / ||w_j||^tau, z_j = w~_j^T x, bias dropped.
+    Nothing is trained after stage 1. Kang et al. pick tau on a validation set; the default is 1
+    (cosine-like weights), since CIFAR-LT has no validation split here."""
+
+    @dataclass
+    class Params(TwoStageMethod.Params):
+        retrain_epochs: int = bounded(0, ge=0, le=0, note="nothing is re-trained")
+        tau: float = bounded(1.0, ge=0)
+
+    default_head = "tau-norm"
+
+    def new_classifier(self) -> None:
+        return None
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        weight = self.head.weight
+        return F.linear(features, weight / weight.norm(dim=1, keepdim=True).pow(self.params.tau))

@@ -1,44 +1,69 @@
-"""Single-head empirical risk minimisation with a chosen sampler: CE, CB-RS, q-power re-sampling."""
+"""Single-head empirical risk minimisation with a chosen sampler and loss: CE, CB-RS, q-power
+re-sampling, LA, and every loss-based method of Table 2 (Focal, CB, DRW, LDAM-DRW, Balanced Softmax)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
 from ..validation import bounded, one_of
 from .base import METHODS, STREAM_ROLES, Method, Stage, StepContext, StepOutput, StreamRequest
-from .losses import LOSSES
+from .heads import CLASSIFIERS, new_classifier
+from .losses import LOSSES, build_loss, check_loss_params
 
 
-@METHODS.register("erm")
-class ERM(Method):
-    """One linear head trained on one stream. ``sampler``: uniform, balanced or power (with q)."""
+class SingleHead(Method):
+    """One head and one loss; subclasses say which streams feed it (``stages``).
+    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine;
+    ``sigmoid_prior`` pi: the linear head's bias starts at -log((1 - pi) / pi), so every class
+    starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1; Cui et al. 2019: 0.1)."""
 
     @dataclass
     class Params:
-        sampler: str = one_of("uniform", STREAM_ROLES)
-        q: float = bounded(1.0, ge=0, le=1)  # the power stream's exponent
         loss: str = one_of("ce", LOSSES)
-        tau: float = bounded(1.0, ge=0)  # logit-adjustment temperature of the "la" loss
+        loss_params: dict = field(default_factory=dict)
+        classifier: str = one_of("linear", CLASSIFIERS)
+        sigmoid_prior: float | None = bounded(None, gt=0, lt=1)
+
+        def __post_init__(self):
+            check_loss_params(self.loss, self.loss_params, "method.params.loss_params")
+            if self.sigmoid_prior is not None and self.classifier != "linear":
+                raise ValueError(f"method.params.sigmoid_prior needs a linear classifier, got classifier "
+                                 f"{self.classifier!r}")
 
     default_head = "main"
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss_fn = LOSSES.get(self.params.loss)
-        self.head = backbone.new_head(num_classes)
-        self.stream = StreamRequest(self.params.sampler, self.params.q)
+        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
+        self.head = new_classifier(backbone, num_classes, self.params.classifier)
+        if self.params.sigmoid_prior is not None:
+            with torch.no_grad():
+                self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
 
-    def stages(self) -> list[Stage]:
-        return [Stage("train", self.epochs, {"main": self.stream})]
+    def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        self.loss.begin_epoch(epoch, stage.epochs)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        logits = self.head(self.backbone(batch.x))
-        return StepOutput(self.loss_fn(logits, batch.y, self.class_counts, self.params.tau))
+        return StepOutput(self.loss(self.head(self.backbone(batch.x)), batch.y))
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"main": self.head(self.backbone(x))}
+    def heads(self):
+        return {"main": self.head}
+
+
+@METHODS.register("erm")
+class ERM(SingleHead):
+    """One head trained on one stream. ``sampler``: uniform, balanced or power (with q)."""
+
+    @dataclass
+    class Params(SingleHead.Params):
+        sampler: str = one_of("uniform", STREAM_ROLES)
+        q: float = bounded(1.0, ge=0, le=1)  # the power stream's exponent
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, {"main": StreamRequest(self.params.sampler, self.params.q)})]
 
 
 @METHODS.register("ce")
@@ -73,3 +98,22 @@ class LogitAdjustment(ERM):
     @dataclass
     class Params(ERM.Params):
         loss: str = "la"
+
+
+@METHODS.register("drs")
+class DeferredResampling(SingleHead):
+    """DRS (Cao et al. 2019, Sec. 3.3): uniform sampling until ``start_epoch``, then re-sampled batches
+    (the run's class-balanced stream; Cao et al. re-sample with effective-number weights, beta = 0.9999,
+    which is close to class-balanced at CIFAR sizes). Both streams are drawn every step; the epoch
+    length is the uniform one (N draws), as in the paper. Default: from epoch 160 of 200."""
+
+    @dataclass
+    class Params(SingleHead.Params):
+        start_epoch: int = bounded(160, ge=0)
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, {"main": StreamRequest("uniform"), "resampled": StreamRequest("balanced")},
+                      driver="main")]
+
+    def training_step(self, batches, ctx: StepContext) -> StepOutput:
+        return super().training_step({"main": batches["resampled" if ctx.epoch >= self.params.start_epoch else "main"]}, ctx)

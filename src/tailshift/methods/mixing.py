@@ -128,3 +128,25 @@ def mixup_loss(
 ) -> torch.Tensor:
     """``lam * criterion(logits, y_a) + (1 - lam) * criterion(logits, y_b)``."""
     return lam * criterion(logits, y_a) + (1 - lam) * criterion(logits, y_b)
+
+
+def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """CutMix's box (Yun et al. 2019, Eq. 2 and its release): side ratio sqrt(1 - lam), centre uniform
+    over the image, clipped at the borders. Returns rows ``[top, bottom)`` and columns ``[left, right)``."""
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    cy = int(torch.randint(height, (), generator=generator, device=gen_device))
+    cx = int(torch.randint(width, (), generator=generator, device=gen_device))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return top, bottom, left, right
+
+
+def paste_box(background: torch.Tensor, foreground: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, float]:
+    """``background`` with ``foreground``'s box pasted in, and the share of the image left to the
+    background (CutMix's adjusted lambda: 1 - box area / image area)."""
+    top, bottom, left, right = box
+    out = background.clone()
+    out[:, :, top:bottom, left:right] = foreground[:, :, top:bottom, left:right]
+    return out, 1.0 - (bottom - top) * (right - left) / (background.shape[-2] * background.shape[-1])

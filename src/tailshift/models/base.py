@@ -42,12 +42,25 @@ class Backbone(nn.Module):
     #: "default" (PyTorch's nn.Linear init)
     head_init: str = "default"
 
-    def new_head(self, num_classes: int) -> nn.Linear:
-        """A classifier head for this backbone, initialised the way the backbone's family expects."""
-        head = nn.Linear(self.out_dim, num_classes)
+    def new_head(self, num_classes: int, in_features: int | None = None) -> nn.Linear:
+        """A classifier head for this backbone (on ``in_features`` inputs, default ``out_dim``),
+        initialised the way the backbone's family expects."""
+        head = nn.Linear(in_features or self.out_dim, num_classes)
         if self.head_init == "kaiming":
             nn.init.kaiming_normal_(head.weight)
         return head
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the last block: ``feature_map(x) == last_block()(trunk(x))``.
+        Bilateral-branch methods (BBN) run a second, own last block on it."""
+        raise ValueError(f"{type(self).__name__} has no separable last block (BBN needs one: use a CIFAR ResNet)")
+
+    def last_block(self) -> nn.Module:
+        raise ValueError(f"{type(self).__name__} has no separable last block (BBN needs one: use a CIFAR ResNet)")
+
+    def new_last_block(self) -> nn.Module:
+        """A freshly initialised block of the same shape as ``last_block()``."""
+        raise ValueError(f"{type(self).__name__} has no separable last block (BBN needs one: use a CIFAR ResNet)")
 
     @property
     def mode_dependent(self) -> bool:

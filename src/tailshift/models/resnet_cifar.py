@@ -77,6 +77,17 @@ class CifarResNet(Backbone):
     def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
         return feature_map.mean(dim=(2, 3))
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3[:-1](self.layer2(self.layer1(self.stem(x))))
+
+    def last_block(self) -> nn.Module:
+        return self.layer3[-1]
+
+    def new_last_block(self) -> nn.Module:
+        block = cifar_basic_block(self.out_dim, self.out_dim)
+        kaiming_init(block)
+        return block
+
 
 def resnet20(in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     return CifarResNet(20, in_channels, image_size)

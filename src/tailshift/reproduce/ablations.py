@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..models import create_model
 from . import table1
-from .common import (RESULT_COLUMNS, Job, aggregate, overrides_for_run, paper_numbers, result_cells,
-                     run_jobs, runs_note, seed_list, seeds_note, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, by_job, overrides_for_run, paper_numbers, resolve_config,
+                     result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
 STUDIES = {"cifar100-lt": "table2/cifar100-lt_csa", "cifar10-lt": "table2/cifar10-lt_csa",
@@ -70,7 +70,7 @@ def select_tables(names: list[str] | None, study: str) -> dict[str, Ablation]:
     unknown = sorted(set(names or ()) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"unknown ablation {unknown[0]!r}; known: {', '.join(ABLATIONS)}")
-    pooled = create_model(Job("", STUDIES[study], []).resolve().model.name).pooled_linear
+    pooled = create_model(resolve_config(STUDIES[study]).model.name).pooled_linear
     chosen = {n: a for n, a in ABLATIONS.items() if names is None or n in names}
     blocked = [n for n, a in chosen.items() if a.needs_pooled_linear and not pooled]
     if names is not None and blocked:
@@ -87,7 +87,7 @@ def plan(study: str, tables: dict[str, Ablation], seeds: int | list[int], out: P
     (or the same thing as another row) reuses that run.
     """
     config = STUDIES[study]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS.get(study) == "mnist" else []
+    root = [*table1.TABLE1.data_root(study, mnist_root)]
     user = [*root, *overrides_for_run("csa", overrides, ["csa"])]
     runs: dict[str, str] = {}  # fingerprint -> run folder name
     variants: list[tuple[str, list[str]]] = []
@@ -96,14 +96,14 @@ def plan(study: str, tables: dict[str, Ablation], seeds: int | list[int], out: P
         rows[name] = {}
         for label, params in ablation.rows.items():
             extra = [*_params_overrides(params), *user]
-            fingerprint = Job("", config, extra).resolve().fingerprint()
+            fingerprint = resolve_config(config, extra).fingerprint()
             if fingerprint not in runs:
                 runs[fingerprint] = _slug(params)
                 variants.append((runs[fingerprint], extra))
             rows[name][label] = runs[fingerprint]
     del rows["base"]
-    jobs = [Job(f"{slug}/seed{s}", config,
-                [*extra, f"seed={s}", f"output={out / 'runs' / study / slug / f'seed{s}'}", "progress=false"])
+    jobs = [Job(study, slug, s, config,
+                (*extra, f"seed={s}", f"output={out / 'runs' / study / slug / f'seed{s}'}", "progress=false"))
             for slug, extra in variants for s in seed_list(seeds)]
     return jobs, rows
 
@@ -126,8 +126,8 @@ def run(study: str, tables: list[str] | None, seeds: int | list[int], workers: i
     started = time.perf_counter()
     results = run_jobs(jobs, workers)
     wall = time.perf_counter() - started
-    by_key = {r["key"]: r for r in results}
-    table = {name: {label: aggregate([{"diverged": True} if (r := by_key[f"{slug}/seed{s}"])["diverged"]
+    found = by_job(results)
+    table = {name: {label: aggregate([{"diverged": True} if (r := found[(study, slug, s)])["diverged"]
                                       else r["heads"][HEAD] for s in seed_list(seeds)])
                     for label, slug in by_row.items()}
              for name, by_row in rows.items()}

@@ -68,16 +68,37 @@ def pick_rows(methods: list[str] | None, rows: dict, default, what: str) -> dict
     return {m: rows[m] for m in rows if m in methods}
 
 
-@dataclass
-class Job:
-    """One training run of a study: a config name, overrides, and the study's labels for it."""
+def resolve_config(config: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """A shipped config (or YAML path) with overrides applied."""
+    return build_config(read_yaml(config_path(config)), list(overrides))
 
-    key: str  # e.g. "fashion-lt/crt/seed0"
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a study: which study, run and seed it is, and the config and overrides that make it."""
+
+    study: str  # e.g. "fashion-lt" or "cifar10-lt rho 100"
+    run: str  # e.g. "crt": the config suffix, or an ablation's variant
+    seed: int
     config: str
-    overrides: list[str]
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> tuple[str, str, int]:
+        return self.study, self.run, self.seed
+
+    @property
+    def key(self) -> str:
+        """A readable label for logs and JSON (never parsed back)."""
+        return f"{self.study}/{self.run}/seed{self.seed}"
 
     def resolve(self) -> RunConfig:
-        return build_config(read_yaml(config_path(self.config)), self.overrides)
+        return resolve_config(self.config, self.overrides)
+
+
+def by_job(results: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """Results of ``run_jobs`` by (study, run, seed)."""
+    return {(r["study"], r["run"], r["seed"]): r for r in results}
 
 
 def _run_job(job: Job) -> dict:
@@ -88,13 +109,17 @@ def _run_job(job: Job) -> dict:
     try:
         metrics = train(cfg)
     except DivergenceError as err:
-        return {"key": job.key, "diverged": True, "error": str(err), "seconds": time.perf_counter() - started}
-    return _job_result(job.key, cfg, metrics, time.perf_counter() - started)
+        return {**_identity(job), "diverged": True, "error": str(err), "seconds": time.perf_counter() - started}
+    return _job_result(job, cfg, metrics, time.perf_counter() - started)
 
 
-def _job_result(key: str, cfg: RunConfig, metrics: dict, seconds: float) -> dict:
+def _identity(job: Job) -> dict:
+    return {"key": job.key, "study": job.study, "run": job.run, "seed": job.seed}
+
+
+def _job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> dict:
     return {
-        "key": key,
+        **_identity(job),
         "diverged": False,
         "seconds": round(seconds, 2),
         "head": metrics["default_head"],
@@ -147,7 +172,7 @@ def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[dict]:
         if code != 0:
             raise RuntimeError(f"run {job.key} failed on {nproc} processes (exit code {code}); its output is above")
         metrics = json.loads((Path(cfg.output) / "metrics.json").read_text())
-        results.append(counter.finished(_job_result(job.key, cfg, metrics, time.perf_counter() - started)))
+        results.append(counter.finished(_job_result(job, cfg, metrics, time.perf_counter() - started)))
     return results
 
 
@@ -280,9 +305,14 @@ RESULT_COLUMNS = "All | Many | Med | Few | Paper All | Paper Many / Med / Few | 
 
 def result_cells(agg: dict, paper_row: list | None) -> str:
     """One row's ``RESULT_COLUMNS``: an ``aggregate`` beside the paper's [All, Many, Med, Few]."""
+    return (f"{fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | {fmt(agg['few'])} | {paper_cells(paper_row)} | "
+            f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']})")
+
+
+def paper_cells(paper_row: list | None) -> str:
+    """The paper's columns of ``RESULT_COLUMNS``: All, then Many / Med / Few."""
     ref = paper_row or [None] * 4
-    return (f"{fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | {fmt(agg['few'])} | {fmt_paper(ref[0])} | "
-            f"{' / '.join(fmt_paper(x) for x in ref[1:])} | {agg['runs']} ({agg['diverged']}, {agg['collapsed']})")
+    return f"{fmt_paper(ref[0])} | {' / '.join(fmt_paper(x) for x in ref[1:])}"
 
 
 def fmt(stat: dict) -> str:

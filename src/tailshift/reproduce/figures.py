@@ -13,17 +13,15 @@ from ..config import build_config, read_yaml
 from ..data.build import prepare_data
 from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
-from ..methods.context_bank import ContextBank
-from ..methods.mixing import fuse_context
 from . import table1
 from ..io import atomic_write_json
-from .common import Job, aggregate, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
+from .common import Job, aggregate, by_job, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _pick(datasets, mnist_root) -> list[str]:
-    return datasets or table1.available_datasets(mnist_root)
+    return datasets or table1.TABLE1.available_datasets(mnist_root)
 
 
 def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
@@ -31,21 +29,21 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     datasets = _pick(datasets, mnist_root)
     jobs = []
     for d in datasets:
-        root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[d] == "mnist" else []
+        root = [*table1.TABLE1.data_root(d, mnist_root)]
         for g in GAMMAS:
             for s in seed_list(seeds):
-                jobs.append(Job(f"{d}/{g}/seed{s}", f"table1/{d}_ce",
-                                ["method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
-                                 f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides]))
+                jobs.append(Job(d, f"gamma{g}", s, f"table1/{d}_ce",
+                                ("method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
+                                 f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides)))
     started = time.perf_counter()
-    results = {r["key"]: r for r in run_jobs(jobs, workers)}
+    results = by_job(run_jobs(jobs, workers))
     wall = time.perf_counter() - started
     curves, table = {}, {}
     for d in datasets:
         table[d] = {}
         for g in GAMMAS:
-            values = [{"diverged": True} if results[f"{d}/{g}/seed{s}"]["diverged"] else results[f"{d}/{g}/seed{s}"]["heads"]["main"]
-                      for s in seed_list(seeds)]
+            runs = [results[(d, f"gamma{g}", s)] for s in seed_list(seeds)]
+            values = [{"diverged": True} if r["diverged"] else r["heads"]["main"] for r in runs]
             table[d][g] = aggregate(values)
         curves[d] = {"mean": [table[d][g]["all"]["mean"] for g in GAMMAS], "std": [table[d][g]["all"]["std"] for g in GAMMAS]}
     plots.accuracy_vs_gamma(curves, GAMMAS, out / "figure1.png", "Re-sampling weight vs accuracy (Figure 1)")
@@ -84,7 +82,7 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     """2-d embeddings of train and test under uniform sampling (CE) and CB-RS."""
     grey = [d for d in _pick(datasets, mnist_root) if not d.startswith("c")]
     dataset = grey[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     panels, summary = {}, {}
     started = time.perf_counter()
     for method in ("ce", "cbrs"):
@@ -105,9 +103,11 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
     found = _pick(datasets, mnist_root)
-    table = table1.run(found, seeds, workers, out, overrides, mnist_root, methods or list(table1.ROWS))
+    grid = table1.TABLE1
+    table = grid.run(found, seeds, workers, out, overrides, methods or [r.name for r in grid.rows], mnist_root=mnist_root)
     bars = ("ce", "crt", "cbrs", "csa")
-    values = {d: {table1.ROW_NAMES[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
+    labels = {r.name: r.label for r in grid.rows}
+    values = {d: {labels[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
                   for row, agg in rows.items() if row in bars} for d, rows in table.items()}
     plots.grouped_bars(values, out / "figure4.png", "Grey vs coloured context (Figure 4)")
     return table
@@ -117,7 +117,7 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     """A grid of coloured-context training samples (CMNIST-LT, or CFashion-LT without MNIST)."""
     coloured = [d for d in _pick(datasets, mnist_root) if d.startswith("c")]
     dataset = coloured[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     cfg = build_config(read_yaml(config_path(f"table1/{dataset}_ce")), [*root, *overrides])
     data = prepare_data(cfg.data)
     rng = np.random.default_rng(0)
@@ -133,7 +133,7 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 
 
 #: figure 3's models: run config suffix -> (column title, the head whose Grad-CAM is drawn)
-FIGURE3_MODELS = {"ce": ("CE", "head"), "cbrs": ("CB-RS", "head"), "csa": ("CSA", "balanced_head")}
+FIGURE3_MODELS = {"ce": ("CE", "main"), "cbrs": ("CB-RS", "main"), "csa": ("CSA", "balanced")}
 FIGURE3_LAMBDAS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -160,7 +160,7 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     """Upsampled, min-max normalised Grad-CAMs (N x H x W) of the true class, its probability and
     whether the map is all zero, for training images ``index`` (no augmentation), in eval mode."""
     method, arrays = trainer.method, trainer.train_arrays
-    backbone, head = method.backbone, getattr(method, head_name)
+    backbone, head = method.backbone, method.heads()[head_name]
     x, y = arrays.normalise(arrays.images[index]), arrays.labels[index]
     method.eval()
     with torch.no_grad():
@@ -180,20 +180,6 @@ def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0)
     uniform = Sampler(labels, SamplerSpec("shuffle"), seed, "figure3/uniform").epoch_indices(0)
     balanced = Sampler(labels, SamplerSpec("class_aware", per_class=cfg.sampling.per_class), seed,
                        "figure3/balanced").epoch_indices(0)[:batch]
-    bank = ContextBank(method.params.bank_multiple * batch)
-    seen = 0
-    for start in range(0, len(uniform), batch):
-        b = arrays.batch(torch.from_numpy(uniform[start:start + batch]))
-        mask, confident = method.extract_contexts(b.x, b.y)
-        bank.push(b.x, mask, confident.nonzero().squeeze(1))
-        seen += len(b.y)
-        if bank.is_full:
-            break
-    if len(bank) == 0:
-        raise RuntimeError(f"no training image reaches the CSA uniform head's confidence delta={method.params.delta}; "
-                           "train longer (train.epochs=...)")
-    generator = torch.Generator().manual_seed(seed)
-    contexts, masks = bank.draw(n_show, generator)
     # Columns: the batch's first image of each class, by class (a class-aware batch repeats each
     # class per_class times in a row), then further images if there are fewer classes than columns.
     batch_labels = labels[balanced]
@@ -202,16 +188,17 @@ def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0)
     shown = balanced[(firsts + rest)[:n_show]]
     bal = arrays.batch(torch.from_numpy(shown))
     x_bal, y_bal = bal.x, bal.y
-    with torch.no_grad():
-        fused = {lam: fuse_context(x_bal, contexts, masks, lam) for lam in lambdas}
-    rows = plots.context_shift_rows(contexts, masks, x_bal, fused, cfg.data.mean, cfg.data.std,
+    uniform_batches = ((b.x, b.y) for b in (arrays.batch(torch.from_numpy(uniform[start:start + batch]))
+                                            for start in range(0, len(uniform), batch)))
+    shift = method.show_fused_batch(uniform_batches, x_bal, lambdas, torch.Generator().manual_seed(seed))
+    rows = plots.context_shift_rows(shift.contexts, shift.masks, x_bal, shift.fused, cfg.data.mean, cfg.data.std,
                                     mask_label=f"background mask\nM = (1 - CAM)^{method.params.mask_power:g}")
     balanced_row = next(i for i, (label, _) in enumerate(rows) if label.startswith("balanced"))
     captions = {balanced_row: [f"class {int(c)}" for c in y_bal.cpu()]}
     info = {
-        "uniform_images_scanned": seen,
-        "bank_entries": len(bank),
-        "bank_capacity": bank.capacity,
+        "uniform_images_scanned": shift.uniform_images_scanned,
+        "bank_entries": shift.bank_entries,
+        "bank_capacity": shift.bank_capacity,
         "delta": method.params.delta,
         "mask_power": method.params.mask_power,
         "lambdas": list(lambdas),
@@ -228,7 +215,7 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     if not coloured:
         raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
     dataset = coloured[0]
-    root = [f"data.root={mnist_root}"] if mnist_root and table1.DATASETS[dataset] == "mnist" else []
+    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     out = Path(out)
     trainers, results, data = {}, {}, None
     started = time.perf_counter()

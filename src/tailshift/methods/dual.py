@@ -1,0 +1,112 @@
+"""The dual-branch network (CSA's base, Table 12's cost baseline): one shared backbone, a uniform
+head on uniformly shuffled batches and a balanced head on re-sampled batches, losses added.
+
+What the balanced head sees is one hook, ``balanced_input``: the plain re-sampled batch here,
+the context-shifted one in CSA (``csa.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..validation import bounded, one_of
+from .base import METHODS, Method, build_params, Stage, StepContext, StepOutput, StreamRequest
+from .contrastive import BalancedContrastive
+from .losses import LOSSES, build_loss, check_loss_params
+from .mixing import mixup, mixup_loss
+
+DRIVERS = ("uniform", "balanced")
+BALANCED_STREAMS = ("balanced", "uniform")
+
+
+def bad_param(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"method.params.{name} must be {allowed}, got {value!r}")
+
+
+@METHODS.register("dual")
+class DualBranch(Method):
+    """Per step: the uniform head's loss on the uniform batch (optionally mixup), the balanced
+    head's loss on ``balanced_input`` (here the re-sampled batch itself, from the first step),
+    ``uniform_weight * L_u + balanced_weight * L_b`` (+ ``contrastive_weight`` times BCL's contrastive
+    loss of the uniform batch, prototypes from the uniform head: the release's "BCL" base loss, which
+    with ``uniform_loss: la`` is BCL on the uniform branch). Predicts with both heads and their
+    ensemble (mean of logits, Table 7)."""
+
+    @dataclass
+    class Params:
+        driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch
+        # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch)
+        balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
+        uniform_loss: str = one_of("ce", LOSSES)
+        uniform_loss_params: dict = field(default_factory=dict)
+        balanced_loss: str = one_of("ce", LOSSES)
+        balanced_loss_params: dict = field(default_factory=dict)
+        uniform_weight: float = bounded(1.0, ge=0)
+        balanced_weight: float = bounded(1.0, ge=0)
+        mixup_alpha: float = bounded(0.0, ge=0, note="0: off")  # > 0: mixup on the uniform branch
+        mixup_stop_epochs: int = bounded(3, ge=0)  # mixup off in the last epochs (release)
+        # > 0: BCL's contrastive loss on the uniform branch (Table 11), this weight
+        contrastive_weight: float = bounded(0.0, ge=0, note="0: off")
+        contrastive_params: dict = field(default_factory=dict)
+
+        def __post_init__(self):
+            check_loss_params(self.uniform_loss, self.uniform_loss_params, "method.params.uniform_loss_params")
+            check_loss_params(self.balanced_loss, self.balanced_loss_params, "method.params.balanced_loss_params")
+            build_params(BalancedContrastive, self.contrastive_params, "method.params.contrastive_params")
+
+    default_head = "balanced"
+
+    def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
+        super().__init__(backbone, num_classes, class_counts, epochs, params)
+        p = self.params
+        self.uniform_head = backbone.new_head(num_classes)
+        self.balanced_head = backbone.new_head(num_classes)
+        self.uniform_loss = build_loss(p.uniform_loss, class_counts, p.uniform_loss_params,
+                                       "method.params.uniform_loss_params")
+        self.balanced_loss = build_loss(p.balanced_loss, class_counts, p.balanced_loss_params,
+                                        "method.params.balanced_loss_params")
+        self.contrastive = BalancedContrastive(backbone.out_dim, p.contrastive_params) if p.contrastive_weight > 0 else None
+
+    def stages(self) -> list[Stage]:
+        streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream)}
+        return [Stage("train", self.epochs, streams, driver=self.params.driver)]
+
+    def begin_epoch(self, stage: Stage, epoch: int) -> None:
+        self.uniform_loss.begin_epoch(epoch, stage.epochs)
+        self.balanced_loss.begin_epoch(epoch, stage.epochs)
+
+    def balanced_input(self, uniform, balanced, feature_map: torch.Tensor, uniform_logits: torch.Tensor,
+                       mixing: bool, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The images the balanced head trains on this step (None: no balanced loss) and extra logs.
+        ``feature_map`` / ``uniform_logits``: the uniform branch's forward (on mixed images when ``mixing``)."""
+        return balanced.x, {}
+
+    def training_step(self, batches, ctx: StepContext) -> StepOutput:
+        p = self.params
+        uni, bal = batches["uniform"], batches["balanced"]
+        mixing = p.mixup_alpha > 0 and ctx.epoch < ctx.stage.epochs - p.mixup_stop_epochs
+        if mixing:
+            x_mix, y_a, y_b, lam = mixup(uni.x, uni.y, p.mixup_alpha, ctx.generator)
+            fmap = self.backbone.feature_map(x_mix)
+        else:
+            fmap = self.backbone.feature_map(uni.x)
+        logits_u = self.uniform_head(self.backbone.embed(fmap))
+        loss_u = mixup_loss(self.uniform_loss, logits_u, y_a, y_b, lam) if mixing else self.uniform_loss(logits_u, uni.y)
+
+        x_bal, extra = self.balanced_input(uni, bal, fmap, logits_u, mixing, ctx)
+        if x_bal is not None:
+            loss_b = self.balanced_loss(self.balanced_head(self.backbone(x_bal)), bal.y)
+        else:
+            loss_b = loss_u.new_zeros(())
+        loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
+        if self.contrastive is not None:
+            loss_c = self.contrastive(self.backbone, uni.x, self.uniform_head.weight, uni.y, ctx.generator)
+            loss = loss + p.contrastive_weight * loss_c
+            extra = {**extra, "loss_contrastive": loss_c.detach()}
+        return StepOutput(loss, {"loss_uniform": loss_u.detach(), "loss_balanced": loss_b.detach(), **extra})
+
+    def heads(self):
+        return {"balanced": self.balanced_head, "uniform": self.uniform_head,
+                "ensemble": lambda features: (self.balanced_head(features) + self.uniform_head(features)) / 2}

@@ -1,0 +1,131 @@
+"""Each loss against a hand computation (numpy / explicit loops) on a small batch."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tailshift.methods import METHODS
+from tailshift.methods.losses import LOSSES, build_loss, effective_number_weights
+from tailshift.models import create_model
+
+COUNTS = np.array([50.0, 20.0, 5.0, 2.0])
+LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.1], [0.3, 1.2, 0.4, -0.5], [-0.2, 0.1, 0.9, 0.0], [1.0, 1.0, 1.0, 3.0],
+                       [0.0, -1.0, 2.0, 0.5]])
+TARGETS = torch.tensor([0, 1, 2, 3, 1])
+
+
+def hand_log_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    return z - np.log(np.exp(z).sum())
+
+
+def hand_ce(logits, targets, offsets=None):
+    offsets = np.zeros(logits.shape[1]) if offsets is None else offsets
+    return np.array([-hand_log_softmax(z + offsets)[y] for z, y in zip(logits.numpy(), targets.numpy())])
+
+
+def close(value, expected):
+    assert float(value) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+
+
+def test_cross_entropy():
+    close(build_loss("ce", COUNTS)(LOGITS, TARGETS), hand_ce(LOGITS, TARGETS).mean())
+
+
+def test_logit_adjusted_and_balanced_softmax():
+    prior = COUNTS / COUNTS.sum()
+    close(build_loss("la", COUNTS, {"tau": 1.5})(LOGITS, TARGETS), hand_ce(LOGITS, TARGETS, 1.5 * np.log(prior)).mean())
+    # Ren et al. Eq. 4: n_y e^{z_y} / sum_j n_j e^{z_j}
+    expected = [-math.log(COUNTS[y] * math.exp(z[y]) / sum(n * math.exp(v) for n, v in zip(COUNTS, z)))
+                for z, y in zip(LOGITS.tolist(), TARGETS.tolist())]
+    close(build_loss("balanced-softmax", COUNTS)(LOGITS, TARGETS), np.mean(expected))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_softmax_focal(gamma):
+    p = np.exp([hand_log_softmax(z)[y] for z, y in zip(LOGITS.numpy(), TARGETS.numpy())])
+    expected = np.mean(-((1 - p) ** gamma) * np.log(p))
+    close(build_loss("focal", COUNTS, {"gamma": gamma})(LOGITS, TARGETS), expected)
+
+
+def test_sigmoid_focal_sums_binary_terms():
+    gamma, total = 2.0, 0.0
+    for z, y in zip(LOGITS.tolist(), TARGETS.tolist()):
+        for j, v in enumerate(z):
+            s = 1 / (1 + math.exp(-v))
+            pt = s if j == y else 1 - s
+            total += -((1 - pt) ** gamma) * math.log(pt)
+    close(build_loss("focal", COUNTS, {"gamma": gamma, "activation": "sigmoid"})(LOGITS, TARGETS), total / len(TARGETS))
+
+
+def test_effective_number_weights():
+    beta = 0.9
+    raw = (1 - beta) / (1 - beta ** COUNTS)
+    np.testing.assert_allclose(effective_number_weights(torch.tensor(COUNTS), beta).numpy(), raw / raw.sum() * 4, rtol=1e-6)
+    with pytest.raises(ValueError, match="beta must be in \\[0, 1\\), got 1.0"):
+        effective_number_weights(torch.tensor(COUNTS), 1.0)
+
+
+def test_class_balanced_ce_and_focal():
+    beta = 0.99
+    raw = (1 - beta) / (1 - beta ** COUNTS)
+    w = raw / raw.sum() * 4
+    ce = hand_ce(LOGITS, TARGETS)
+    close(build_loss("class-balanced", COUNTS, {"beta": beta})(LOGITS, TARGETS), np.mean(w[TARGETS.numpy()] * ce))
+    p = np.exp(-ce)
+    focal = -((1 - p) ** 1.0) * np.log(p)
+    cb_focal = build_loss("class-balanced", COUNTS, {"beta": beta, "loss": "focal", "loss_params": {"gamma": 1.0}})
+    close(cb_focal(LOGITS, TARGETS), np.mean(w[TARGETS.numpy()] * focal))
+
+
+def test_drw_switches_to_normalised_class_weights_at_its_epoch():
+    loss = build_loss("drw", COUNTS, {"start_epoch": 3, "beta": 0.999})
+    ce = hand_ce(LOGITS, TARGETS)
+    raw = (1 - 0.999) / (1 - 0.999 ** COUNTS)
+    w = (raw / raw.sum() * 4)[TARGETS.numpy()]
+    for epoch, expected in ((0, ce.mean()), (2, ce.mean()), (3, (w * ce).sum() / w.sum()), (9, (w * ce).sum() / w.sum())):
+        loss.begin_epoch(epoch, 10)
+        close(loss(LOGITS, TARGETS), expected)
+    loss.begin_epoch(1, 10)  # a resumed run replays the epoch hook: the weights follow the epoch, not history
+    close(loss(LOGITS, TARGETS), ce.mean())
+
+
+def test_ldam_margins_and_loss():
+    loss = build_loss("ldam", COUNTS, {"max_margin": 0.5, "scale": 30.0})
+    margins = COUNTS ** -0.25
+    margins = margins * 0.5 / margins.max()
+    np.testing.assert_allclose(loss.margins.numpy(), margins, rtol=1e-6)
+    assert margins[-1] == pytest.approx(0.5)  # the rarest class gets the largest margin
+    cosines = torch.tanh(LOGITS)  # LDAM is meant for cosine logits
+    expected = []
+    for z, y in zip(cosines.tolist(), TARGETS.tolist()):
+        shifted = [30.0 * (v - (margins[y] if j == y else 0.0)) for j, v in enumerate(z)]
+        expected.append(-hand_log_softmax(shifted)[y])
+    close(loss(cosines, TARGETS), np.mean(expected))
+    drw = build_loss("drw", COUNTS, {"start_epoch": 0, "loss": "ldam"})
+    drw.begin_epoch(0, 1)
+    w = effective_number_weights(torch.tensor(COUNTS), 0.9999).numpy()[TARGETS.numpy()]
+    close(drw(cosines, TARGETS), (w * np.array(expected)).sum() / w.sum())
+
+
+def test_losses_are_registered_and_bad_params_fail_in_one_line():
+    assert {"ce", "la", "focal", "class-balanced", "drw", "ldam", "balanced-softmax"} <= set(LOSSES.names())
+    with pytest.raises(ValueError, match="unknown loss 'magic'; known: balanced-softmax, ce"):
+        build_loss("magic", COUNTS)
+    with pytest.raises(ValueError, match="unknown method.params.loss_params.gama for Focal; known: gamma, activation") as err:
+        build_loss("focal", COUNTS, {"gama": 1}, "method.params.loss_params")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="loss_params.activation must be one of softmax, sigmoid; got 'tanh'"):
+        build_loss("focal", COUNTS, {"activation": "tanh"})
+    with pytest.raises(ValueError, match="loss_params.loss must be one of balanced-softmax, ce, .*; got 'magic'"):
+        build_loss("drw", COUNTS, {"loss": "magic"})
+    with pytest.raises(ValueError, match="loss_params.loss_params.gamma must be >= 0, got -1.0"):
+        build_loss("class-balanced", COUNTS, {"loss": "focal", "loss_params": {"gamma": -1.0}})
+
+
+def test_loss_state_never_enters_a_checkpoint():
+    backbone = create_model("lenet2d")
+    method = METHODS.get("erm")(backbone, 4, COUNTS, 10, {"loss": "drw", "loss_params": {"loss": "ldam"}})
+    plain = METHODS.get("ce")(create_model("lenet2d"), 4, COUNTS, 10)
+    assert set(method.state_dict()) == set(plain.state_dict())
