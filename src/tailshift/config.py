@@ -131,6 +131,8 @@ class TrainConfig:
     eval_every: int = bounded(1, ge=0, note="0: the last epoch only")
     checkpoint: bool = True
     sync_batchnorm: bool = False  # several processes: batch-norm statistics over the global batch
+    # log the curve, every head's groups and a method's illustrations to <output>/tensorboard
+    tensorboard: bool = False
 
 
 @dataclass
@@ -183,7 +185,8 @@ def _hash(values: dict) -> str:
 
 #: options that change where or how a run is written or shown, never the trained model
 NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outside_root",
-                     "data.workers")  # how many processes decode changes no pixel
+                     "data.workers",  # how many processes decode changes no pixel
+                     "train.tensorboard")
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``);
 #: a method param added later goes here too, as "method.params.<name>"
@@ -335,6 +338,10 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if not cfg.output.strip():
         raise ConfigError(f"output must name a folder for the run, got {cfg.output!r}")
+    if tr.tensorboard:
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     _check_components(cfg)
 
 

@@ -200,3 +200,21 @@ def context_shift_rows(contexts, masks, balanced, fused: dict[float, object], me
     ]
     rows += [(f"fused\nλ = {lam:g}", to_uint8(images, mean, std)) for lam, images in fused.items()]
     return rows
+
+
+def confusion_plot(counts: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """A K x K confusion matrix, each row (true class) as shares of its test images."""
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:  # beyond that the labels and numbers no longer fit
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        for (i, j), share in np.ndenumerate(shares):
+            ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=6, color="white" if share > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    return _save(fig, path)

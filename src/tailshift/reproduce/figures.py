@@ -233,7 +233,7 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     return up.cpu().numpy(), prob.cpu().numpy(), flat.cpu().numpy()
 
 
-def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
+def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
     """One step of CSA's context shift with the trained model: masks of uniform batches from the
     uniform head, confident samples into a context bank (batch-sized, as in training) until it is
     full, ``n_show`` contexts drawn and fused into a class-balanced batch at each lambda."""
@@ -348,7 +348,7 @@ def _cam_figure(name: str, study: str, config: str, extra, runs: Path, out: Path
     cam_path = plots.cam_grid(images, cams, _row_labels(samples), out / f"{name}.png",
                               f"Grad-CAM of the true class on {study} training images ({numbers})", captions)
 
-    rows, row_captions, bank_info = _figure3_context_shift(trainers["csa"], 10, FIGURE3_LAMBDAS)
+    rows, row_captions, bank_info = context_shift_example(trainers["csa"], 10, FIGURE3_LAMBDAS)
     bank_path = plots.image_rows(rows, out / f"{name}_bank.png",
                                  f"CSA context shift on {study}: contexts from the uniform head, fused into a "
                                  "class-balanced batch (Figure 5)", captions=row_captions)
