@@ -175,7 +175,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=1,
                    help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
     r.add_argument("--rhos", type=_rhos, default=(100,),
-                   help="table2, table10, table11: imbalance ratios, comma-separated (default 100)")
+                   help="table2, table10, table11, figure9: imbalance ratios, comma-separated (default 100); "
+                        "figure10, figure11: the first one")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
                         "fashion-lt or cfashion-lt run on a CPU)")

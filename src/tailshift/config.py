@@ -205,6 +205,7 @@ NEUTRAL_LATER_OPTIONS = {
     "train.sync_batchnorm": False,
     "train.optim.name": "sgd",
     "train.optim.betas": [0.9, 0.999],
+    "method.params.balanced_q": 0.0,
 }
 
 

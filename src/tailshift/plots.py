@@ -23,10 +23,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_vs_gamma(curves: dict[str, dict], gammas: list[float], path: Path, title: str) -> Path:
-    """curves: label -> {"mean": [...], "std": [...]} over gammas."""
+    """curves: label -> {"mean": [...], "std": [...]} over gammas (None, e.g. every run collapsed: a gap)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for label, c in curves.items():
-        ax.errorbar(gammas, c["mean"], yerr=c["std"], marker="o", capsize=3, label=label)
+        ax.errorbar(gammas, np.asarray(c["mean"], dtype=float), yerr=np.asarray(c["std"], dtype=float), marker="o",
+                    capsize=3, label=label)
     ax.set_xlabel(r"$\gamma$ (sampling weight $n_y^{-\gamma}$)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -35,8 +36,10 @@ def accuracy_vs_gamma(curves: dict[str, dict], gammas: list[float], path: Path, 
     return _save(fig, path)
 
 
-def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, path: Path, title: str) -> Path:
-    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by class."""
+def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, path: Path, title: str,
+               colour_label: str = "class") -> Path:
+    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by class (a legend up to
+    10 classes, else a colour bar from dark, label 0, to light)."""
     cols = 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows), squeeze=False)
@@ -50,7 +53,10 @@ def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: in
         ax.set_yticks([])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
+    if num_classes <= 10:
+        axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
+    else:
+        fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, num_classes - 1), cmap), ax=axes, label=colour_label)
     fig.suptitle(title)
     return _save(fig, path)
 
