@@ -59,3 +59,19 @@ def write_imagenet_lt(root, counts=(40, 25, 15, 10, 6, 4), test_per_class=4, see
     (root / "ImageNet_LT_train.txt").write_text("\n".join(lines["train"]) + "\n")
     (root / "ImageNet_LT_test.txt").write_text("\n".join(lines["test"]) + "\n")
     return root
+
+
+def write_cifar100(tmp_path, per_class):
+    """A tiny CIFAR-100 pickle folder (train ``per_class`` images a class, test one)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", per_class), ("test", 1)):
+        labels = np.repeat(np.arange(100), n)
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels.tolist(),
+                                                  b"coarse_labels": [0] * len(labels)}, protocol=2))
+    names = [f"class{i}".encode() for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))

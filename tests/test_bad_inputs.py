@@ -317,6 +317,8 @@ CASES = [
         fragment="method.params.retrain_schedule must be one of constant, cosine, cosine_epoch; got 'step'"),
     bad("reinit-not-bool", CRT, "method.params.reinit=maybe", fragment="method.params.reinit must be true or false, got 'maybe'"),
     bad("delta-above-1", CSA, "method.params.delta=1.5", fragment="method.params.delta must be in [0, 1], got 1.5"),
+    bad("balanced-q-above-1", CSA, "method.params.balanced_stream=power", "method.params.balanced_q=2",
+        fragment="method.params.balanced_q must be in [0, 1] (the power stream's exponent), got 2.0"),
     bad("bank-multiple-0", CSA, "method.params.bank_multiple=0", fragment="method.params.bank_multiple must be >= 1, got 0"),
     bad("mask-power-0", CSA, "method.params.mask_power=0", fragment="method.params.mask_power must be > 0, got 0.0"),
     bad("csa-warmup-negative", CSA, "method.params.warmup_epochs=-1", fragment="method.params.warmup_epochs must be >= 0, got -1"),

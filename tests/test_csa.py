@@ -11,6 +11,7 @@ from tailshift.config import build_config
 from tailshift.data.pipeline import Batch
 from tailshift.engine import Trainer, train
 from tailshift.methods import METHODS, StepContext
+from tailshift.methods.base import StreamRequest
 from tailshift.models import create_model
 from tailshift.tensors import is_channels_last
 
@@ -72,7 +73,9 @@ def _count_feature_maps(method):
         ({"cam": "scorecam"}, "cam"),
         ({"cam_mode": "both"}, "cam_mode"),
         ({"driver": "power"}, "driver"),
-        ({"balanced_stream": "power"}, "balanced_stream"),
+        ({"balanced_stream": "reversed"}, "balanced_stream"),
+        ({"balanced_q": 1.5}, "balanced_q"),
+        ({"balanced_q": -0.1}, "balanced_q"),
         ({"uniform_loss": "magic"}, "uniform_loss"),
         ({"balanced_loss": "magic"}, "balanced_loss"),
         ({"lam_a": 0.6, "lam_b": 0.2}, "lam_a"),
@@ -98,6 +101,8 @@ def test_streams_follow_driver_and_balanced_stream():
     stage = _method(driver="balanced", balanced_stream="uniform").stages()[0]
     assert stage.driver == "balanced" and stage.stream_order() == ["balanced", "uniform"]
     assert stage.streams["balanced"].role == "uniform"
+    stage = _method(balanced_stream="power", balanced_q=0.25).stages()[0]
+    assert stage.streams["balanced"] == StreamRequest("power", 0.25)
 
 
 def test_cam_needs_pooled_linear_backbone():

@@ -1,4 +1,5 @@
-"""Figure 3's plotting helpers on random arrays, and figure3 end to end on tiny generated data."""
+"""Figure 3's plotting helpers on random arrays; figure3 (LeNet) and figures 9, 10, 11 (CIFAR) end to end on tiny
+generated data."""
 import json
 
 import numpy as np
@@ -7,8 +8,14 @@ import torch
 from PIL import Image
 
 import tailshift.reproduce.figures as figures
-from conftest import tiny_prepared
+from conftest import tiny_prepared, write_cifar100
 from tailshift import plots
+from tailshift.config import load_config
+from tailshift.data.longtail import profile_counts
+from tailshift.data.sampling import Sampler, class_probabilities
+from tailshift.engine import build_method
+from tailshift.methods.base import StreamRequest, stream_spec
+from tailshift.reproduce.commands import COMMANDS
 
 
 def _png_size(path):
@@ -101,3 +108,88 @@ def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 def test_figure3_needs_a_coloured_dataset(tmp_path):
     with pytest.raises(ValueError, match="coloured dataset"):
         figures.figure3(["fashion-lt"], 1, 1, tmp_path, [], None)
+
+
+#: a one-epoch ResNet-20 on the tiny CIFAR-100 folder (two training images a class, no long tail)
+TINY_CIFAR = ("data.longtail.profile=none", "data.longtail.n_max=2", "train.epochs=1", "train.optim.warmup_epochs=0",
+              "train.batch_size=64", "model.name=resnet20", "csa:method.params.warmup_epochs=0")
+
+
+def test_figure9_end_to_end_on_generated_cifar100(tmp_path, monkeypatch):
+    """CE re-sampling and CSA at each gamma (two of them, for time); CSA's balanced branch draws from the power
+    sampler at q = 1 - gamma."""
+    assert figures.GAMMAS == [0.0, 0.25, 0.5, 0.75, 1.0]  # the default grid, Figure 1's
+    monkeypatch.setattr(figures, "GAMMAS", [0.0, 0.5])
+    write_cifar100(tmp_path, 2)
+    out = tmp_path / "out"
+    table = figures.figure9(["cifar100-lt"], 1, 1, out, [f"data.root={tmp_path}", *TINY_CIFAR], rhos=(100,))
+    assert list(table) == ["cifar100-lt rho 100: CE re-sampling", "cifar100-lt rho 100: CSA"]
+    assert all(list(row) == figures.GAMMAS and all(a["runs"] == 1 for a in row.values()) for row in table.values())
+    _png_size(out / "figure9.png")
+    md = (out / "figure9.md").read_text()
+    assert md.startswith("# Figure 9: re-sampling vs CSA") and "without printed numbers" in md
+    assert "| Study: method | γ=0.0 | γ=0.5 |\n|---|---|---|\n| cifar100-lt rho 100: CE re-sampling | " in md
+    assert md.count("| cifar100-lt rho 100: CSA | ") == 1
+    assert set(json.loads((out / "figure9.json").read_text())["table"]["cifar100-lt rho 100: CSA"]) == \
+        {"0.0", "0.5"}
+
+    runs = out / "runs" / "cifar100-lt-rho100"
+    ce = load_config(runs / "resample-gamma0.0" / "seed0" / "config.yaml")
+    assert ce.method.name == "resample" and ce.method.params == {"q": 1.0} and ce.model.name == "resnet20"
+    cfg = load_config(runs / "csa-gamma0.5" / "seed0" / "config.yaml")
+    assert cfg.method.name == "csa" and cfg.method.params["warmup_epochs"] == 0
+    # the balanced stream the CSA run drew from, on a long-tailed label set: class frequencies n^q / sum n^q
+    data = figures.prepare_data(cfg.data)
+    request = build_method(cfg, data).stages()[0].streams["balanced"]
+    assert request == StreamRequest("power", 0.5)
+    counts = np.array(profile_counts("exp", 10, 500, 100))
+    labels = np.repeat(np.arange(10), counts)
+    s = cfg.sampling
+    sampler = Sampler(labels, stream_spec(request, s.balanced, s.per_class, s.balanced_epoch), 0, "balanced")
+    drawn = np.concatenate([sampler.epoch_indices(e) for e in range(20)])
+    share = np.bincount(labels[drawn], minlength=10) / len(drawn)
+    assert np.abs(share - class_probabilities(counts, 0.5)).max() < 0.01
+    assert np.abs(share - counts / counts.sum()).max() > 0.1 and np.abs(share - 0.1).max() > 0.05
+
+
+def test_figure9_refuses_an_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match="unknown Table 2 dataset 'fashion-lt'; known: cifar10-lt, cifar100-lt"):
+        figures.figure9(["fashion-lt"], 1, 1, tmp_path, [])
+
+
+def test_figures_11_12_and_10_end_to_end_on_generated_cifar100(tmp_path):
+    """Figure 11 (Grad-CAM, CE / CB-RS / CSA), 12 (tail images above delta) and 10 (test features), sharing runs."""
+    write_cifar100(tmp_path, 2)
+    out = tmp_path / "out"
+    overrides = [f"data.root={tmp_path}", *TINY_CIFAR, "csa:method.params.delta=0"]  # every tail image passes delta
+    summary = figures.figure11(None, 1, 1, out, overrides, rhos=(50,))
+    assert summary["dataset"] == "cifar100-lt rho 50"
+    assert set(summary["models"]) == {"ce", "cbrs", "csa"} and summary["models"]["csa"]["cam_head"] == "balanced"
+    assert len(summary["samples"]) == 8 and {s["group"] for s in summary["samples"]} == {"many", "few"}
+    tail = summary["tail_above_delta"]
+    # the release's index groups: classes 71-99 are few-shot, two training images each; two per class, rarest first
+    assert tail["delta"] == 0 and tail["few_images_scanned"] == 58
+    assert [s["label"] for s in tail["samples"]] == [71, 71, 72, 72, 73, 73, 74, 74] and len(tail["p_true"]) == 8
+    for name in ("figure11.png", "figure11_bank.png", "figure12.png"):
+        _png_size(out / name)
+    assert json.loads((out / "figure11.json").read_text()) == json.loads(json.dumps(summary))
+    trained = {m: (out / "runs" / "cifar100-lt-rho50" / m / "checkpoint.pt").stat().st_mtime_ns for m in ("ce", "cbrs", "csa")}
+
+    figure10 = figures.figure10(["cifar100-lt"], 1, 1, out, overrides, rhos=(50, 10))
+    assert {m: (out / "runs" / "cifar100-lt-rho50" / m / "checkpoint.pt").stat().st_mtime_ns for m in trained} == trained
+    assert figure10["models"] == {m: {k: r[k] for k in ("head", "test")} for m, r in summary["models"].items()}
+    _png_size(out / "figure10.png")
+    assert json.loads((out / "figure10.json").read_text())["dataset"] == "cifar100-lt rho 50"
+
+
+def test_principal_plane_keeps_the_widest_spread():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(500, 5)) * np.array([10.0, 0.1, 5.0, 0.1, 0.1])
+    plane = figures._principal_plane(points)
+    assert plane.shape == (500, 2) and np.allclose(plane.mean(axis=0), 0)
+    assert np.allclose(np.abs(np.corrcoef(plane[:, 0], points[:, 0])[0, 1]), 1, atol=1e-3)
+    assert np.allclose(np.abs(np.corrcoef(plane[:, 1], points[:, 2])[0, 1]), 1, atol=0.01)
+
+
+def test_cifar_figures_are_registered_commands():
+    assert {"figure9", "figure10", "figure11"} <= set(COMMANDS.names())

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_cifar100
 from tailshift.data.sources import KNOWN_CAVEATS
 from tailshift.reproduce import table2
 from tailshift.reproduce.common import config_path
@@ -118,22 +119,6 @@ def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
         TABLE10.select_rows(["csa"])
     with pytest.raises(ValueError, match="unknown Table 10 dataset 'cifar10-lt'; known: cifar100-lt"):
         TABLE10.run(["cifar10-lt"], 1, 1, tmp_path, [])
-
-
-def write_cifar100(tmp_path, per_class):
-    """A tiny CIFAR-100 pickle folder (train ``per_class`` images a class, test one)."""
-    import pickle
-
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for name, n in (("train", per_class), ("test", 1)):
-        labels = np.repeat(np.arange(100), n)
-        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
-        (folder / name).write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels.tolist(),
-                                                  b"coarse_labels": [0] * len(labels)}, protocol=2))
-    names = [f"class{i}".encode() for i in range(100)]
-    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))
 
 
 def test_table10_end_to_end_on_generated_cifar100_pickles(tmp_path):

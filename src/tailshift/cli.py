@@ -80,6 +80,65 @@ def _list(args) -> None:
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}: {', '.join(registry.names())}")
 
 
+def _evaluate(args) -> None:
+    from .saved_run import evaluation_folder, evaluate_run, load_run, write_evaluation
+
+    run = load_run(args.run, args.overrides)
+    result = evaluate_run(run)
+    data = result["data"]
+    print(f"{run.folder}: {run.cfg.method.name} on {data['dataset']} test ({data['test_images']} images), "
+          f"groups by the run's training counts")
+    print(f"{'head':10s} {'All':>6s} {'Many':>6s} {'Med':>6s} {'Few':>6s}")
+    for head, r in result["heads"].items():
+        cells = " ".join("     -" if r[k] is None else f"{r[k]:6.2f}" for k in ("all", "many", "med", "few"))
+        print(f"{head + (' *' if head == run.head else ''):10s} {cells}")
+    counts = result["train_class_counts"]
+    print(f"per class, {run.head} head (training images n): " + ", ".join(
+        f"{name} {'-' if acc is None else f'{acc:.1f}'} (n={n})"
+        for name, acc, n in zip(result["class_names"], result["heads"][run.head]["per_class"], counts)))
+    paths = write_evaluation(run, result, Path(args.output) if args.output else evaluation_folder(run.folder, args.overrides))
+    print(f"wrote {paths[0]} and {paths[1]}")
+
+
+def _predict(args) -> None:
+    from .saved_run import load_run, predict_images
+
+    run = load_run(args.run, args.overrides)
+    for item in predict_images(run, args.images, args.top_k):
+        print(f"{item['image']} ({run.head} head): " + ", ".join(f"{name} {p:.3f}" for _, name, p in item["top"]))
+
+
+def _export(args) -> None:
+    from .saved_run import export_run, load_run
+
+    run = load_run(args.run, args.overrides)
+    path = export_run(run, args.format, args.output)
+    c, h, w = run.data.image_shape
+    print(f"wrote {path}: uint8 images N x {c} x {h} x {w} (pixels 0-255, normalisation inside) -> "
+          f"logits N x {run.data.num_classes} of the {run.head} head")
+
+
+def _add_run_commands(sub) -> None:
+    """evaluate / predict / export: commands on a finished run folder (``saved_run``)."""
+    e = sub.add_parser("evaluate", help="re-score a finished run on its test set or, with data.* overrides, other "
+                                        "data: per head, group and class, with a confusion matrix PNG")
+    e.add_argument("run", help="a finished run folder (config.yaml, metrics.json, checkpoint.pt)")
+    e.add_argument("overrides", nargs="*", help="key=value, e.g. data.root=/other/data device=cpu")
+    e.add_argument("--output", default=None, help="folder for evaluation.json and confusion.png "
+                                                   "(default RUN/evaluation/test, or named after the overrides)")
+    e.set_defaults(func=_evaluate)
+    p = sub.add_parser("predict", help="the reported head's top classes of image files")
+    p.add_argument("run", help="a finished run folder")
+    p.add_argument("images", nargs="+", help="image files (any size; converted as the run's test pipeline does)")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.set_defaults(func=_predict)
+    x = sub.add_parser("export", help="the backbone and the reported head as one model that runs without tailshift")
+    x.add_argument("run", help="a finished run folder")
+    x.add_argument("--format", required=True, help="torchscript or onnx")
+    x.add_argument("--output", default=None, help="the file to write (default RUN/model.pt or RUN/model.onnx)")
+    x.set_defaults(func=_export)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tailshift", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,7 +175,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=1,
                    help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
     r.add_argument("--rhos", type=_rhos, default=(100,),
-                   help="table2, table10, table11: imbalance ratios, comma-separated (default 100)")
+                   help="table2, table10, table11, figure9: imbalance ratios, comma-separated (default 100); "
+                        "figure10, figure11: the first one")
     r.add_argument("--study", default="cifar100-lt",
                    help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
                         "fashion-lt or cfashion-lt run on a CPU)")
@@ -134,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list the registered datasets, models, methods, losses and optimizers")
     ls.set_defaults(func=_list)
+    _add_run_commands(sub)
     return p
 
 

@@ -143,6 +143,8 @@ class TrainConfig:
     channels_last: str = one_of("auto", ("auto", "on", "off"))
     # the optimizer's fused kernel (same update, one launch); auto: on CUDA, off on CPU (recorded CPU runs)
     fused_optimizer: str = one_of("auto", ("auto", "on", "off"))
+    # log the curve, every head's groups and a method's illustrations to <output>/tensorboard
+    tensorboard: bool = False
 
 
 @dataclass
@@ -198,7 +200,8 @@ NOT_FINGERPRINTED = ("output", "progress", "threads", "device", "data.allow_outs
                      "data.workers",  # how many processes decode changes no pixel
                      # the same computation compiled, in another memory layout, or in one fused kernel
                      # (float rounding aside, as with "threads")
-                     "train.compile", "train.channels_last", "train.fused_optimizer")
+                     "train.compile", "train.channels_last", "train.fused_optimizer",
+                     "train.tensorboard")
 
 #: option added after the first runs -> its value that changes nothing (see ``RunConfig.fingerprint``);
 #: a method param added later goes here too, as "method.params.<name>"
@@ -221,6 +224,7 @@ NEUTRAL_LATER_OPTIONS = {
     # option existed resumes under bf16 there (train.amp=off resumes it as written)
     "train.amp": "auto",
     "method.params.joint_forward": False,
+    "method.params.balanced_q": 0.0,
 }
 
 
@@ -361,6 +365,10 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if not cfg.output.strip():
         raise ConfigError(f"output must name a folder for the run, got {cfg.output!r}")
+    if tr.tensorboard:
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     _check_components(cfg)
 
 

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from . import __version__
 from .config import ConfigError, RunConfig, config_differences, save_config
 from .data.build import PreparedData, prepare_data
@@ -37,7 +35,9 @@ from .methods.base import Stage, StepContext, stream_spec
 from .metrics import summarize
 from .models import MODELS, create_model
 from .optim import OPTIMIZERS, build_optimizer
+from .progress import Progress
 from .speed import resolve_speed
+from .tensorboard_log import TensorBoardLog
 
 
 #: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
@@ -146,8 +146,9 @@ def check_model_takes_images(cfg: RunConfig, method: Method, arrays, image_shape
 
 
 @torch.inference_mode()
-def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, world: World = World()) -> dict:
-    """Per-head summaries on a test feed; each process predicts its contiguous share, gathered in order."""
+def predicted_classes(method: Method, arrays, batch_size: int, world: World = World()) -> tuple[dict, np.ndarray]:
+    """Each head's predicted class of every test sample, and the labels; each process predicts its
+    contiguous share, gathered in order."""
     method.eval()
     preds: dict[str, list] = {}
     labels = []
@@ -156,8 +157,13 @@ def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, 
         for head, logits in method.predict(batch.x).items():
             preds.setdefault(head, []).append(logits.argmax(1))
     labels = world.gather(torch.cat(labels)).cpu().numpy()
-    return {head: summarize(world.gather(torch.cat(p)).cpu().numpy(), labels, num_classes, groups)
-            for head, p in preds.items()}
+    return {head: world.gather(torch.cat(p)).cpu().numpy() for head, p in preds.items()}, labels
+
+
+def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, world: World = World()) -> dict:
+    """Per-head summaries on a test feed."""
+    preds, labels = predicted_classes(method, arrays, batch_size, world)
+    return {head: summarize(p, labels, num_classes, groups) for head, p in preds.items()}
 
 
 class Trainer:
@@ -166,6 +172,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data: PreparedData | None = None, world: World | None = None):
         self.cfg = cfg
         self.world = world if world is not None else current_world()
+        self.progress = Progress(cfg.progress and self.world.is_main)
         self.device = self.world.place(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -296,9 +303,13 @@ class Trainer:
                 loaded = self._load()
             if self.world.is_main:
                 save_config(self.cfg, self.out / "config.yaml")
-            return self._fit(*loaded)
+            with contextlib.ExitStack() as stack:
+                observers = [self.progress]
+                if self.cfg.train.tensorboard and self.world.is_main:
+                    observers.append(stack.enter_context(TensorBoardLog(self, first_epoch=len(loaded[0].history))))
+                return self._fit(*loaded, observers)
 
-    def _fit(self, state: RunState, optimizer_state: dict | None) -> dict:
+    def _fit(self, state: RunState, optimizer_state: dict | None, observers: list) -> dict:
         cfg = self.cfg
         stages = self.method.stages()
         batch = cfg.train.batch_size
@@ -325,6 +336,8 @@ class Trainer:
                     results = self._evaluate()
                     record["test"] = {h: {k: r[k] for k in ("all", "many", "med", "few")} for h, r in results.items()}
                 state.history.append(record)
+                for observer in observers:
+                    observer.epoch_end(record, stage.epochs)
                 state.epoch = epoch + 1
                 if state.epoch == stage.epochs:
                     state.stage_index, state.epoch = stage_index + 1, 0
@@ -354,8 +367,7 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         clipped = torch.zeros((), device=dev)  # steps whose gradient norm exceeded clip (kept on device: no sync)
         speed, scaler = self.speed, self.scaler
-        bar = tqdm(range(steps), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
-                   disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when not a terminal
+        bar = self.progress.steps(steps, f"{stage.name} {epoch + 1}/{stage.epochs}")
         plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
         for step, (lo, hi, start, stop), batches in zip(bar, plan, feed):
             lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period,

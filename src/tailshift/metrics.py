@@ -26,3 +26,8 @@ def summarize(pred: np.ndarray, labels: np.ndarray, num_classes: int, groups: di
     out["collapsed"] = bool(share > COLLAPSE_SHARE)
     out["per_class"] = [round(float(a) * 100, 3) if np.isfinite(a) else None for a in per_class]
     return out
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts K x K: row = true class, column = predicted class."""
+    return np.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -23,10 +23,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_vs_gamma(curves: dict[str, dict], gammas: list[float], path: Path, title: str) -> Path:
-    """curves: label -> {"mean": [...], "std": [...]} over gammas."""
+    """curves: label -> {"mean": [...], "std": [...]} over gammas (None, e.g. every run collapsed: a gap)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for label, c in curves.items():
-        ax.errorbar(gammas, c["mean"], yerr=c["std"], marker="o", capsize=3, label=label)
+        ax.errorbar(gammas, np.asarray(c["mean"], dtype=float), yerr=np.asarray(c["std"], dtype=float), marker="o",
+                    capsize=3, label=label)
     ax.set_xlabel(r"$\gamma$ (sampling weight $n_y^{-\gamma}$)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -35,8 +36,10 @@ def accuracy_vs_gamma(curves: dict[str, dict], gammas: list[float], path: Path, 
     return _save(fig, path)
 
 
-def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, path: Path, title: str) -> Path:
-    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by class."""
+def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, path: Path, title: str,
+               colour_label: str = "class") -> Path:
+    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by class (a legend up to
+    10 classes, else a colour bar from dark, label 0, to light)."""
     cols = 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows), squeeze=False)
@@ -50,7 +53,10 @@ def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: in
         ax.set_yticks([])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
+    if num_classes <= 10:
+        axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
+    else:
+        fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, num_classes - 1), cmap), ax=axes, label=colour_label)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -194,3 +200,21 @@ def context_shift_rows(contexts, masks, balanced, fused: dict[float, object], me
     ]
     rows += [(f"fused\nλ = {lam:g}", to_uint8(images, mean, std)) for lam, images in fused.items()]
     return rows
+
+
+def confusion_plot(counts: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """A K x K confusion matrix, each row (true class) as shares of its test images."""
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:  # beyond that the labels and numbers no longer fit
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        for (i, j), share in np.ndenumerate(shares):
+            ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=6, color="white" if share > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    return _save(fig, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..validation import bounded
-from .base import METHODS, build_params, StepContext, StepOutput
+from .base import METHODS, StepContext, StepOutput, build_params
 from .contrastive import BalancedContrastive
 from .erm import ERM
 

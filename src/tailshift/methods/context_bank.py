@@ -44,6 +44,11 @@ class ContextBank:
             self._full = bool(self._size == self.capacity)
         return self._full
 
+    @property
+    def fill(self) -> torch.Tensor | float:
+        """The occupied share of the capacity: a device scalar once the buffers exist (no sync)."""
+        return 0.0 if self._size is None else self._size / self.capacity
+
     def clear(self) -> None:
         """Forget every entry; the buffers are kept for reuse (CSA empties the bank every epoch)."""
         if self._size is not None:

@@ -228,8 +228,10 @@ class ContextShiftAugmentation(DualBranch):
             x_bal = self._fuse(balanced.x, contexts, ctx.generator, shard)
         else:
             x_bal = balanced.x if plain_phase else None
-        # the fusion flag is decided on the host (a full bank is known so without a sync): a plain number
-        return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0}
+        # the fusion flag is decided on the host (a full bank is known so without a sync): a plain number;
+        # the bank's fill is a device scalar (logging it waits for nothing)
+        fill = self.bank.fill if self.bank is not None else 0.0
+        return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0, "bank_fill": fill}
 
     def show_fused_batch(self, uniform_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], balanced_x: torch.Tensor,
                          lambdas: Iterable[float], generator: torch.Generator) -> FusedBatch:

@@ -18,7 +18,7 @@ from .losses import LOSSES, build_loss, check_loss_params
 from .mixing import mixup, mixup_loss
 
 DRIVERS = ("uniform", "balanced")
-BALANCED_STREAMS = ("balanced", "uniform")
+BALANCED_STREAMS = ("balanced", "uniform", "power")
 
 
 def bad_param(name: str, value: Any, allowed: str) -> ValueError:
@@ -45,8 +45,10 @@ class DualBranch(Method):
     @dataclass
     class Params:
         driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch
-        # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch)
+        # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch); "power": q-power
+        # re-sampling with ``balanced_q`` (Figure 9: the balanced branch at balance ratio gamma = 1 - q)
         balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
+        balanced_q: float = bounded(0.0, ge=0, le=1, note="the power stream's exponent")
         uniform_loss: str = one_of("ce", LOSSES)
         uniform_loss_params: dict = field(default_factory=dict)
         balanced_loss: str = one_of("ce", LOSSES)
@@ -79,7 +81,7 @@ class DualBranch(Method):
         self.contrastive = BalancedContrastive(backbone.out_dim, p.contrastive_params) if p.contrastive_weight > 0 else None
 
     def stages(self) -> list[Stage]:
-        streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream)}
+        streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream, self.params.balanced_q)}
         return [Stage("train", self.epochs, streams, driver=self.params.driver)]
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:

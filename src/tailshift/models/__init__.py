@@ -7,6 +7,7 @@ from .lenet import LeNet2d
 from .pretrained import load_pretrained
 from .resnet import resnet10, resnet18, resnet50, resnet152, resnet152_frozen
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56
+from .torchvision_backbone import torchvision_builder
 
 MODELS: Registry = Registry("model")
 MODELS.register("lenet2d")(LeNet2d)
@@ -19,6 +20,7 @@ MODELS.register("resnet18")(resnet18)
 MODELS.register("resnet50")(resnet50)
 MODELS.register("resnet152")(resnet152)
 MODELS.register("resnet152-frozen")(resnet152_frozen)
+MODELS.register_family("torchvision", torchvision_builder)
 
 
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> Backbone:
@@ -26,7 +28,7 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> Backbone
     that takes them, ``pretrained_target``)."""
     model = MODELS.get(name)(**kwargs)
     if pretrained is not None:
-        load_pretrained(model.pretrained_target(), pretrained)
+        load_pretrained(model.pretrained_target(), pretrained, model.pretrained_ignored)
     elif model.needs_pretrained:
         raise ValueError(f"model {name} keeps its pretrained body frozen: pass model.pretrained=PATH "
                          "(e.g. torchvision's ImageNet weights file)")

@@ -21,6 +21,9 @@ class Backbone(nn.Module):
     #: True when the backbone is useless without ``model.pretrained`` (a frozen body)
     needs_pretrained: bool = False
 
+    #: key prefixes of a weights file that the backbone does not hold (a classifier it leaves to the heads)
+    pretrained_ignored: tuple[str, ...] = ()
+
     def pretrained_target(self) -> nn.Module:
         """The module that ``model.pretrained`` weights load into."""
         return self

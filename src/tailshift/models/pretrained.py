@@ -35,8 +35,9 @@ def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_pretrained(target: nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``target`` (strictly: every tensor present, of the right shape)."""
+def load_pretrained(target: nn.Module, path: str | Path, ignored: tuple[str, ...] = ()) -> None:
+    """Load ``path`` into ``target`` (strictly: every tensor present, of the right shape), leaving out
+    the file's keys that start with one of ``ignored``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model.pretrained {path} is not a file")
@@ -44,10 +45,10 @@ def load_pretrained(target: nn.Module, path: str | Path) -> None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and why, on one line
         raise ValueError(f"cannot read pretrained weights {path}: {str(err).splitlines()[0]}") from None
-    state = _state_dict(payload, path)
-    if "conv1.weight" in state and "stem.0.weight" not in state:
-        state = from_torchvision(state)
+    state = {k: v for k, v in _state_dict(payload, path).items() if not k.startswith(ignored)}
     expected = target.state_dict()
+    if "conv1.weight" in state and "stem.0.weight" in expected:  # torchvision's layout into this package's ResNet
+        state = from_torchvision(state)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

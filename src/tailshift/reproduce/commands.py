@@ -43,10 +43,11 @@ def _grid_command(grid: Grid):
     return command
 
 
-def _figure_command(figure):
+def _figure_command(figure, options: tuple[str, ...] = ()):
+    """``options``: the Request fields beyond the common ones that the figure takes (the CIFAR figures' rhos)."""
     def command(r: Request):
         return figure(datasets=r.datasets, seeds=r.seeds, workers=r.workers or default_workers(), out=r.out, overrides=r.overrides,
-                      mnist_root=r.mnist_root, methods=r.methods)
+                      mnist_root=r.mnist_root, methods=r.methods, **{name: getattr(r, name) for name in options})
 
     command.__doc__ = figure.__doc__
     return command
@@ -62,3 +63,5 @@ COMMANDS.register("table3")(
     lambda r: TABLE3.run(r.models, r.seeds, r.workers or 1, r.out, r.overrides, r.methods, nproc=r.nproc))
 for _figure in (figures.figure1, figures.figure2, figures.figure3, figures.figure4, figures.figure7):
     COMMANDS.register(_figure.__name__)(_figure_command(_figure))
+for _figure in (figures.figure9, figures.figure10, figures.figure11):
+    COMMANDS.register(_figure.__name__)(_figure_command(_figure, ("rhos",)))

@@ -2,6 +2,7 @@
 in parallel worker processes, aggregate seeds, print tables beside the paper's."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shlex
@@ -18,6 +19,7 @@ import yaml
 
 from ..config import RunConfig, build_config, read_yaml
 from ..io import atomic_write_json, atomic_write_text
+from ..progress import RunCounter
 
 GROUP_KEYS = ("all", "many", "med", "few")
 
@@ -120,6 +122,7 @@ def _job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> dict
         **_identity(job),
         "diverged": False,
         "seconds": round(seconds, 2),
+        "head": metrics["default_head"],
         "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
         "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
@@ -134,14 +137,22 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _run_numbered_job(numbered: tuple[int, Job]) -> tuple[int, dict]:
+    return numbered[0], _run_job(numbered[1])
+
+
 def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
     """Run jobs in ``workers`` single-threaded processes (one process per core beats
-    intra-op threads for these small models); results come back in job order."""
+    intra-op threads for these small models); results come back in job order, and each
+    finished run is reported as it finishes (``RunCounter``)."""
+    counter = RunCounter(len(jobs))
     if workers <= 1:
         _init_worker()
-        return [_run_job(j) for j in jobs]
+        return [counter.finished(_run_job(j)) for j in jobs]
+    results = [None] * len(jobs)
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        results = pool.map(_run_job, jobs, chunksize=1)
+        for i, result in pool.imap_unordered(_run_numbered_job, enumerate(jobs), chunksize=1):
+            results[i] = counter.finished(result)
         pool.close()  # let workers exit cleanly rather than be terminated (no leaked semaphores)
         pool.join()
     return results
@@ -153,6 +164,7 @@ def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[dict]:
     from ..distributed import torchrun_command
 
     results = []
+    counter = RunCounter(len(jobs))
     for job in jobs:
         cfg = job.resolve()
         started = time.perf_counter()
@@ -160,7 +172,7 @@ def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[dict]:
         if code != 0:
             raise RuntimeError(f"run {job.key} failed on {nproc} processes (exit code {code}); its output is above")
         metrics = json.loads((Path(cfg.output) / "metrics.json").read_text())
-        results.append(_job_result(job, cfg, metrics, time.perf_counter() - started))
+        results.append(counter.finished(_job_result(job, cfg, metrics, time.perf_counter() - started)))
     return results
 
 

@@ -1,8 +1,10 @@
-"""Figures 1, 2, 3 (with 5, 11, 12), 4 and 7 of the paper, each one function behind ``tailshift reproduce figureN``."""
+"""Figures 1, 2, 3 (with 5), 4, 7, 9, 10 and 11 (with 12) of the paper, each one function behind ``tailshift reproduce figureN``."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -10,12 +12,16 @@ import torch
 from .. import plots
 from ..cam import grad_cam, normalize_cam, upsample_cam
 from ..config import build_config, read_yaml
+from ..data.arrays import DataError
 from ..data.build import prepare_data
 from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
 from . import table1
 from ..io import atomic_write_json
-from .common import Job, aggregate, by_job, command_line, config_path, run_jobs, seed_list, seeds_note, write_outputs
+from .common import (Job, aggregate, by_job, command_line, config_path, data_note, overrides_for_run, run_jobs,
+                     seed_list, seeds_note, write_outputs)
+from .grid import Study
+from .table2 import TABLE2
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -24,38 +30,94 @@ def _pick(datasets, mnist_root) -> list[str]:
     return datasets or table1.TABLE1.available_datasets(mnist_root)
 
 
-def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
-    """Accuracy vs gamma, where the sampling weight of (x, y) is n_y^-gamma (q = 1 - gamma in Eq. 2)."""
-    datasets = _pick(datasets, mnist_root)
-    jobs = []
-    for d in datasets:
-        root = [*table1.TABLE1.data_root(d, mnist_root)]
-        for g in GAMMAS:
-            for s in seed_list(seeds):
-                jobs.append(Job(d, f"gamma{g}", s, f"table1/{d}_ce",
-                                ("method.name=resample", f"method.params={{q: {1 - g}}}", f"seed={s}", "progress=false",
-                                 f"output={out / 'runs' / d / f'gamma{g}' / f'seed{s}'}", *root, *overrides)))
+@dataclass(frozen=True)
+class GammaCurve:
+    """One curve of an accuracy-vs-gamma figure: a shipped config run at each gamma, its power
+    sampler at q = 1 - gamma set by ``sampling(q)``, read from ``head``."""
+
+    label: str  # the table's row and the plot's legend
+    study: str
+    folder: str  # runs in <out>/runs/<folder>/<run_at(gamma)>/seed<s>
+    config: str
+    head: str
+    sampling: Callable[[float], tuple[str, ...]]
+    run: str = ""  # the curve's name among the figure's runs; "RUN:key=value" overrides reach only it
+    overrides: tuple[str, ...] = ()
+
+    def run_at(self, gamma: float) -> str:
+        return f"{self.run}-gamma{gamma}" if self.run else f"gamma{gamma}"
+
+
+def _accuracy_vs_gamma(name: str, title: str, curves: list[GammaCurve], seeds, workers, out: Path, overrides,
+                       row_header: str, note: str, extra: dict | None = None) -> dict:
+    """Train every curve at every gamma (each seed), write ``name``.png / .md / .json; the table by label and gamma."""
+    runs = sorted({c.run for c in curves})
+    jobs = [Job(c.study, c.run_at(g), s, c.config,
+                (*c.sampling(1 - g), f"seed={s}", "progress=false",
+                 f"output={out / 'runs' / c.folder / c.run_at(g) / f'seed{s}'}", *c.overrides,
+                 *overrides_for_run(c.run, list(overrides), runs)))
+            for c in curves for g in GAMMAS for s in seed_list(seeds)]
     started = time.perf_counter()
-    results = by_job(run_jobs(jobs, workers))
+    results = run_jobs(jobs, workers)
     wall = time.perf_counter() - started
-    curves, table = {}, {}
-    for d in datasets:
-        table[d] = {}
+    found = by_job(results)
+    table, means = {}, {}
+    for c in curves:
+        table[c.label] = {}
         for g in GAMMAS:
-            runs = [results[(d, f"gamma{g}", s)] for s in seed_list(seeds)]
-            values = [{"diverged": True} if r["diverged"] else r["heads"]["main"] for r in runs]
-            table[d][g] = aggregate(values)
-        curves[d] = {"mean": [table[d][g]["all"]["mean"] for g in GAMMAS], "std": [table[d][g]["all"]["std"] for g in GAMMAS]}
-    plots.accuracy_vs_gamma(curves, GAMMAS, out / "figure1.png", "Re-sampling weight vs accuracy (Figure 1)")
-    lines = ["# Figure 1: accuracy vs gamma", "",
-             f"Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, N draws per epoch; mean ± std over "
-             f"{seeds_note(seeds)}. {len(jobs)} runs, {workers} worker processes, wall time {wall:.0f} s.", "",
-             "| Dataset | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
-    for d in datasets:
-        lines.append(f"| {d} | " + " | ".join(_cell(table[d][g]) for g in GAMMAS) + " |")
-    write_outputs(out, "figure1", "\n".join(lines) + "\n", {"table": {d: {str(g): v for g, v in t.items()} for d, t in table.items()}})
+            runs_of = [found[(c.study, c.run_at(g), s)] for s in seed_list(seeds)]
+            table[c.label][g] = aggregate([{"diverged": True} if r["diverged"] else r["heads"][c.head] for r in runs_of])
+        means[c.label] = {"mean": [table[c.label][g]["all"]["mean"] for g in GAMMAS],
+                          "std": [table[c.label][g]["all"]["std"] for g in GAMMAS]}
+    plots.accuracy_vs_gamma(means, GAMMAS, out / f"{name}.png", title)
+    lines = [f"# {title}", "",
+             f"{note} Mean ± std over {seeds_note(seeds)}. {len(jobs)} runs, {workers} worker processes, "
+             f"wall time {wall:.0f} s.{data_note(results)}", "",
+             f"| {row_header} | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
+    lines += [f"| {label} | " + " | ".join(_cell(row[g]) for g in GAMMAS) + " |" for label, row in table.items()]
+    write_outputs(out, name, "\n".join(lines) + "\n",
+                  {"table": {label: {str(g): v for g, v in row.items()} for label, row in table.items()}, **(extra or {})})
     print("\n".join(lines))
     return table
+
+
+def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
+    """Accuracy vs gamma, where the sampling weight of (x, y) is n_y^-gamma (q = 1 - gamma in Eq. 2)."""
+    curves = [GammaCurve(d, d, d, f"table1/{d}_ce", "main",
+                         lambda q: ("method.name=resample", f"method.params={{q: {q}}}"),
+                         overrides=table1.TABLE1.data_root(d, mnist_root))
+              for d in _pick(datasets, mnist_root)]
+    return _accuracy_vs_gamma("figure1", "Figure 1: accuracy vs gamma", curves, seeds, workers, Path(out), overrides,
+                              "Dataset", "Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, "
+                                         "N draws per epoch; LeNet, the Table 1 CE config.")
+
+
+def _cifar_studies(datasets, rhos) -> list[Study]:
+    """Table 2's studies (dataset x rho) of ``datasets``, or of every CIFAR-LT set whose files are found."""
+    studies = TABLE2.studies(datasets or TABLE2.available_datasets(), rhos)
+    if not studies:
+        raise DataError("no CIFAR data found: pass --datasets and data.root=..., or see `tailshift download`")
+    return studies
+
+
+def figure9(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
+    """Re-sampling vs CSA across balance ratios (Figure 9): CE on a power sampler and CSA whose balanced
+    branch draws from the same power sampler, q = 1 - gamma, on the Table 2 configs (ResNet-32, 200 epochs)."""
+    curves = []
+    for study in _cifar_studies(datasets, rhos):
+        curves += [
+            GammaCurve(f"{study.name}: CE re-sampling", study.name, study.folder, study.config.format(run="ce"), "main",
+                       lambda q: ("method.name=resample", f"method.params={{q: {q}}}"), "resample", study.overrides),
+            GammaCurve(f"{study.name}: CSA", study.name, study.folder, study.config.format(run="csa"), "balanced",
+                       lambda q: ("method.params.balanced_stream=power", f"method.params.balanced_q={q}"), "csa",
+                       study.overrides)]
+    return _accuracy_vs_gamma(
+        "figure9", "Figure 9: re-sampling vs CSA across balance ratios gamma", curves, seeds, workers, Path(out),
+        overrides, "Study: method",
+        "Sampling weight n_y^-gamma (power sampler, q = 1 - gamma, i.i.d. draws, N per epoch): CE's one stream, CSA's "
+        "balanced branch (read from its balanced head; its uniform branch stays uniform). The paper shows Figure 9 "
+        "as a plot without printed numbers, and its text does not name the gammas (this grid is Figure 1's) nor the "
+        "dataset (App. D's other studies are CIFAR-100-LT, rho 100).", extra={"rhos": list(rhos), "overrides": list(overrides)})
 
 
 def _cell(agg: dict) -> str:
@@ -171,7 +233,7 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     return up.cpu().numpy(), prob.cpu().numpy(), flat.cpu().numpy()
 
 
-def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
+def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
     """One step of CSA's context shift with the trained model: masks of uniform batches from the
     uniform head, confident samples into a context bank (batch-sized, as in training) until it is
     full, ``n_show`` contexts drawn and fused into a class-balanced batch at each lambda."""
@@ -208,20 +270,15 @@ def _figure3_context_shift(trainer: Trainer, n_show: int, lambdas, seed: int = 0
     return rows, captions, info
 
 
-def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
-    """Grad-CAM of the true class under CE, CB-RS and CSA on a coloured set (Figures 3, 11, 12), and one
-    batch of CSA's context shift (Figure 5). Seed 0, trained in this process; ``seeds``/``workers`` unused."""
-    coloured = [d for d in (datasets or ["cfashion-lt"]) if d.startswith("c")]
-    if not coloured:
-        raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
-    dataset = coloured[0]
-    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
-    out = Path(out)
-    trainers, results, data = {}, {}, None
-    started = time.perf_counter()
+def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, object]:
+    """Seed 0 of each of ``FIGURE3_MODELS``' runs of ``config`` ("{run}" standing for the run), trained in this
+    process (a finished run is re-read) in ``runs``/<run> on one copy of the data; ``RUN:key=value`` overrides
+    reach only that run. Returns the trainers, their test results and the data."""
+    trainers, results, data, data_cfg = {}, {}, None, None
     for method in FIGURE3_MODELS:
-        cfg = build_config(read_yaml(config_path(f"table1/{dataset}_{method}")),
-                           ["seed=0", f"output={out / 'runs' / method}", *root, *overrides])
+        cfg = build_config(read_yaml(config_path(config.format(run=method))),
+                           ["seed=0", f"output={runs / method}", *extra,
+                            *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
         if data is None or cfg.data != data_cfg:
             data, data_cfg = prepare_data(cfg.data), cfg.data
         trainer = Trainer(cfg, data)
@@ -229,35 +286,156 @@ def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
         trainers[method] = trainer
         results[method] = {"head": metrics["default_head"],
                            "test": {k: metrics["result"][k] for k in ("all", "many", "med", "few")}}
+    return trainers, results, data
 
+
+def _confident_tail(trainer: Trainer, rng: np.random.Generator, limit: int = 8) -> tuple[list[dict], int]:
+    """Training images of the few-shot classes whose true-class probability under CSA's uniform head (the
+    head whose Grad-CAM makes the masks, in eval mode) reaches delta, i.e. whose context would enter the bank
+    (Figure 12): up to two of each class, rarest class first. Also how many few-shot images were scanned."""
+    data, delta = trainer.data, trainer.method.params.delta
+    counts = data.class_counts
+    few = data.groups.get("few", np.array([], dtype=np.int64))
+    scanned = np.flatnonzero(np.isin(data.train.labels, few))
+    probs = [_grad_cams(trainer, "uniform", torch.from_numpy(scanned[i:i + 256]).to(trainer.device))[1]
+             for i in range(0, len(scanned), 256)]
+    passed = scanned[np.concatenate(probs) >= delta] if probs else scanned
+    samples = []
+    for c in sorted(few, key=lambda c: (counts[c], c)):
+        if len(samples) == limit:
+            break
+        members = passed[data.train.labels[passed] == c]
+        for i in np.sort(rng.choice(members, size=min(2, len(members), limit - len(samples)), replace=False)):
+            samples.append({"index": int(i), "label": int(c), "group": "few", "class_count": int(counts[c])})
+    return samples, len(scanned)
+
+
+def _cam_panel(trainers: dict, results: dict, index: torch.Tensor, models: dict) -> tuple[dict, dict]:
+    """Grad-CAM columns and captions of training images ``index`` under ``models`` (run -> (title, head));
+    each run's result gets the CAM head, the true-class probabilities and which maps are all zero."""
+    cams, captions = {}, {}
+    for method, (title, head_name) in models.items():
+        trainer = trainers[method]
+        cam, prob, flat = _grad_cams(trainer, head_name, index.to(trainer.device))
+        column = f"{title} ({results[method]['test']['all']:.1f}%)"
+        cams[column], captions[column] = cam, _captions(prob, flat)
+        results[method].update({"cam_head": head_name, "p_true": [round(float(p), 4) for p in prob],
+                                "cam_all_zero": flat.tolist()})
+    return cams, captions
+
+
+def _captions(prob: np.ndarray, flat: np.ndarray) -> list[str]:
+    return [f"p(y) = {p:.2f}" + (", CAM = 0" if f else "") for p, f in zip(prob, flat)]
+
+
+def _row_labels(samples: list[dict]) -> list[str]:
+    return [f"class {s['label']} ({s['group']})\nn = {s['class_count']}\ntrain #{s['index']}" for s in samples]
+
+
+def _cam_figure(name: str, study: str, config: str, extra, runs: Path, out: Path, overrides, numbers: str,
+                tail_figure: int | None = None) -> dict:
+    """Grad-CAM of the true class under CE, CB-RS and CSA on head and tail training images (``name``.png), one
+    batch of CSA's context shift (``name``_bank.png, Figure 5) and, with ``tail_figure`` N, the tail images
+    whose contexts CSA would bank (``_confident_tail``, figureN.png); ``name``.json holds the numbers. ``numbers``: the paper's
+    figures it stands for; ``config``: the runs' shipped configs, "{run}" standing for the run."""
+    started = time.perf_counter()
+    trainers, results, data = _fit_models(config, extra, runs, overrides)
     samples = _figure3_samples(data, np.random.default_rng(0))
     index = torch.tensor([s["index"] for s in samples])
     first = trainers["ce"]
     images = first.train_arrays.images[index.to(first.device)].cpu().numpy()
-    cams, captions = {}, {}
-    for method, (title, head_name) in FIGURE3_MODELS.items():
-        trainer = trainers[method]
-        cam, prob, flat = _grad_cams(trainer, head_name, index.to(trainer.device))
-        column = f"{title} ({results[method]['test']['all']:.1f}%)"
-        cams[column] = cam
-        captions[column] = [f"p(y) = {p:.2f}" + (", CAM = 0" if f else "") for p, f in zip(prob, flat)]
-        results[method].update({"cam_head": head_name, "p_true": [round(float(p), 4) for p in prob],
-                                "cam_all_zero": flat.tolist()})
-    row_labels = [f"class {s['label']} ({s['group']})\nn = {s['class_count']}\ntrain #{s['index']}" for s in samples]
-    cam_path = plots.cam_grid(images, cams, row_labels, out / "figure3.png",
-                              f"Grad-CAM of the true class on {dataset} training images (Figures 3, 11, 12)", captions)
+    cams, captions = _cam_panel(trainers, results, index, FIGURE3_MODELS)
+    cam_path = plots.cam_grid(images, cams, _row_labels(samples), out / f"{name}.png",
+                              f"Grad-CAM of the true class on {study} training images ({numbers})", captions)
 
-    rows, row_captions, bank_info = _figure3_context_shift(trainers["csa"], 10, FIGURE3_LAMBDAS)
-    bank_path = plots.image_rows(rows, out / "figure3_bank.png",
-                                 f"CSA context shift on {dataset}: contexts from the uniform head, fused into a "
+    rows, row_captions, bank_info = context_shift_example(trainers["csa"], 10, FIGURE3_LAMBDAS)
+    bank_path = plots.image_rows(rows, out / f"{name}_bank.png",
+                                 f"CSA context shift on {study}: contexts from the uniform head, fused into a "
                                  "class-balanced batch (Figure 5)", captions=row_captions)
-
-    summary = {"dataset": dataset, "seed": 0, "overrides": list(overrides), "command": command_line(),
-               "wall_seconds": round(time.perf_counter() - started, 1), "samples": samples,
-               "models": results, "context_shift": bank_info,
+    summary = {"dataset": study, "seed": 0, "overrides": list(overrides), "command": command_line(),
+               "wall_seconds": None, "samples": samples, "models": results, "context_shift": bank_info,
                "figures": [str(cam_path), str(bank_path)]}
-    atomic_write_json(out / "figure3.json", summary)
+    if tail_figure:
+        tail = summary["tail_above_delta"] = _tail_figure(trainers["csa"], out / f"figure{tail_figure}.png", study,
+                                                          tail_figure)
+        summary["figures"] += [tail["figure"]] if tail["figure"] else []
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_json(out / f"{name}.json", summary)
     for method, r in results.items():
         print(f"{FIGURE3_MODELS[method][0]:6s} ({r['head']} head) test All {r['test']['all']:.2f}")
-    print(f"wrote {cam_path}, {bank_path} and {out / 'figure3.json'}")
+    print(f"wrote {', '.join(summary['figures'])} and {out / f'{name}.json'}")
+    return summary
+
+
+def _tail_figure(csa: Trainer, path: Path, study: str, number: int) -> dict:
+    """The Grad-CAMs of ``_confident_tail``'s images under CSA's uniform head (no PNG when none reaches delta)."""
+    delta = csa.method.params.delta
+    samples, scanned = _confident_tail(csa, np.random.default_rng(0))
+    info = {"delta": delta, "few_images_scanned": scanned, "samples": samples, "figure": None}
+    if not samples:
+        print(f"no few-shot training image reaches delta = {delta:g} under CSA's uniform head: no {path.name}")
+        return info
+    index = torch.tensor([s["index"] for s in samples], device=csa.device)
+    cam, prob, flat = _grad_cams(csa, "uniform", index)
+    info.update(p_true=[round(float(p), 4) for p in prob], cam_all_zero=flat.tolist())
+    column = "CSA uniform head"
+    info["figure"] = str(plots.cam_grid(
+        csa.train_arrays.images[index].cpu().numpy(), {column: cam}, _row_labels(samples), path,
+        f"Tail-class training images of {study} with p(y) >= delta = {delta:g} under CSA's uniform head:\n"
+        f"Grad-CAM of the true class (Figure {number})", {column: _captions(prob, flat)}))
+    return info
+
+
+def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
+    """Grad-CAM of the true class under CE, CB-RS and CSA on a coloured LeNet set (Figure 3's question where
+    the context is known), and one batch of CSA's context shift (Figure 5). Seed 0, trained in this process;
+    ``seeds``/``workers`` unused."""
+    coloured = [d for d in (datasets or ["cfashion-lt"]) if d.startswith("c")]
+    if not coloured:
+        raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
+    dataset, out = coloured[0], Path(out)
+    return _cam_figure("figure3", dataset, f"table1/{dataset}_{{run}}", table1.TABLE1.data_root(dataset, mnist_root),
+                       out / "runs", out, overrides, "Figures 3, 11, 12")
+
+
+def _cifar_study(datasets, rhos) -> Study:
+    """The first of ``datasets`` (default cifar100-lt, the paper's) at the first of ``rhos``, as a Table 2 study."""
+    return TABLE2.studies([(datasets or ["cifar100-lt"])[0]], [rhos[0]])[0]
+
+
+def figure11(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
+    """Grad-CAM on CIFAR-LT under CE, CB-RS and CSA (Figure 11: head and tail training images), the tail images
+    whose CSA uniform-head probability reaches delta (figure12.png, Figure 12) and one batch of CSA's context
+    shift; the Table 2 configs, seed 0, trained in this process. ``seeds``/``workers`` unused."""
+    study, out = _cifar_study(datasets, rhos), Path(out)
+    return _cam_figure("figure11", study.name, study.config, study.overrides, out / "runs" / study.folder, out,
+                       overrides, "Figure 11", tail_figure=12)
+
+
+def _principal_plane(points: np.ndarray) -> np.ndarray:
+    """The points on their first two principal components (the paper does not say how it drew Figure 10)."""
+    centred = points - points.mean(axis=0)
+    return centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+
+
+def figure10(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
+    """2-d representation of CIFAR-LT test features under CE, CB-RS and CSA (Figure 10): the backbone's
+    embedding on its first two principal components, a colour per class, darker the more training images it
+    has (as the paper). The runs are figure11's: the same --output trains them once."""
+    study, out = _cifar_study(datasets, rhos), Path(out)
+    started = time.perf_counter()
+    trainers, results, data = _fit_models(study.config, study.overrides, out / "runs" / study.folder, overrides)
+    rank = np.argsort(np.argsort(-data.class_counts, kind="stable"), kind="stable")  # 0: the most images
+    panels = {}
+    for method, (title, _) in FIGURE3_MODELS.items():
+        points, labels = _embed(trainers[method], trainers[method].test_arrays, limit=len(data.test.labels))
+        panels[f"{title}: test, acc {results[method]['test']['all']:.1f}%"] = (_principal_plane(points), rank[labels])
+    path = plots.embeddings(panels, data.num_classes, out / "figure10.png",
+                            f"Test features on {study.name}, first two principal components (Figure 10)",
+                            colour_label="class by training count (dark: head, light: tail)")
+    summary = {"dataset": study.name, "seed": 0, "overrides": list(overrides), "command": command_line(),
+               "wall_seconds": round(time.perf_counter() - started, 1), "models": results,
+               "projection": "first two principal components of the backbone embedding", "figure": str(path)}
+    atomic_write_json(out / "figure10.json", summary)
+    print(f"wrote {path} and {out / 'figure10.json'}")
     return summary

@@ -1,0 +1,61 @@
+import io
+import re
+
+from conftest import tiny_prepared
+
+from tailshift.config import build_config
+from tailshift.engine import train
+from tailshift.progress import Progress, RunCounter, epoch_line
+from tailshift.reproduce import common
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _cfg(tmp_path, *overrides):
+    return build_config({"output": str(tmp_path / "run"), "device": "cpu"},
+                        ["train.epochs=2", "train.batch_size=32", "train.eval_every=2", *overrides])
+
+
+def test_train_prints_one_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path, capsys):
+    train(_cfg(tmp_path, "method.name=csa", "method.params={warmup_epochs: 1}"), tiny_prepared(channels=3))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"train epoch 1/2  loss \d+\.\d{4}  lr 0\.1  \d+\.\d s", lines[0])
+    assert re.fullmatch(r"train epoch 2/2  loss \d+\.\d{4}  lr 0\.1  \d+\.\d s  balanced All/Many/Med/Few "
+                        r"(\d+\.\d\d/){3}\d+\.\d\d  uniform .*  ensemble All/Many/Med/Few .*", lines[1])
+
+
+def test_no_lines_with_progress_off_or_on_a_terminal(tmp_path, capsys):
+    train(_cfg(tmp_path, "progress=false"), tiny_prepared())
+    assert capsys.readouterr().out == ""
+    assert not Progress(True, Terminal()).lines and Progress(True, io.StringIO()).lines
+
+
+def test_epoch_line_shows_missing_groups_as_dashes():
+    record = {"stage": "retrain", "epoch": 3, "loss": 0.5, "lr": 0.01, "seconds": 1.25,
+              "test": {"main": {"all": 50.0, "many": 70.0, "med": None, "few": 10.0}}}
+    assert epoch_line(record, 4) == "retrain epoch 3/4  loss 0.5000  lr 0.01  1.2 s  main All/Many/Med/Few 50.00/70.00/-/10.00"
+
+
+def test_reproduce_prints_one_line_per_finished_run(monkeypatch, capsys):
+    jobs = [common.Job("fashion-lt", m, 0, "table1/fashion-lt_ce") for m in ("ce", "csa", "crt")]
+    results = {"fashion-lt/ce/seed0": {"diverged": False, "seconds": 12.0, "head": "main",
+                                       "heads": {"main": {"all": 51.234}}},
+               "fashion-lt/csa/seed0": {"diverged": True, "seconds": 3.0},
+               "fashion-lt/crt/seed0": {"diverged": False, "seconds": 200.0, "head": "retrained",
+                                        "heads": {"retrained": {"all": 66.0}}}}
+    monkeypatch.setattr(common, "_run_job", lambda job: {"key": job.key, **results[job.key]})
+    assert [r["key"] for r in common.run_jobs(jobs, 1)] == [j.key for j in jobs]
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\[1/3\] fashion-lt/ce/seed0  main head All 51\.23  12 s  2 runs left, about \d+ s left", lines[0])
+    assert re.fullmatch(r"\[2/3\] fashion-lt/csa/seed0  diverged  3 s  1 run left, about \d+ s left", lines[1])
+    assert lines[2] == "[3/3] fashion-lt/crt/seed0  retrained head All 66.00  3.3 min  0 runs left, about 0 s left"
+
+
+def test_run_counter_is_silent_on_a_terminal():
+    stream = Terminal()
+    RunCounter(1, stream).finished({"key": "a", "diverged": True, "seconds": 1.0})
+    assert stream.getvalue() == ""
