@@ -74,6 +74,21 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def render(results: dict, variants: list[str]) -> str:
+    """The markdown table: seconds per epoch of each variant, eager over each other variant, and each
+    method over the dual branch under the last variant."""
+    columns = ([f"{v} s/epoch" for v in variants] + [f"eager / {v}" for v in variants[1:]]
+               + [f"× dual ({variants[-1]})"])
+    lines = ["| Method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for method, row in results.items():
+        eager = row[variants[0]]["epoch_s"]
+        dual = results.get("dual", {}).get(variants[-1], {}).get("epoch_s", math.nan)
+        cells = ([f"{row[v]['epoch_s']:.2f}" for v in variants] + [f"{eager / row[v]['epoch_s']:.2f}" for v in variants[1:]]
+                 + [f"{row[variants[-1]]['epoch_s'] / dual:.2f}"])
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -95,15 +110,7 @@ def main() -> None:
                                                        "steps_per_epoch": prepared[4],
                                                        "speed": vars(prepared[0].speed)}
             print(f"{method:10s} {variant:9s} {seconds:8.2f} s / epoch (warm-up {prepared[-1]:.1f} s)", flush=True)
-    head = "| Method | " + " | ".join(f"{v} s/epoch" for v in variants) + " | " + \
-        " | ".join(f"eager / {v}" for v in variants[1:]) + " | × dual (" + variants[-1] + ") |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for method, row in results.items():
-        eager = row[variants[0]]["epoch_s"]
-        dual = results.get("dual", {}).get(variants[-1], {}).get("epoch_s", math.nan)
-        cells = [f"{row[v]['epoch_s']:.2f}" for v in variants] + [f"{eager / row[v]['epoch_s']:.2f}" for v in variants[1:]]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {row[variants[-1]]['epoch_s'] / dual:.2f} |")
-    table = "\n".join(lines)
+    table = render(results, variants)
     print(f"\ndevice: {device}\n\n{table}")
     name = "gpu_epoch_" + ("cuda" if cuda else "cpu")
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / name
