@@ -1,7 +1,9 @@
 """torchvision backbones: the real package when installed, and stand-ins with torchvision's own module
 layouts (ResNet, MobileNetV3, DenseNet) so the split is checked everywhere."""
 import copy
+import importlib.abc
 import importlib.util
+import re
 import sys
 import types
 
@@ -132,6 +134,54 @@ def test_csa_trains_on_a_stand_in_resnet18_on_an_image_folder(stand_in_torchvisi
     _train_csa_on_a_folder(tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
-def test_csa_trains_on_torchvision_resnet18_on_an_image_folder(tmp_path):
+@pytest.fixture
+def real_torchvision():
+    """The installed torchvision. PyPI's build (made against the CUDA torch) does import beside the
+    CPU torch this project tests with, all but its compiled detection ops: its import registers fake
+    kernels for ``torchvision::nms`` and ``qnms``, ops only that library defines. Declaring their
+    schemas lets the pure-Python model builders import; classification models never call them, so
+    ResNet-18 runs torchvision's own code unchanged. A torchvision whose ops load is used as it is."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::nms does not exist" not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # the failed import's half-built submodules
+        for op in ("nms", "qnms"):
+            _NMS_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+    return torchvision
+
+
+_NMS_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")  # kept alive: dropping it removes the schemas
+
+
+def test_csa_trains_on_torchvision_resnet18_on_an_image_folder(real_torchvision, tmp_path):
+    assert "resnet18" in real_torchvision.models.list_models(real_torchvision.models)
     _train_csa_on_a_folder(tmp_path)
+
+
+class _TorchvisionForAnotherTorch(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An installed torchvision whose import fails as PyPI's CUDA build does beside a CPU torch."""
+
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "torchvision" else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+
+def test_a_torchvision_built_for_another_torch_says_which_build_to_install(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_TorchvisionForAnotherTorch(), *sys.meta_path])
+    with pytest.raises(ValueError, match=rf"^torchvision does not import beside torch {re.escape(torch.__version__)} "
+                                          r"\(operator torchvision::nms does not exist\); install the torchvision "
+                                          r"build made for this torch \(for a CPU torch: pip install torchvision "
+                                          r"--index-url https://download.pytorch.org/whl/cpu\)$"):
+        build_config({}, ["model.name=torchvision:resnet18"])

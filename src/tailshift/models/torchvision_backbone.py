@@ -28,6 +28,11 @@ def _torchvision_models():
         import torchvision
     except ImportError:
         raise ValueError("model.name=torchvision:... needs torchvision: pip install tailshift[torchvision]") from None
+    except (RuntimeError, OSError) as err:  # installed, but built for another torch (PyPI's CUDA build beside a CPU torch)
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"torchvision does not import beside torch {torch.__version__} ({first_line}); install the "
+                         "torchvision build made for this torch (for a CPU torch: pip install torchvision "
+                         "--index-url https://download.pytorch.org/whl/cpu)") from None
     return torchvision.models
 
 
