@@ -453,3 +453,22 @@ def test_show_fused_batch_fills_a_training_sized_bank_and_fuses_at_each_lambda()
     none_confident.params.delta = 1.01
     with pytest.raises(RuntimeError, match="no training image reaches"):
         none_confident.show_fused_batch(iter(batches), x_bal, (0.5,), torch.Generator())
+
+
+def test_a_balanced_head_that_never_fused_is_flagged_untrained(tmp_path):
+    data = tiny_prepared(channels=3)
+    never = train(_cfg(tmp_path, "never", warmup_epochs=2), data)  # fusion would start in epoch 3 of 2
+    assert all(r["fused"] == 0 and r["balanced_trained"] == 0 for r in never["curve"])
+    assert {h for h, r in never["heads"].items() if r["untrained"]} == {"balanced", "ensemble"}
+    fused = train(_cfg(tmp_path, "fused"), data)
+    assert fused["curve"][1]["balanced_trained"] > 0
+    assert not any(r["untrained"] for r in fused["heads"].values())
+    assert not any(r["untrained"] for r in train(_cfg(tmp_path, "dual", method="dual"), data)["heads"].values())
+
+
+def test_curves_from_before_the_flag_are_read_from_the_fused_share():
+    method = _method(epochs=2)
+    assert method.untrained_heads([{"fused": 0.0}, {"fused": 0.0}]) == {"balanced", "ensemble"}
+    assert method.untrained_heads([{"fused": 0.0}, {"fused": 0.25}]) == set()
+    plain_end = _method(epochs=2, stop_last_epochs=1)  # trains on plain images at the end: not readable from fused
+    assert plain_end.untrained_heads([{"fused": 0.0}, {"fused": 0.0}]) == set()

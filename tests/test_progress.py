@@ -50,12 +50,21 @@ def test_reproduce_prints_one_line_per_finished_run(monkeypatch, capsys):
     monkeypatch.setattr(common, "_run_job", lambda job: {"key": job.key, **results[job.key]})
     assert [r["key"] for r in common.run_jobs(jobs, 1)] == [j.key for j in jobs]
     lines = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"\[1/3\] fashion-lt/ce/seed0  main head All 51\.23  12 s  2 runs left, about \d+ s left", lines[0])
-    assert re.fullmatch(r"\[2/3\] fashion-lt/csa/seed0  diverged  3 s  1 run left, about \d+ s left", lines[1])
+    assert lines[0] == "[1/3] fashion-lt/ce/seed0  main head All 51.23  12 s  2 runs left, about 24 s left"
+    assert lines[1] == "[2/3] fashion-lt/csa/seed0  diverged  3 s  1 run left, about 8 s left"
     assert lines[2] == "[3/3] fashion-lt/crt/seed0  retrained head All 66.00  3.3 min  0 runs left, about 0 s left"
 
 
 def test_run_counter_is_silent_on_a_terminal():
     stream = Terminal()
-    RunCounter(1, stream).finished({"key": "a", "diverged": True, "seconds": 1.0})
+    RunCounter(1, stream=stream).finished({"key": "a", "diverged": True, "seconds": 1.0})
     assert stream.getvalue() == ""
+
+
+def test_run_lines_share_the_time_left_among_workers_and_name_an_untrained_head():
+    stream = io.StringIO()
+    counter = RunCounter(5, workers=2, stream=stream)
+    counter.finished({"key": "a", "diverged": False, "seconds": 40.0, "head": "balanced",
+                      "heads": {"balanced": {"all": 10.0, "untrained": True}}})
+    assert stream.getvalue() == ("[1/5] a  balanced head All 10.00 (head never trained)  40 s  4 runs left, "
+                                 "about 80 s left\n")

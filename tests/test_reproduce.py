@@ -151,3 +151,10 @@ def test_a_seed_range_names_its_runs_by_seed_and_extends_a_study(tmp_path):
     assert {j.resolve().seed for j in jobs} == {5, 6}
     results = [result(j.study, j.run, j.seed, {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}) for j in jobs]
     assert TABLE1.collect(results, TABLE1.studies(["fashion-lt"]), rows, [5, 6])["fashion-lt"]["cbrs"]["runs"] == 2
+
+
+def test_aggregate_counts_runs_scored_on_an_untrained_head_apart():
+    untrained = {**run(30.0, collapsed=True), "untrained": True}
+    agg = aggregate([run(50.0), {**run(20.0), "untrained": True}, untrained, run(60.0, collapsed=True)])
+    assert (agg["runs"], agg["diverged"], agg["collapsed"], agg["untrained"]) == (4, 0, 1, 2)
+    assert agg["all"]["values"] == [50.0]

@@ -91,7 +91,8 @@ def _evaluate(args) -> None:
     print(f"{'head':10s} {'All':>6s} {'Many':>6s} {'Med':>6s} {'Few':>6s}")
     for head, r in result["heads"].items():
         cells = " ".join("     -" if r[k] is None else f"{r[k]:6.2f}" for k in ("all", "many", "med", "few"))
-        print(f"{head + (' *' if head == run.head else ''):10s} {cells}")
+        note = "  (never trained: no step gave this head a loss)" if r["untrained"] else ""
+        print(f"{head + (' *' if head == run.head else ''):10s} {cells}{note}")
     counts = result["train_class_counts"]
     print(f"per class, {run.head} head (training images n): " + ", ".join(
         f"{name} {'-' if acc is None else f'{acc:.1f}'} (n={n})"

@@ -417,6 +417,8 @@ class Trainer:
 
     def _finish(self, state: RunState, results: dict) -> dict:
         default = self.method.default_head
+        untrained = self.method.untrained_heads(state.history)
+        results = {head: {**r, "untrained": head in untrained} for head, r in results.items()}
         metrics = {
             "config": self.cfg.to_dict(),
             "seed": self.cfg.seed,

@@ -48,21 +48,27 @@ class Progress:
 
 class RunCounter:
     """One line per finished run of a study when stdout is not a terminal: the run, its reported
-    head's All, its wall time, the runs left and the time left at the pace so far."""
+    head's All, its wall time, the runs left and the time left: the mean run time so far times the
+    runs left, shared by the ``workers`` that run them side by side."""
 
-    def __init__(self, total: int, stream: IO | None = None):
-        self.total, self.done = total, 0
+    def __init__(self, total: int, workers: int = 1, stream: IO | None = None):
+        self.total, self.done, self.workers = total, 0, workers
         self.stream = stream or sys.stdout
         self.lines = not self.stream.isatty()
-        self.started = time.perf_counter()
+        self.run_seconds = 0.0
 
     def finished(self, result: dict) -> dict:
         self.done += 1
+        self.run_seconds += result["seconds"]
         if self.lines:
             left = self.total - self.done
-            eta = (time.perf_counter() - self.started) / self.done * left
-            score = "diverged" if result["diverged"] else \
-                f"{result['head']} head All {_percent(result['heads'][result['head']]['all'])}"
+            eta = self.run_seconds / self.done * left / self.workers
+            if result["diverged"]:
+                score = "diverged"
+            else:
+                head = result["heads"][result["head"]]
+                score = f"{result['head']} head All {_percent(head['all'])}" + \
+                    (" (head never trained)" if head.get("untrained") else "")
             print(f"[{self.done}/{self.total}] {result['key']}  {score}  {_duration(result['seconds'])}  "
                   f"{left} run{'' if left == 1 else 's'} left, about {_duration(eta)} left", file=self.stream, flush=True)
         return result

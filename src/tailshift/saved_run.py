@@ -97,6 +97,7 @@ def evaluate_run(run: SavedRun) -> dict:
     _, test = make_feeds(run.data.train, run.data.test, run.device, run.cfg.data)
     preds, labels = predicted_classes(run.method, test, run.cfg.train.test_batch_size)
     k = run.data.num_classes
+    untrained = run.method.untrained_heads(run.metrics["curve"])  # from the run's training curve
     return {
         "run": str(run.folder),
         "data": {"dataset": run.cfg.data.dataset, "root": run.cfg.data.root, "source": run.data.source,
@@ -105,7 +106,8 @@ def evaluate_run(run: SavedRun) -> dict:
         "class_names": run.class_names,
         "train_class_counts": run.metrics["class_counts"],
         "groups": {name: classes.tolist() for name, classes in run.groups.items()},
-        "heads": {head: summarize(p, labels, k, run.groups) for head, p in preds.items()},
+        "heads": {head: {**summarize(p, labels, k, run.groups), "untrained": head in untrained}
+                  for head, p in preds.items()},
         "confusion": confusion_matrix(preds[run.head], labels, k).tolist(),
     }
 

@@ -136,6 +136,11 @@ class Method(nn.Module):
         (e.g. Grad-CAM of a head) and ``predict`` go through this, never through attributes."""
         raise NotImplementedError
 
+    def untrained_heads(self, history: list[dict]) -> set[str]:
+        """Heads that no training step gave a loss, judged from the run's curve (its per-epoch step
+        logs): their scores are a random head's, so studies count such runs apart. Default: none."""
+        return set()
+
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every head; each is evaluated and reported."""
         features = self.features(x)

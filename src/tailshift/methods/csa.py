@@ -233,6 +233,14 @@ class ContextShiftAugmentation(DualBranch):
         fill = self.bank.fill if self.bank is not None else 0.0
         return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0, "bank_fill": fill}
 
+    def untrained_heads(self, history: list[dict]) -> set[str]:
+        """As the dual branch; curves written before ``balanced_trained`` was logged are read from
+        ``fused``: without a plain final phase the balanced head trains exactly on fused steps."""
+        if any("balanced_trained" in record for record in history) or self.params.stop_last_epochs:
+            return super().untrained_heads(history)
+        fused = [record["fused"] for record in history if "fused" in record]
+        return {"balanced", "ensemble"} if fused and not any(fused) else set()
+
     def show_fused_batch(self, uniform_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], balanced_x: torch.Tensor,
                          lambdas: Iterable[float], generator: torch.Generator) -> FusedBatch:
         """Context shift of one balanced batch, as training does it, for showing: contexts of the

@@ -122,12 +122,19 @@ class DualBranch(Method):
             loss_b = self.balanced_loss(self.balanced_head(self.backbone.embed(fmap_bal)), bal.y)
         else:
             loss_b = loss_u.new_zeros(())
+        extra = {**extra, "balanced_trained": 0.0 if fmap_bal is None else 1.0}
         loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
         if self.contrastive is not None:
             loss_c = self.contrastive(self.backbone, uni.x, self.uniform_head.weight, uni.y, ctx.generator)
             loss = loss + p.contrastive_weight * loss_c
             extra = {**extra, "loss_contrastive": loss_c.detach()}
         return StepOutput(loss, {"loss_uniform": loss_u.detach(), "loss_balanced": loss_b.detach(), **extra})
+
+    def untrained_heads(self, history: list[dict]) -> set[str]:
+        """The balanced head (and the ensemble that averages it in) when no step gave it a loss: CSA
+        before its bank ever fills with confident contexts (curves without the log: none)."""
+        logged = [record["balanced_trained"] for record in history if "balanced_trained" in record]
+        return {"balanced", "ensemble"} if logged and not any(logged) else set()
 
     def heads(self):
         return {"balanced": self.balanced_head, "uniform": self.uniform_head,

@@ -124,7 +124,8 @@ def _job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> dict
         "seconds": round(seconds, 2),
         "head": metrics["default_head"],
         "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
-        "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")}
+        "heads": {h: {**{k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")},
+                      "untrained": r.get("untrained", False)}  # runs finished before the flag: unknown, False
                   for h, r in metrics["heads"].items()},
         "output": cfg.output,
         "data_source": metrics["data_source"],
@@ -145,7 +146,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
     """Run jobs in ``workers`` single-threaded processes (one process per core beats
     intra-op threads for these small models); results come back in job order, and each
     finished run is reported as it finishes (``RunCounter``)."""
-    counter = RunCounter(len(jobs))
+    counter = RunCounter(len(jobs), min(workers, len(jobs)) if jobs else 1)
     if workers <= 1:
         _init_worker()
         return [counter.finished(_run_job(j)) for j in jobs]
@@ -218,15 +219,19 @@ def seeds_note(seeds: int | Sequence[int]) -> str:
 
 
 def healthy(run: dict) -> bool:
-    """Neither diverged (non-finite loss) nor collapsed (one class takes > 90 % of predictions)."""
-    return not run.get("diverged") and not run.get("collapsed")
+    """Neither diverged (non-finite loss), nor collapsed (one class takes > 90 % of predictions), nor
+    scored on a head that no step trained (CSA's balanced head when no context was ever fused)."""
+    return not run.get("diverged") and not run.get("collapsed") and not run.get("untrained")
 
 
 def aggregate(values: list[dict]) -> dict:
-    """Mean and std over the healthy runs; diverged and collapsed runs are counted, not averaged in."""
+    """Mean and std over the healthy runs; diverged, collapsed and untrained runs are counted, not
+    averaged in (a run that is both collapsed and untrained counts as untrained)."""
     healthy_runs = [v for v in values if healthy(v)]
+    trained = [v for v in values if not v.get("diverged") and not v.get("untrained")]
     out = {"runs": len(values), "diverged": sum(bool(v.get("diverged")) for v in values),
-           "collapsed": sum(bool(v.get("collapsed")) for v in values if not v.get("diverged"))}
+           "collapsed": sum(bool(v.get("collapsed")) for v in trained),
+           "untrained": sum(bool(v.get("untrained")) for v in values if not v.get("diverged"))}
     for key in GROUP_KEYS:
         xs = np.array([v[key] for v in healthy_runs if v[key] is not None], dtype=np.float64)
         out[key] = {"mean": float(xs.mean()) if len(xs) else None,
@@ -300,13 +305,13 @@ def data_note(results: list[dict]) -> str:
 
 
 #: the measured and paper columns every reproduce table ends with (see ``result_cells``)
-RESULT_COLUMNS = "All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed)"
+RESULT_COLUMNS = "All | Many | Med | Few | Paper All | Paper Many / Med / Few | runs (diverged, collapsed, untrained)"
 
 
 def result_cells(agg: dict, paper_row: list | None) -> str:
     """One row's ``RESULT_COLUMNS``: an ``aggregate`` beside the paper's [All, Many, Med, Few]."""
     return (f"{fmt(agg['all'])} | {fmt(agg['many'])} | {fmt(agg['med'])} | {fmt(agg['few'])} | {paper_cells(paper_row)} | "
-            f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']})")
+            f"{agg['runs']} ({agg['diverged']}, {agg['collapsed']}, {agg['untrained']})")
 
 
 def paper_cells(paper_row: list | None) -> str:

@@ -121,10 +121,10 @@ def figure9(datasets, seeds, workers, out: Path, overrides, mnist_root=None, met
 
 
 def _cell(agg: dict) -> str:
-    """mean ± std of the healthy runs, with diverged / collapsed counts when there are any."""
+    """mean ± std of the healthy runs, with diverged / collapsed / untrained counts when there are any."""
     text = "-" if agg["all"]["mean"] is None else f"{agg['all']['mean']:.1f} ± {agg['all']['std']:.1f}"
-    if agg["diverged"] or agg["collapsed"]:
-        text += f" ({agg['diverged']} diverged, {agg['collapsed']} collapsed)"
+    if agg["diverged"] or agg["collapsed"] or agg["untrained"]:
+        text += f" ({agg['diverged']} diverged, {agg['collapsed']} collapsed, {agg['untrained']} untrained)"
     return text
 
 

@@ -197,8 +197,9 @@ class Grid:
         table = self.collect(results, studies, rows, seeds)
         pairs = self.pairs(results, studies, rows, seeds)
         source = paper_numbers()[self.paper or self.name]["source"]
-        note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss) and "
-                f"collapsed (>90% of test predictions in one class) runs are counted and left out of the mean. "
+        note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss), "
+                f"collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss in any "
+                f"step) runs are counted and left out of the mean. "
                 f"Paper: {source}. {runs_note(results, workers, wall)}" + (f" {nproc} processes per run." if nproc > 1 else ""))
         md = self.markdown(table, self.paper_rows(studies), rows, note, pairs) + self.appendix()
         write_outputs(out, self.name, md, {
