@@ -158,3 +158,11 @@ def test_aggregate_counts_runs_scored_on_an_untrained_head_apart():
     agg = aggregate([run(50.0), {**run(20.0), "untrained": True}, untrained, run(60.0, collapsed=True)])
     assert (agg["runs"], agg["diverged"], agg["collapsed"], agg["untrained"]) == (4, 0, 1, 2)
     assert agg["all"]["values"] == [50.0]
+
+
+def test_one_healthy_run_is_shown_without_a_spread():
+    from tailshift.reproduce.common import fmt
+
+    agg = aggregate([run(13.7), {**run(1.2), "untrained": True}])
+    assert fmt(agg["all"]) == "13.7 (1 run)"
+    assert fmt(aggregate([run(50.0), run(60.0)])["all"]) == "55.0 ± 7.1"

@@ -321,8 +321,11 @@ def paper_cells(paper_row: list | None) -> str:
 
 
 def fmt(stat: dict) -> str:
+    """``mean ± std`` of an ``aggregate`` entry; one healthy run has no spread to show."""
     if stat["mean"] is None:
         return "-"
+    if len(stat.get("values", ())) == 1:
+        return f"{stat['mean']:.1f} (1 run)"
     return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
 
 

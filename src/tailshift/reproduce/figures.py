@@ -18,7 +18,7 @@ from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
 from . import table1
 from ..io import atomic_write_json
-from .common import (Job, aggregate, by_job, command_line, config_path, data_note, overrides_for_run, run_jobs,
+from .common import (Job, aggregate, by_job, command_line, config_path, data_note, fmt, overrides_for_run, run_jobs,
                      seed_list, seeds_note, write_outputs)
 from .grid import Study
 from .table2 import TABLE2
@@ -122,7 +122,7 @@ def figure9(datasets, seeds, workers, out: Path, overrides, mnist_root=None, met
 
 def _cell(agg: dict) -> str:
     """mean ± std of the healthy runs, with diverged / collapsed / untrained counts when there are any."""
-    text = "-" if agg["all"]["mean"] is None else f"{agg['all']['mean']:.1f} ± {agg['all']['std']:.1f}"
+    text = fmt(agg["all"])
     if agg["diverged"] or agg["collapsed"] or agg["untrained"]:
         text += f" ({agg['diverged']} diverged, {agg['collapsed']} collapsed, {agg['untrained']} untrained)"
     return text
