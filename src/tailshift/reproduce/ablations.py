@@ -133,9 +133,9 @@ def run(study: str, tables: list[str] | None, seeds: int | list[int], workers: i
              for name, by_row in rows.items()}
     paper = paper_numbers()["ablations"]
     note = (f"Study {study}: the shipped config `{STUDIES[study]}` with one switch per row, {HEAD} head, "
-            f"mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged, collapsed and untrained (the head got no "
-            f"loss in any step) runs are counted and left out. Rows that resolve to the same config share its runs. Paper: {paper['source']}. "
-            f"{runs_note(results, workers, wall)}")
+            f"mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged, collapsed and untrained "
+            f"(the head got no loss in any step) runs are counted and left out. Rows that resolve to the same config "
+            f"share its runs. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
     if study != PAPER_STUDY:
         note += f" The paper's figures are for {PAPER_STUDY}, not this study: compare trends across rows, not values."
     md = markdown(table, chosen, paper, "CSA ablations (paper App. D)", note)
