@@ -28,6 +28,8 @@ from torch import nn
 
 from tailshift.models.lenet import LeNet2d
 
+from report import cpu_model
+
 VARIANTS = ("reference", "new")
 
 
@@ -94,16 +96,6 @@ def bench(in_channels: int, args) -> dict:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", type=int, nargs="+", default=[1, 3])
@@ -135,7 +127,7 @@ def main() -> None:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "results": results,

@@ -28,6 +28,8 @@ from tailshift.cli import main as tailshift_main
 from tailshift.engine import versions
 from tailshift.models.lenet import LeNet2d
 
+from report import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 TARGET_SECONDS = 360
 DATASETS = "fashion-lt,cfashion-lt"
@@ -109,7 +111,7 @@ def main() -> None:
         "seconds_by_method": {m: {"runs": len(s), "total": round(sum(s), 1), "mean": round(sum(s) / len(s), 1)}
                               for m, s in sorted(by_method.items())},
         "calibration_before": before, "calibration_after": after,
-        "cores": len(os.sched_getaffinity(0)), "cpu": _cpu_name(), "machine": platform.machine(),
+        "cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "machine": platform.machine(),
         "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     table = render(record)
@@ -129,16 +131,6 @@ def render(r: dict) -> str:
              "", "| method | runs | worker time (s) | mean per run (s) |", "|---|---|---|---|"]
     lines += [f"| {m} | {s['runs']} | {s['total']:.0f} | {s['mean']:.1f} |" for m, s in r["seconds_by_method"].items()]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,17 @@ def load_note() -> str:
             f"{load[2]:.1f} while measuring (a shared machine: other jobs ran)")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_report(out: str | Path, name: str, title: str, note: str, lines: list[str], data: dict) -> None:
     """Print ``# title``, ``note`` and the table ``lines``; write ``name``.md and ``name``.json to ``out``."""
     command = f"python benchmarks/{name}.py {' '.join(sys.argv[1:])}".rstrip()

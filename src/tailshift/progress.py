@@ -3,7 +3,6 @@ run when stdout is a file, a pipe or a CI log (where bars print nothing until th
 from __future__ import annotations
 
 import sys
-import time
 from typing import IO
 
 from tqdm import tqdm
