@@ -1,7 +1,15 @@
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tailshift.reproduce.common import aggregate, config_path, paired_difference, sign_flip_p
 from tailshift.reproduce.table1 import TABLE1
@@ -166,3 +174,48 @@ def test_one_healthy_run_is_shown_without_a_spread():
     agg = aggregate([run(13.7), {**run(1.2), "untrained": True}])
     assert fmt(agg["all"]) == "13.7 (1 run)"
     assert fmt(aggregate([run(50.0), run(60.0)])["all"]) == "55.0 ± 7.1"
+
+
+def _children(pid):
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+def test_a_terminated_study_stops_its_worker_processes(tmp_path):
+    from test_saved_run import write_npz
+
+    write_npz(tmp_path / "data.npz")
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"dataset": "npz", "root": str(tmp_path / "data.npz"), "longtail": {"profile": "none"}},
+        "model": {"name": "lenet2d"}, "method": {"name": "ce"}, "device": "cpu",
+        "train": {"epochs": 100000, "batch_size": 16}}))  # far longer than the test waits
+    jobs = ", ".join(f"Job('s', 'r{i}', 0, {str(config)!r}, ('output={tmp_path / f'run{i}'}',))" for i in range(2))
+    study = subprocess.Popen([sys.executable, "-c", f"from tailshift.reproduce.common import Job, run_jobs\n"
+                              f"run_jobs([{jobs}], 2)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"run{i}" / "curve.json").exists() for i in range(2)):  # both workers train
+            assert time.monotonic() < deadline and study.poll() is None, "the workers never started training"
+            time.sleep(0.2)
+        workers = _children(study.pid)
+        assert len([w for w in workers if _alive(w)]) >= 2
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:  # whatever happened, nothing of the study outlives the test
+        for pid in {study.pid, *workers, *_children(study.pid)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -2,12 +2,15 @@
 in parallel worker processes, aggregate seeds, print tables beside the paper's."""
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -142,6 +145,25 @@ def _run_numbered_job(numbered: tuple[int, Job]) -> tuple[int, dict]:
     return numbered[0], _run_job(numbered[1])
 
 
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM (``kill``, a CI timeout) raises SystemExit in the main thread while a study runs, so
+    its cleanup stops the worker processes or the torchrun it started instead of leaving them
+    training; what they trained is checkpointed, and the next invocation resumes it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
     """Run jobs in ``workers`` single-threaded processes (one process per core beats
     intra-op threads for these small models); results come back in job order, and each
@@ -151,7 +173,8 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
         _init_worker()
         return [counter.finished(_run_job(j)) for j in jobs]
     results = [None] * len(jobs)
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+    # on an exception (SIGTERM included) the pool's exit terminates the workers
+    with sigterm_raises(), mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         for i, result in pool.imap_unordered(_run_numbered_job, enumerate(jobs), chunksize=1):
             results[i] = counter.finished(result)
         pool.close()  # let workers exit cleanly rather than be terminated (no leaked semaphores)
@@ -169,12 +192,27 @@ def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[dict]:
     for job in jobs:
         cfg = job.resolve()
         started = time.perf_counter()
-        code = subprocess.run(torchrun_command(nproc, ["train", job.config, *job.overrides])).returncode
+        with sigterm_raises():
+            code = _wait_or_terminate(subprocess.Popen(torchrun_command(nproc, ["train", job.config, *job.overrides])))
         if code != 0:
             raise RuntimeError(f"run {job.key} failed on {nproc} processes (exit code {code}); its output is above")
         metrics = json.loads((Path(cfg.output) / "metrics.json").read_text())
         results.append(counter.finished(_job_result(job, cfg, metrics, time.perf_counter() - started)))
     return results
+
+
+def _wait_or_terminate(process: subprocess.Popen, grace_seconds: float = 60.0) -> int:
+    """The process's exit code; if waiting is interrupted, SIGTERM first (torchrun passes it on to
+    its workers and waits for them), a kill only after ``grace_seconds``."""
+    try:
+        return process.wait()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
 
 
 def default_workers() -> int:
