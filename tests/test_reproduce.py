@@ -219,3 +219,25 @@ def test_a_terminated_study_stops_its_worker_processes(tmp_path):
         for pid in {study.pid, *workers, *_children(study.pid)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_an_interrupted_wait_on_torchrun_terminates_it_before_raising():
+    from tailshift.reproduce import common
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    wait = child.wait
+    interrupted = []
+
+    def wait_until_interrupted(timeout=None):
+        if not interrupted:  # the first wait is the study's, cut short by SIGTERM
+            interrupted.append(True)
+            raise SystemExit(128 + signal.SIGTERM)
+        return wait(timeout)
+
+    child.wait = wait_until_interrupted
+    try:
+        with pytest.raises(SystemExit):
+            common._wait_or_terminate(child, grace_seconds=30)
+        assert child.returncode == -signal.SIGTERM  # asked to stop, not killed
+    finally:
+        child.kill()
