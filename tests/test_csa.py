@@ -286,7 +286,8 @@ def test_dual_never_extracts_and_trains_balanced_head_from_the_start(monkeypatch
     assert not isinstance(method, csa.ContextShiftAugmentation) and not hasattr(method, "extract_contexts")
     for epoch in (0, 15):
         out = _step(method, epoch)
-        assert set(out.logs) == {"loss_uniform", "loss_balanced"}
+        assert set(out.logs) == {"loss_uniform", "loss_balanced", "balanced_trained"}
+        assert out.logs["balanced_trained"] == 1.0
         assert out.logs["loss_balanced"] > 0
         assert method.balanced_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown method.params.delta for DualBranch"):
