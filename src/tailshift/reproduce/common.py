@@ -168,7 +168,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
     """Run jobs in ``workers`` single-threaded processes (one process per core beats
     intra-op threads for these small models); results come back in job order, and each
     finished run is reported as it finishes (``RunCounter``)."""
-    counter = RunCounter(len(jobs), min(workers, len(jobs)) if jobs else 1)
+    counter = RunCounter(len(jobs), max(1, min(workers, len(jobs))))
     if workers <= 1:
         _init_worker()
         return [counter.finished(_run_job(j)) for j in jobs]
