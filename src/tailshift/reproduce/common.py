@@ -127,8 +127,7 @@ def _job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> dict
         "seconds": round(seconds, 2),
         "head": metrics["default_head"],
         "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
-        "heads": {h: {**{k: r[k] for k in (*GROUP_KEYS, "collapsed", "max_pred_share", "per_class")},
-                      "untrained": r.get("untrained", False)}  # runs finished before the flag: unknown, False
+        "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "untrained", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
         "output": cfg.output,
         "data_source": metrics["data_source"],
