@@ -91,6 +91,25 @@ def test_drw_switches_to_normalised_class_weights_at_its_epoch():
     close(loss(LOGITS, TARGETS), ce.mean())
 
 
+def test_class_balanced_around_drw_passes_the_epoch_on():
+    loss = build_loss("class-balanced", COUNTS, {"beta": 0.99, "loss": "drw",
+                                                 "loss_params": {"start_epoch": 2, "beta": 0.999}})
+    loss.begin_epoch(1, 10)
+    assert loss.inner.inner.class_weights is None
+    loss.begin_epoch(2, 10)  # DRW's re-weighting starts at its epoch, wrapped or not
+    torch.testing.assert_close(loss.inner.inner.class_weights, effective_number_weights(torch.tensor(COUNTS), 0.999))
+
+
+def test_reduce_is_the_losses_own_batch_mean_of_given_per_sample_losses():
+    drw = build_loss("drw", COUNTS, {"start_epoch": 0, "beta": 0.999})
+    drw.begin_epoch(0, 1)
+    per_sample = torch.arange(1.0, 6.0)
+    w = effective_number_weights(torch.tensor(COUNTS), 0.999)[TARGETS]
+    close(drw.reduce(per_sample, TARGETS), (w * per_sample).sum() / w.sum())
+    close(drw(LOGITS, TARGETS), drw.reduce(drw.per_sample(LOGITS, TARGETS), TARGETS))
+    close(build_loss("ce", COUNTS).reduce(per_sample, TARGETS), 3.0)
+
+
 def test_ldam_margins_and_loss():
     loss = build_loss("ldam", COUNTS, {"max_margin": 0.5, "scale": 30.0})
     margins = COUNTS ** -0.25

@@ -177,6 +177,20 @@ def test_remix_label_weights_follow_eq6():
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_remix_with_a_reweighting_loss_weights_each_label_term():
+    method = _method("remix", loss="drw", loss_params={"start_epoch": 0})
+    method.begin_epoch(method.stages()[0], 0)
+    batch = _batch(8)
+    out = method.training_step({"main": batch}, _ctx(method, 0, seed=1))
+    x, y_a, y_b, lam = mixup(batch.x, batch.y, 1.0, torch.Generator().manual_seed(1))
+    logits = method.head(method.backbone(x))
+    lam_y = method.label_weights(y_a, y_b, lam)
+    cw = method.loss.inner.class_weights
+    ce_a, ce_b = F.cross_entropy(logits, y_a, reduction="none"), F.cross_entropy(logits, y_b, reduction="none")
+    expected = (cw[y_a] * lam_y * ce_a).sum() / cw[y_a].sum() + (cw[y_b] * (1 - lam_y) * ce_b).sum() / cw[y_b].sum()
+    torch.testing.assert_close(out.loss, expected)
+
+
 def test_cutmix_box_and_paste():
     g = torch.Generator().manual_seed(0)
     top, bottom, left, right = cutmix_box(32, 32, 0.75, g)  # a 16 x 16 box before clipping

@@ -39,7 +39,9 @@ class Remix(ERM):
         x, y_a, y_b, lam = mixup(batch.x, batch.y, self.params.alpha, ctx.generator)
         logits = self.head(self.backbone(x))
         weights = self.label_weights(y_a, y_b, lam)
-        loss = (weights * self.loss.per_sample(logits, y_a) + (1 - weights) * self.loss.per_sample(logits, y_b)).mean()
+        # each label's term reduced by the loss (a re-weighting loss such as DRW weights it by its label)
+        loss = (self.loss.reduce(weights * self.loss.per_sample(logits, y_a), y_a)
+                + self.loss.reduce((1 - weights) * self.loss.per_sample(logits, y_b), y_b))
         return StepOutput(loss)
 
 

@@ -40,7 +40,11 @@ class Loss(nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses = self.per_sample(logits, targets)
+        return self.reduce(self.per_sample(logits, targets), targets)
+
+    def reduce(self, losses: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch loss of per-sample ``losses`` (B,) of ``targets``: the plain mean, or the
+        class-weight-normalised one; for methods that weight samples themselves (Remix)."""
         if self.class_weights is None:
             return losses.mean()
         weights = self.class_weights[targets]

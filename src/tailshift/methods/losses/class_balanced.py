@@ -28,6 +28,9 @@ class EffectiveNumberWeighted(Loss):
         self.register_buffer("effective_weights", effective_number_weights(self.class_counts, self.params.beta),
                              persistent=False)
 
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        self.inner.begin_epoch(epoch, epochs)  # a wrapped DRW (or any loss that changes) keeps its schedule
+
 
 @LOSSES.register("class-balanced")
 class ClassBalanced(EffectiveNumberWeighted):

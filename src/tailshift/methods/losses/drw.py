@@ -22,7 +22,8 @@ class DeferredReweighting(EffectiveNumberWeighted):
         start_epoch: int = bounded(160, ge=0)
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
-        self.inner.begin_epoch(epoch, epochs)
+        super().begin_epoch(epoch, epochs)
+        # the weights go to the wrapped loss, whose own (fused) forward applies them
         self.inner.set_class_weights(self.effective_weights if epoch >= self.params.start_epoch else None)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -30,3 +31,6 @@ class DeferredReweighting(EffectiveNumberWeighted):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.inner(logits, targets)
+
+    def reduce(self, losses: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.inner.reduce(losses, targets)
