@@ -58,3 +58,40 @@ def test_train_command_runs_a_config(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "table1/fashion-lt_cbrs", "train.epochs=1", "progress=false", f"output={out}"]) == 0
     assert "cbrs (main head): All" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["config"]["method"]["name"] == "cbrs"
+
+
+def test_parser_builds_without_the_heavy_imports():
+    """``tailshift --help`` (and list / download) builds the parser without torch, matplotlib or the engine."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tailshift.cli import parser; parser(); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'numpy', 'tailshift.engine', 'tailshift.reproduce.figures') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_reproduce_command_names_match_the_tables_and_figures():
+    from tailshift.reproduce import commands, figures
+    from tailshift.reproduce.table1 import TABLE1
+    from tailshift.reproduce.table2 import GRIDS
+
+    assert set(commands.GRID_NAMES) == {TABLE1.name, *GRIDS}
+    for name in (*commands.FIGURE_NAMES, *commands.CIFAR_FIGURE_NAMES):
+        assert callable(getattr(figures, name))
+    assert set(commands.COMMANDS.names()) == {*commands.GRID_NAMES, *commands.FIGURE_NAMES,
+                                              *commands.CIFAR_FIGURE_NAMES, "ablations", "table3"}
+
+
+def test_unknown_reproduce_command_lists_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "table99"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'table99'" in err and "table1" in err and "figure11" in err and "ablations" in err
+    from tailshift.reproduce.commands import COMMANDS
+    from tailshift.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown reproduce command 'table99'; known: ablations, figure1"):
+        COMMANDS.get("table99")

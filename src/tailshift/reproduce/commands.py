@@ -1,19 +1,23 @@
 """The ``tailshift reproduce`` commands by name: each paper table or figure is one registered
-function of a ``Request`` (the command line's options, typed)."""
+function of a ``Request`` (the command line's options, typed).
+
+This module is imported to build the command line's parser, so it names the commands without
+importing them: each command imports its table or figure (and with it torch, matplotlib and the
+engine) only when it runs. ``tests/test_cli.py`` checks these names against the tables and figures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..registry import Registry
-from . import ablations, figures
-from .common import default_workers
-from .grid import Grid
-from .table1 import TABLE1
-from .table2 import GRIDS
-from .table3 import TABLE3
 
 COMMANDS: Registry = Registry("reproduce command")
+
+#: the ``Grid`` tables by name (table1.TABLE1 and table2.GRIDS)
+GRID_NAMES = ("table1", "table2", "table10", "table11")
+#: the figure functions of ``figures`` by name; the CIFAR ones also take ``--rhos``
+FIGURE_NAMES = ("figure1", "figure2", "figure3", "figure4", "figure7")
+CIFAR_FIGURE_NAMES = ("figure9", "figure10", "figure11")
 
 
 @dataclass
@@ -34,34 +38,58 @@ class Request:
     nproc: int = 1
 
 
-def _grid_command(grid: Grid):
-    def command(r: Request):
-        return grid.run(r.datasets, r.seeds, r.workers or default_workers(), r.out, r.overrides, r.methods, r.rhos,
-                        r.mnist_root)
+def _workers(r: Request) -> int:
+    from .common import default_workers
 
-    command.__doc__ = grid.title
+    return r.workers or default_workers()
+
+
+def _grid(name: str):
+    from .table1 import TABLE1
+    from .table2 import GRIDS
+
+    return {TABLE1.name: TABLE1, **GRIDS}[name]
+
+
+def _grid_command(name: str):
+    def command(r: Request):
+        return _grid(name).run(r.datasets, r.seeds, _workers(r), r.out, r.overrides, r.methods, r.rhos, r.mnist_root)
+
+    command.__doc__ = f"Reproduce {name} (a ``Grid``)."
     return command
 
 
-def _figure_command(figure, options: tuple[str, ...] = ()):
+def _figure_command(name: str, options: tuple[str, ...] = ()):
     """``options``: the Request fields beyond the common ones that the figure takes (the CIFAR figures' rhos)."""
     def command(r: Request):
-        return figure(datasets=r.datasets, seeds=r.seeds, workers=r.workers or default_workers(), out=r.out, overrides=r.overrides,
-                      mnist_root=r.mnist_root, methods=r.methods, **{name: getattr(r, name) for name in options})
+        from . import figures
 
-    command.__doc__ = figure.__doc__
+        return getattr(figures, name)(datasets=r.datasets, seeds=r.seeds, workers=_workers(r), out=r.out,
+                                      overrides=r.overrides, mnist_root=r.mnist_root, methods=r.methods,
+                                      **{option: getattr(r, option) for option in options})
+
+    command.__doc__ = f"Reproduce {name} (``figures.{name}``)."
     return command
 
 
-for _grid in (TABLE1, *GRIDS.values()):
-    COMMANDS.register(_grid.name)(_grid_command(_grid))
-COMMANDS.register("ablations")(
-    lambda r: ablations.run(r.study, r.tables, r.seeds, r.workers or default_workers(), r.out, r.overrides,
-                            r.mnist_root))
-# each Table 3 run takes the machine (or, with nproc, its GPUs): one worker unless asked
-COMMANDS.register("table3")(
-    lambda r: TABLE3.run(r.models, r.seeds, r.workers or 1, r.out, r.overrides, r.methods, nproc=r.nproc))
-for _figure in (figures.figure1, figures.figure2, figures.figure3, figures.figure4, figures.figure7):
-    COMMANDS.register(_figure.__name__)(_figure_command(_figure))
-for _figure in (figures.figure9, figures.figure10, figures.figure11):
-    COMMANDS.register(_figure.__name__)(_figure_command(_figure, ("rhos",)))
+def _ablations(r: Request):
+    from . import ablations
+
+    return ablations.run(r.study, r.tables, r.seeds, _workers(r), r.out, r.overrides, r.mnist_root)
+
+
+def _table3(r: Request):
+    from .table3 import TABLE3
+
+    # each Table 3 run takes the machine (or, with nproc, its GPUs): one worker unless asked
+    return TABLE3.run(r.models, r.seeds, r.workers or 1, r.out, r.overrides, r.methods, nproc=r.nproc)
+
+
+for _name in GRID_NAMES:
+    COMMANDS.register(_name)(_grid_command(_name))
+COMMANDS.register("ablations")(_ablations)
+COMMANDS.register("table3")(_table3)
+for _name in FIGURE_NAMES:
+    COMMANDS.register(_name)(_figure_command(_name))
+for _name in CIFAR_FIGURE_NAMES:
+    COMMANDS.register(_name)(_figure_command(_name, ("rhos",)))
