@@ -62,15 +62,6 @@ def overrides_for_run(run: str, overrides: list[str], runs: list[str]) -> list[s
     return out
 
 
-def pick_rows(methods: list[str] | None, rows: dict, default, what: str) -> dict:
-    """The rows of a table that ``methods`` names (``default`` when None), in the table's order."""
-    methods = methods or list(default)
-    unknown = sorted(set(methods) - set(rows))
-    if unknown:
-        raise ValueError(f"unknown {what} method {unknown[0]!r}; known: {', '.join(rows)}")
-    return {m: rows[m] for m in rows if m in methods}
-
-
 def resolve_config(config: str, overrides: Sequence[str] = ()) -> RunConfig:
     """A shipped config (or YAML path) with overrides applied."""
     return build_config(read_yaml(config_path(config)), list(overrides))
@@ -85,10 +76,6 @@ class Job:
     seed: int
     config: str
     overrides: tuple[str, ...] = ()
-
-    @property
-    def id(self) -> tuple[str, str, int]:
-        return self.study, self.run, self.seed
 
     @property
     def key(self) -> str:

@@ -47,7 +47,7 @@ class Study:
 class Grid:
     """A paper table: shipped configs ``<configs>/<dataset>_<run>``, rows read from their heads."""
 
-    name: str  # the reproduce command, and the output files' name
+    name: str  # the reproduce command, the output files' name and the section of paper.yaml
     label: str  # e.g. "Table 2"
     subject: str
     configs: str  # the folder of shipped configs
@@ -57,7 +57,6 @@ class Grid:
     default_rows: tuple | None = None  # rows run when --methods is not given; None: every row
     sweeps_rho: bool = True  # one study per imbalance ratio (--rhos); else the configs' own rho
     first_runs: tuple = ()  # the longest runs, started first so a worker pool finishes together
-    paper: str | None = None  # the section of paper.yaml (default: the grid's name)
 
     @property
     def title(self) -> str:
@@ -138,7 +137,7 @@ class Grid:
 
     def paper_rows(self, studies: list[Study]) -> dict:
         """The paper's figures per study and row as [All, Many, Med, Few] (a single number is All only)."""
-        section = paper_numbers()[self.paper or self.name]
+        section = paper_numbers()[self.name]
         out = {}
         for study in studies:
             node = section
@@ -196,7 +195,7 @@ class Grid:
         wall = time.perf_counter() - started
         table = self.collect(results, studies, rows, seeds)
         pairs = self.pairs(results, studies, rows, seeds)
-        source = paper_numbers()[self.paper or self.name]["source"]
+        source = paper_numbers()[self.name]["source"]
         note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss), "
                 f"collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss in any "
                 f"step) runs are counted and left out of the mean. "
