@@ -11,14 +11,13 @@ import torch
 
 from .. import plots
 from ..cam import grad_cam, normalize_cam, upsample_cam
-from ..config import build_config, read_yaml
 from ..data.arrays import DataError
 from ..data.build import prepare_data
 from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
 from . import table1
 from ..io import atomic_write_json
-from .common import (Job, aggregate, by_job, command_line, config_path, data_note, fmt, overrides_for_run, run_jobs,
+from .common import (Job, aggregate, by_job, command_line, data_note, fmt, overrides_for_run, resolve_config, run_jobs,
                      seed_list, seeds_note, write_outputs)
 from .grid import Study
 from .table2 import TABLE2
@@ -148,8 +147,7 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     panels, summary = {}, {}
     started = time.perf_counter()
     for method in ("ce", "cbrs"):
-        cfg = build_config(read_yaml(config_path(f"table1/{dataset}_{method}")),
-                           [f"output={out / 'runs' / method}", *root, *overrides])
+        cfg = resolve_config(f"table1/{dataset}_{method}", [f"output={out / 'runs' / method}", *root, *overrides])
         trainer = Trainer(cfg)
         metrics = trainer.fit()
         summary[method] = metrics["result"]["all"]
@@ -180,7 +178,7 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     coloured = [d for d in _pick(datasets, mnist_root) if d.startswith("c")]
     dataset = coloured[0]
     root = [*table1.TABLE1.data_root(dataset, mnist_root)]
-    cfg = build_config(read_yaml(config_path(f"table1/{dataset}_ce")), [*root, *overrides])
+    cfg = resolve_config(f"table1/{dataset}_ce", [*root, *overrides])
     data = prepare_data(cfg.data)
     rng = np.random.default_rng(0)
     rows = []
@@ -276,9 +274,9 @@ def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, 
     reach only that run. Returns the trainers, their test results and the data."""
     trainers, results, data, data_cfg = {}, {}, None, None
     for method in FIGURE3_MODELS:
-        cfg = build_config(read_yaml(config_path(config.format(run=method))),
-                           ["seed=0", f"output={runs / method}", *extra,
-                            *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
+        cfg = resolve_config(config.format(run=method),
+                             ["seed=0", f"output={runs / method}", *extra,
+                              *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
         if data is None or cfg.data != data_cfg:
             data, data_cfg = prepare_data(cfg.data), cfg.data
         trainer = Trainer(cfg, data)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import build_config, read_yaml
 from ..data.build import prepare_data
-from .common import Job, config_path, paper_numbers
+from .common import Job, paper_numbers, resolve_config
 from .grid import Grid, Row, Study
 
 MODELS = {"resnet10": "ResNet-10", "resnet50": "ResNet-50"}
@@ -37,7 +36,7 @@ class BackboneGrid(Grid):
 
     def check_data(self, jobs: list[Job]) -> None:
         """Read the lists and find every image once, before any run starts (a missing image is one line here)."""
-        prepare_data(build_config(read_yaml(config_path(jobs[0].config)), list(jobs[0].overrides)).data)
+        prepare_data(resolve_config(jobs[0].config, jobs[0].overrides).data)
 
     def appendix(self) -> str:
         numbers = paper_numbers()["table3"]
