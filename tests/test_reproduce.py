@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tailshift.reproduce.common import aggregate, config_path, paired_difference, sign_flip_p
+from tailshift.reproduce.common import aggregate, config_path, head_result, paired_difference, sign_flip_p
 from tailshift.reproduce.table1 import TABLE1
 
 
@@ -34,6 +34,12 @@ def test_aggregate_leaves_diverged_and_collapsed_runs_out_of_the_mean():
     assert agg["all"]["mean"] == 55.0 and agg["all"]["std"] == pytest.approx(7.0711, abs=1e-4)
     assert agg["few"]["mean"] is None
     assert agg["all_runs"] == [50.0, 60.0, 10.0, None]
+
+
+def test_head_result_is_the_head_or_a_diverged_marker():
+    healthy_run = result("fashion-lt", "crt", 0, {"ce": run(50.0), "crt": run(60.0)})
+    assert head_result(healthy_run, "crt") == run(60.0)
+    assert head_result({**healthy_run, "diverged": True, "heads": None}, "crt") == {"diverged": True}
 
 
 def test_table1_jobs_cover_every_dataset_run_and_seed_longest_first(tmp_path):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..models import create_model
 from . import table1
-from .common import (RESULT_COLUMNS, Job, aggregate, by_job, overrides_for_run, paper_numbers, resolve_config,
-                     result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, by_job, head_result, overrides_for_run, paper_numbers,
+                     resolve_config, result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
 STUDIES = {"cifar100-lt": "table2/cifar100-lt_csa", "cifar10-lt": "table2/cifar10-lt_csa",
@@ -127,8 +127,7 @@ def run(study: str, tables: list[str] | None, seeds: int | list[int], workers: i
     results = run_jobs(jobs, workers)
     wall = time.perf_counter() - started
     found = by_job(results)
-    table = {name: {label: aggregate([{"diverged": True} if (r := found[(study, slug, s)])["diverged"]
-                                      else r["heads"][HEAD] for s in seed_list(seeds)])
+    table = {name: {label: aggregate([head_result(found[(study, slug, s)], HEAD) for s in seed_list(seeds)])
                     for label, slug in by_row.items()}
              for name, by_row in rows.items()}
     paper = paper_numbers()["ablations"]

@@ -91,6 +91,11 @@ def by_job(results: list[dict]) -> dict[tuple[str, str, int], dict]:
     return {(r["study"], r["run"], r["seed"]): r for r in results}
 
 
+def head_result(result: dict, head: str) -> dict:
+    """One head's numbers of a ``run_jobs`` result, or ``{"diverged": True}`` for a diverged run (which has none)."""
+    return {"diverged": True} if result["diverged"] else result["heads"][head]
+
+
 def _run_job(job: Job) -> dict:
     from ..engine import DivergenceError, train
 

@@ -17,8 +17,8 @@ from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
 from . import table1
 from ..io import atomic_write_json
-from .common import (Job, aggregate, by_job, command_line, data_note, fmt, overrides_for_run, resolve_config, run_jobs,
-                     seed_list, seeds_note, write_outputs)
+from .common import (Job, aggregate, by_job, command_line, data_note, fmt, head_result, overrides_for_run,
+                     resolve_config, run_jobs, seed_list, seeds_note, write_outputs)
 from .grid import Study
 from .table2 import TABLE2
 
@@ -65,7 +65,7 @@ def _accuracy_vs_gamma(name: str, title: str, curves: list[GammaCurve], seeds, w
         table[c.label] = {}
         for g in GAMMAS:
             runs_of = [found[(c.study, c.run_at(g), s)] for s in seed_list(seeds)]
-            table[c.label][g] = aggregate([{"diverged": True} if r["diverged"] else r["heads"][c.head] for r in runs_of])
+            table[c.label][g] = aggregate([head_result(r, c.head) for r in runs_of])
         means[c.label] = {"mean": [table[c.label][g]["all"]["mean"] for g in GAMMAS],
                           "std": [table[c.label][g]["all"]["std"] for g in GAMMAS]}
     plots.accuracy_vs_gamma(means, GAMMAS, out / f"{name}.png", title)

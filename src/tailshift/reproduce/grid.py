@@ -11,9 +11,9 @@ from typing import Sequence
 
 from ..data.arrays import DataError
 from ..data.sources import load_dataset
-from .common import (RESULT_COLUMNS, Job, aggregate, by_job, fmt_paired, overrides_for_run, paired_difference,
-                     paper_cells, paper_numbers, result_cells, run_jobs, run_jobs_distributed, runs_note, seed_list,
-                     seeds_note, write_outputs)
+from .common import (RESULT_COLUMNS, Job, aggregate, by_job, fmt_paired, head_result, overrides_for_run,
+                     paired_difference, paper_cells, paper_numbers, result_cells, run_jobs, run_jobs_distributed,
+                     runs_note, seed_list, seeds_note, write_outputs)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Grid:
                 if row.run is None:
                     continue
                 runs = [found[(study.name, row.run, s)] for s in seed_list(seeds)]
-                values[study.name][row.name] = [{"diverged": True} if r["diverged"] else r["heads"][row.head] for r in runs]
+                values[study.name][row.name] = [head_result(r, row.head) for r in runs]
         return values
 
     def collect(self, results, studies, rows, seeds) -> dict:
