@@ -110,6 +110,25 @@ def test_figure3_needs_a_coloured_dataset(tmp_path):
         figures.figure3(["fashion-lt"], 1, 1, tmp_path, [], None)
 
 
+
+@pytest.mark.parametrize("figure", ["figure1", "figure2", "figure4", "figure7"])
+def test_mnist_family_figures_without_data_say_so_in_one_line(figure, tmp_path, monkeypatch):
+    from tailshift.data.arrays import DataError
+    from tailshift.reproduce.grid import Grid
+
+    monkeypatch.setattr(Grid, "available_datasets", lambda grid, mnist_root=None: [])
+    with pytest.raises(DataError, match=rf"^no data found for {figure}: pass --datasets \(and data.root=... or "
+                                        r"--mnist-root\), or see `tailshift download`$"):
+        getattr(figures, figure)(None, 1, 1, tmp_path, [], None)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_figures_2_and_7_need_a_grey_and_a_coloured_dataset(tmp_path):
+    with pytest.raises(ValueError, match=r"^figure2 needs a grey dataset \(fashion-lt or mnist-lt\), got cfashion-lt$"):
+        figures.figure2(["cfashion-lt"], 1, 1, tmp_path, [], None)
+    with pytest.raises(ValueError, match=r"^figure7 needs a coloured dataset \(cfashion-lt or cmnist-lt\), got fashion-lt$"):
+        figures.figure7(["fashion-lt"], 1, 1, tmp_path, [], None)
+
 #: a one-epoch ResNet-20 on the tiny CIFAR-100 folder (two training images a class, no long tail)
 TINY_CIFAR = ("data.longtail.profile=none", "data.longtail.n_max=2", "train.epochs=1", "train.optim.warmup_epochs=0",
               "train.batch_size=64", "model.name=resnet20", "csa:method.params.warmup_epochs=0")

@@ -25,8 +25,19 @@ from .table2 import TABLE2
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def _pick(datasets, mnist_root) -> list[str]:
-    return datasets or table1.TABLE1.available_datasets(mnist_root)
+def _pick(datasets, mnist_root, figure: str, coloured: bool | None = None) -> list[str]:
+    """``datasets``, or every Table 1 set whose files are found; with ``coloured``, only the coloured (True) or
+    the grey (False) ones. None to pick is one line naming what to pass, as ``Grid.run`` says it."""
+    found = datasets or table1.TABLE1.available_datasets(mnist_root)
+    if not found:
+        raise DataError(f"no data found for {figure}: pass --datasets (and data.root=... or --mnist-root), "
+                        "or see `tailshift download`")
+    if coloured is not None:
+        found = [d for d in found if d.startswith("c") == coloured]
+        if not found:
+            kind = "coloured dataset (cfashion-lt or cmnist-lt)" if coloured else "grey dataset (fashion-lt or mnist-lt)"
+            raise ValueError(f"{figure} needs a {kind}, got {', '.join(datasets)}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     curves = [GammaCurve(d, d, d, f"table1/{d}_ce", "main",
                          lambda q: ("method.name=resample", f"method.params={{q: {q}}}"),
                          overrides=table1.TABLE1.data_root(d, mnist_root))
-              for d in _pick(datasets, mnist_root)]
+              for d in _pick(datasets, mnist_root, "figure1")]
     return _accuracy_vs_gamma("figure1", "Figure 1: accuracy vs gamma", curves, seeds, workers, Path(out), overrides,
                               "Dataset", "Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, "
                                          "N draws per epoch; LeNet, the Table 1 CE config.")
@@ -141,8 +152,7 @@ def _embed(trainer: Trainer, arrays, limit: int = 4000) -> tuple[np.ndarray, np.
 
 def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """2-d embeddings of train and test under uniform sampling (CE) and CB-RS."""
-    grey = [d for d in _pick(datasets, mnist_root) if not d.startswith("c")]
-    dataset = grey[0]
+    dataset = _pick(datasets, mnist_root, "figure2", coloured=False)[0]
     root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     panels, summary = {}, {}
     started = time.perf_counter()
@@ -162,7 +172,7 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 
 def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
     """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
-    found = _pick(datasets, mnist_root)
+    found = _pick(datasets, mnist_root, "figure4")
     grid = table1.TABLE1
     table = grid.run(found, seeds, workers, out, overrides, methods or [r.name for r in grid.rows], mnist_root=mnist_root)
     bars = ("ce", "crt", "cbrs", "csa")
@@ -175,8 +185,7 @@ def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 
 def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> Path:
     """A grid of coloured-context training samples (CMNIST-LT, or CFashion-LT without MNIST)."""
-    coloured = [d for d in _pick(datasets, mnist_root) if d.startswith("c")]
-    dataset = coloured[0]
+    dataset = _pick(datasets, mnist_root, "figure7", coloured=True)[0]
     root = [*table1.TABLE1.data_root(dataset, mnist_root)]
     cfg = resolve_config(f"table1/{dataset}_ce", [*root, *overrides])
     data = prepare_data(cfg.data)
