@@ -42,6 +42,24 @@ def test_head_result_is_the_head_or_a_diverged_marker():
     assert head_result({**healthy_run, "diverged": True, "heads": None}, "crt") == {"diverged": True}
 
 
+def test_a_study_on_nproc_processes_reports_one_run_at_a_time_not_the_workers_option(tmp_path, monkeypatch, capsys):
+    import tailshift.reproduce.grid as grid
+
+    def distributed(jobs, nproc):
+        assert nproc == 2
+        heads = {h: {**run(50.0), "few": 50.0, "untrained": False} for h in ("ce", "crt", "main")}
+        return [{**result(j.study, j.run, j.seed, heads), "train_seconds": 1.0} for j in jobs]
+
+    monkeypatch.setattr(grid, "run_jobs_distributed", distributed)
+    TABLE1.run(["fashion-lt"], 1, 8, tmp_path, [], nproc=2)
+    md = (tmp_path / "table1.md").read_text()
+    assert "2 runs, 1 worker process, wall time" in md and "8 worker" not in md
+    assert "Each run on 2 processes (torchrun), one run after the other." in md
+    saved = json.loads((tmp_path / "table1.json").read_text())
+    assert (saved["workers"], saved["nproc"]) == (1, 2)
+    capsys.readouterr()
+
+
 def test_table1_jobs_cover_every_dataset_run_and_seed_longest_first(tmp_path):
     jobs = jobs_for(["fashion-lt", "cfashion-lt"], 2, tmp_path, ["train.epochs=1"], TABLE1.select_rows(["ce", "crt", "cbrs"]))
     assert len(jobs) == 2 * 2 * 2  # CE and cRT share the crt runs

@@ -319,7 +319,7 @@ def runs_note(results: list[dict], workers: int, wall: float) -> str:
     A report rebuilt from finished runs takes seconds, so the runs' own training time (kept in
     each run's metrics across resumes) is given beside this invocation's wall time."""
     trained = sum(r.get("train_seconds") or 0.0 for r in results)
-    return (f"{len(results)} runs, {workers} worker processes, wall time {wall:.0f} s for this invocation (runs "
+    return (f"{len(results)} runs, {workers} worker process{'' if workers == 1 else 'es'}, wall time {wall:.0f} s for this invocation (runs "
             f"already complete in the output folder are re-evaluated, not retrained); training time of the runs "
             f"that did not diverge: {trained:.0f} s of worker time.{data_note(results)}")
 

@@ -191,7 +191,10 @@ class Grid:
         jobs = self.jobs(studies, rows, seeds, out, overrides)
         self.check_data(jobs)
         started = time.perf_counter()
-        results = run_jobs(jobs, workers) if nproc == 1 else run_jobs_distributed(jobs, nproc)
+        if nproc == 1:
+            results, used_workers = run_jobs(jobs, workers), workers
+        else:  # one run after the other, each on nproc processes: --workers does not apply
+            results, used_workers = run_jobs_distributed(jobs, nproc), 1
         wall = time.perf_counter() - started
         table = self.collect(results, studies, rows, seeds)
         pairs = self.pairs(results, studies, rows, seeds)
@@ -199,11 +202,12 @@ class Grid:
         note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss), "
                 f"collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss in any "
                 f"step) runs are counted and left out of the mean. "
-                f"Paper: {source}. {runs_note(results, workers, wall)}" + (f" {nproc} processes per run." if nproc > 1 else ""))
+                f"Paper: {source}. {runs_note(results, used_workers, wall)}"
+                + (f" Each run on {nproc} processes (torchrun), one run after the other." if nproc > 1 else ""))
         md = self.markdown(table, self.paper_rows(studies), rows, note, pairs) + self.appendix()
         write_outputs(out, self.name, md, {
             "table": table, "paired": {s: {f"{a} - {b}": p for (a, b), p in c.items()} for s, c in pairs.items()},
-            "runs": results, "wall_seconds": wall, "seeds": seed_list(seeds), "workers": workers, "nproc": nproc,
+            "runs": results, "wall_seconds": wall, "seeds": seed_list(seeds), "workers": used_workers, "nproc": nproc,
             **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides),
             "not_implemented": {r.name: r.missing for r in rows.values() if r.run is None}})
         print(md)
