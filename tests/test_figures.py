@@ -70,6 +70,41 @@ def test_image_rows_writes_a_png_with_grey_and_colour_rows(tmp_path):
     assert 600 < width < 1000 and 300 < height < 500
 
 
+def test_embeddings_colour_scale_spans_the_labels_and_follows_colour_label(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    drawn = []
+    scatter, colorbar = Axes.scatter, Figure.colorbar
+
+    def spy_scatter(ax, *args, **kwargs):
+        drawn.append(("point", kwargs["color"]))
+        return scatter(ax, *args, **kwargs)
+
+    def spy_colorbar(fig, mappable, **kwargs):
+        drawn.append(("bar", mappable.norm.vmin, mappable.norm.vmax))
+        return colorbar(fig, mappable, **kwargs)
+
+    monkeypatch.setattr(Axes, "scatter", spy_scatter)
+    monkeypatch.setattr(Figure, "colorbar", spy_colorbar)
+    rng = np.random.default_rng(0)
+
+    def draw(num_classes, **kwargs):
+        drawn.clear()
+        panels = {"a": (rng.normal(size=(60, 2)), np.arange(60) % num_classes)}
+        _png_size(plots.embeddings(panels, num_classes, tmp_path / "e.png", "t", **kwargs))
+        return [d[1] for d in drawn if d[0] == "point"], [d[1:] for d in drawn if d[0] == "bar"]
+
+    viridis, tab10 = plt.get_cmap("viridis"), plt.get_cmap("tab10")
+    colours, bars = draw(3, colour_label="rank by training count")  # few classes, a label: the sequential scale
+    assert colours == [viridis(0.0), viridis(0.5), viridis(1.0)] and bars == [(0, 2)]
+    colours, bars = draw(3)  # few classes, no label: one tab10 colour each and a legend
+    assert colours == [tab10(0), tab10(1), tab10(2)] and bars == []
+    colours, bars = draw(20)  # the last label is the light end of the bar
+    assert colours[0] == viridis(0.0) and colours[-1] == viridis(1.0) and bars == [(0, 19)]
+
+
 def test_context_shift_rows():
     torch.manual_seed(0)
     contexts, balanced = torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)
@@ -126,7 +161,8 @@ def test_mnist_family_figures_without_data_say_so_in_one_line(figure, tmp_path, 
 def test_figures_2_and_7_need_a_grey_and_a_coloured_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"^figure2 needs a grey dataset \(fashion-lt or mnist-lt\), got cfashion-lt$"):
         figures.figure2(["cfashion-lt"], 1, 1, tmp_path, [], None)
-    with pytest.raises(ValueError, match=r"^figure7 needs a coloured dataset \(cfashion-lt or cmnist-lt\), got fashion-lt$"):
+    with pytest.raises(ValueError,
+                       match=r"^figure7 needs a coloured dataset \(cfashion-lt or cmnist-lt\), got fashion-lt$"):
         figures.figure7(["fashion-lt"], 1, 1, tmp_path, [], None)
 
 #: a one-epoch ResNet-20 on the tiny CIFAR-100 folder (two training images a class, no long tail)

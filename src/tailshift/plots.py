@@ -37,26 +37,31 @@ def accuracy_vs_gamma(curves: dict[str, dict], gammas: list[float], path: Path, 
 
 
 def embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, path: Path, title: str,
-               colour_label: str = "class") -> Path:
-    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by class (a legend up to
-    10 classes, else a colour bar from dark, label 0, to light)."""
+               colour_label: str | None = None) -> Path:
+    """panels: title -> (points N x 2, labels N); one scatter per panel, coloured by label. Up to 10 classes
+    and no ``colour_label``: a tab10 colour per class and a legend. Otherwise a sequential scale with a colour
+    bar (labelled ``colour_label``, default "class") from dark, label 0, to light, label K - 1, e.g. the
+    class's rank by training count, darker = more images."""
     cols = 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows), squeeze=False)
-    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "viridis")
+    sequential = colour_label is not None or num_classes > 10
+    cmap = plt.get_cmap("viridis" if sequential else "tab10")
     for ax, (name, (points, labels)) in zip(axes.flat, panels.items()):
         for c in range(num_classes):
             sel = labels == c
-            ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.5, color=cmap(c % 10 if num_classes <= 10 else c / num_classes), label=str(c))
+            colour = cmap(c / max(num_classes - 1, 1) if sequential else c)
+            ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.5, color=colour, label=str(c))
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    if num_classes <= 10:
-        axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
+    if sequential:
+        fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, max(num_classes - 1, 1)), cmap), ax=axes,
+                     label=colour_label or "class")
     else:
-        fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, num_classes - 1), cmap), ax=axes, label=colour_label)
+        axes.flat[0].legend(markerscale=5, fontsize=7, ncol=2, loc="best")
     fig.suptitle(title)
     return _save(fig, path)
 
