@@ -55,6 +55,7 @@ def test_a_study_on_nproc_processes_reports_one_run_at_a_time_not_the_workers_op
     md = (tmp_path / "table1.md").read_text()
     assert "2 runs, 1 worker process, wall time" in md and "8 worker" not in md
     assert "Each run on 2 processes (torchrun), one run after the other." in md
+    assert "Paper: paper Table 1 (final epoch, rho 100); CMNIST-LT reference = the release's printed numbers." in md
     saved = json.loads((tmp_path / "table1.json").read_text())
     assert (saved["workers"], saved["nproc"]) == (1, 2)
     capsys.readouterr()
