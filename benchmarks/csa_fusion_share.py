@@ -29,13 +29,14 @@ def summarize(runs: Path, variants: bool = False) -> dict:
         fused = np.array([[e["fused"] for e in c] for c in curves])
         pushed = np.array([[e["pushed"] for e in c] for c in curves])
         key = f"{folder.parent.name}/{folder.name}" if variants else folder.parent.name
+        # the balanced head got no loss at all in these: it stays the untrained initial head
+        never = [f.parent.name for f, n in zip(seeds, fused.sum(1)) if n == 0]
         out[key] = {"seeds": len(curves),
-                        "fused_share_per_epoch": fused.mean(0).round(3).tolist(),
-                        "fused_share_whole_run": round(float(fused.mean()), 3),
-                        # the balanced head got no loss at all: it stays the untrained initial head
-                        "runs_never_fused": int((fused.sum(1) == 0).sum()),
-                        "seeds_never_fused": [f.parent.name for f, n in zip(seeds, fused.sum(1)) if n == 0],
-                        "pushed_per_step_per_epoch": pushed.mean(0).round(2).tolist()}
+                    "fused_share_per_epoch": fused.mean(0).round(3).tolist(),
+                    "fused_share_whole_run": round(float(fused.mean()), 3),
+                    "runs_never_fused": len(never),
+                    "seeds_never_fused": never,
+                    "pushed_per_step_per_epoch": pushed.mean(0).round(2).tolist()}
     return out
 
 

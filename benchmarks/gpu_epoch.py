@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 from tailshift.config import build_config, read_yaml
+from tailshift.data.build import PreparedData, prepare_data
 from tailshift.engine import Trainer, versions
+from tailshift.optim import build_optimizer
 from tailshift.reproduce.common import config_path
 
 CONFIG = "table2/cifar10-lt_ce"
@@ -42,20 +44,26 @@ VARIANTS = {
 }
 
 
-def prepare(overrides: list[str], warmup: int):
-    """A trainer with its stage, samplers and optimizer, warmed up by ``warmup`` steps."""
-    cfg = build_config(read_yaml(config_path(CONFIG)), [*overrides, "progress=false", "train.checkpoint=false",
+def config(overrides: list[str]):
+    return build_config(read_yaml(config_path(CONFIG)), [*overrides, "progress=false", "train.checkpoint=false",
                                                          "output=/tmp/tailshift-gpu-epoch"])
-    trainer = Trainer(cfg)
+
+
+def prepare(overrides: list[str], warmup: int, data: PreparedData):
+    """A trainer on ``data`` with its stage, samplers and the config's optimizer, warmed up by ``warmup`` steps."""
+    cfg = config(overrides)
+    torch._dynamo.reset()  # each variant compiles afresh, not on the previous variant's cache (as tests/test_speed.py)
+    trainer = Trainer(cfg, data)
     stage = trainer.method.stages()[0]
     trainer.method.begin_stage(stage, True)
-    optimizer = torch.optim.SGD(trainer.method.trainable_parameters(stage), lr=0.01, momentum=0.9,
-                                fused=trainer.speed.fused_optimizer or None)
+    optimizer = build_optimizer(trainer.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
+                                cfg.train.optim, trainer.speed.fused_optimizer)  # as engine.Trainer._fit
     samplers = trainer._samplers(stage, 0)
     steps_per_epoch = trainer.world.steps(len(samplers[stage.driver]), cfg.train.batch_size)
     started = time.perf_counter()
-    trainer._train_epoch(stage, 0, 0, samplers, warmup, optimizer)
-    sync()
+    if warmup > 0:  # _train_epoch divides by its step count
+        trainer._train_epoch(stage, 0, 0, samplers, warmup, optimizer)
+        sync()
     return trainer, stage, samplers, optimizer, steps_per_epoch, time.perf_counter() - started
 
 
@@ -101,10 +109,11 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     variants = args.variants.split(",")
+    data = prepare_data(config([]).data)  # read once: the methods and variants change no data setting
     results = {}
     for method in args.methods.split(","):
         for variant in variants:
-            prepared = prepare([*METHODS[method], *VARIANTS[variant]], args.warmup)
+            prepared = prepare([*METHODS[method], *VARIANTS[variant]], args.warmup, data)
             seconds = epoch_seconds(prepared, args.steps)
             results.setdefault(method, {})[variant] = {"epoch_s": seconds, "warmup_s": prepared[-1],
                                                        "steps_per_epoch": prepared[4],

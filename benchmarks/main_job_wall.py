@@ -11,6 +11,7 @@ from different machines compare through them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,13 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from tailshift.cli import main as tailshift_main
 from tailshift.engine import versions
-from tailshift.models.lenet import LeNet2d
 
+from lenet_step import make_step
 from report import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,24 +34,22 @@ TARGET_SECONDS = 360
 DATASETS = "fashion-lt,cfashion-lt"
 
 
-def lenet_step_ms(steps: int = 60, repeats: int = 5) -> float:
-    """Median ms of one LeNet-2d CE training step on 1 x 28 x 28, batch 128, one thread, as the job runs it."""
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside the block, the previous thread count restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        model = LeNet2d(1).to(memory_format=torch.channels_last)
-        head = nn.Linear(2, 10)
-        optimizer = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.01)
-        x = torch.rand(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (128,))
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
-        def step():
-            loss = F.cross_entropy(head(model(x)), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
 
+def lenet_step_ms(steps: int = 60, repeats: int = 5) -> float:
+    """Median ms of one LeNet-2d CE training step on 1 x 28 x 28, batch 128, one thread, as the job runs it
+    (lenet_step.py's step: the default fast path, channels-last)."""
+    with one_thread():
+        step, _ = make_step(in_channels=1, fast=True, batch=128, image_size=28)
         for _ in range(10):
             step()
         times = []
@@ -62,15 +59,11 @@ def lenet_step_ms(steps: int = 60, repeats: int = 5) -> float:
                 step()
             times.append((time.perf_counter() - started) / steps * 1000)
         return round(statistics.median(times), 2)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
     """Single-thread float32 matmul throughput (best of ``repeats``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         a, b = torch.rand(size, size), torch.rand(size, size)
         best = float("inf")
         for _ in range(repeats):
@@ -78,8 +71,6 @@ def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
             a @ b
             best = min(best, time.perf_counter() - started)
         return round(2 * size ** 3 / best / 1e9, 1)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def calibration() -> dict:
@@ -106,7 +97,7 @@ def main() -> None:
     for run in runs:
         by_method[run["key"].split("/")[1]].append(run["seconds"])
     record = {
-        "command": "tailshift " + " ".join(command[:-2]),
+        "command": "tailshift " + " ".join(command[:-2]), "workers": args.workers,
         "wall_seconds": round(wall, 1), "target_seconds": TARGET_SECONDS, "met": wall <= TARGET_SECONDS,
         "runs": len(runs), "worker_seconds": round(sum(r["seconds"] for r in runs), 1),
         "seconds_by_method": {m: {"runs": len(s), "total": round(sum(s), 1), "mean": round(sum(s) / len(s), 1)}
@@ -122,12 +113,20 @@ def main() -> None:
     (RESULTS / f"{args.name}.md").write_text(table + "\n")
 
 
+def workers_of(r: dict):
+    """The record's worker count; records written before it was stored hold it only in the command."""
+    if "workers" in r:
+        return r["workers"]
+    words = r["command"].split()
+    return words[words.index("--workers") + 1] if "--workers" in words[:-1] else "?"
+
+
 def render(r: dict) -> str:
     cal = f"LeNet step {r['calibration_before']['lenet_step_ms']} / {r['calibration_after']['lenet_step_ms']} ms, " \
           f"matmul {r['calibration_before']['matmul_gflops']} / {r['calibration_after']['matmul_gflops']} GFLOP/s"
     lines = [f"`{r['command']}` on {r['cores']} cores ({r['cpu']}), {r['date']}; calibration before / after: {cal}",
              "", "| runs | workers | wall (s) | target (s) | met | worker time (s) |", "|---|---|---|---|---|---|",
-             f"| {r['runs']} | {r['command'].split('--workers ')[1].split()[0]} | {r['wall_seconds']:.0f} | "
+             f"| {r['runs']} | {workers_of(r)} | {r['wall_seconds']:.0f} | "
              f"{r['target_seconds']} | {'yes' if r['met'] else 'NO'} | {r['worker_seconds']:.0f} |",
              "", "| method | runs | worker time (s) | mean per run (s) |", "|---|---|---|---|"]
     lines += [f"| {m} | {s['runs']} | {s['total']:.0f} | {s['mean']:.1f} |" for m, s in r["seconds_by_method"].items()]

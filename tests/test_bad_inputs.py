@@ -298,6 +298,7 @@ CASES = [
         fragment="method.params.loss_params.gamma must be >= 0, got -1.0"),
     bad("optimizer-unknown", "train.optim.name=lamb", fragment="train.optim.name must be one of adamw, sgd; got 'lamb'"),
     bad("betas-out-of-range", "train.optim.betas=[0.9, 1.0]", fragment="train.optim.betas must hold numbers in [0, 1), got [0.9, 1.0]"),
+    bad("betas-not-a-pair", "train.optim.betas=[0.9]", fragment="train.optim.betas must hold 2 numbers (AdamW's beta1, beta2), got [0.9]"),
     bad("compile-unknown", "train.compile=max-autotune",
         fragment="train.compile must be one of auto, off, default, reduce-overhead; got 'max-autotune'"),
     bad("compile-true", "train.compile=true",

@@ -359,6 +359,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"data.resize_size must be >= data.crop_size ({d.crop_size}), got {d.resize_size}")
     if tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
+    if len(tr.optim.betas) != 2:
+        raise ConfigError(f"train.optim.betas must hold 2 numbers (AdamW's beta1, beta2), got {tr.optim.betas}")
     if tr.optim.nesterov and tr.optim.momentum <= 0:
         raise ConfigError(f"train.optim.nesterov=true needs train.optim.momentum > 0, got {tr.optim.momentum}")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):

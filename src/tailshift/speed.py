@@ -61,7 +61,8 @@ def resolve_speed(train_cfg, device: torch.device) -> Speed:
     def chosen(value: str, auto):
         return auto if value == "auto" else value
 
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than float32
+    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     return Speed(
         compile=chosen(train_cfg.compile, "default" if cuda else "off"),
         amp=chosen(train_cfg.amp, "bf16" if bf16 else "off"),

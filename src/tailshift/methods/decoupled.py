@@ -48,7 +48,6 @@ class TwoStageMethod(Method):
         self.head = backbone.new_head(num_classes)
         self.retrained = self.new_classifier()
         self.first_head = "mixup" if self.params.mixup_alpha > 0 else "ce"
-        self.retraining = False
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- what a subclass defines -------------------------------------------------------
@@ -71,22 +70,26 @@ class TwoStageMethod(Method):
                                 lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False))
         return stages
 
+    @staticmethod
+    def _retrains(stage: Stage) -> bool:
+        return stage.name == "retrain"
+
     def begin_stage(self, stage: Stage, fresh: bool) -> None:
-        self.retraining = stage.name == "retrain"
-        self.backbone.requires_grad_(not self.retraining)
-        self.head.requires_grad_(not self.retraining)
+        retraining = self._retrains(stage)
+        self.backbone.requires_grad_(not retraining)
+        self.head.requires_grad_(not retraining)
         if self.retrained is not None:
-            self.retrained.requires_grad_(self.retraining)
+            self.retrained.requires_grad_(retraining)
         self._cache = None
-        if self.retraining and fresh:
+        if retraining and fresh:
             self.start_classifier()
 
     def trainable_parameters(self, stage: Stage):
-        return list((self.retrained if self.retraining else nn.ModuleList([self.backbone, self.head])).parameters())
+        return list((self.retrained if self._retrains(stage) else nn.ModuleList([self.backbone, self.head])).parameters())
 
     def train_mode(self, stage: Stage) -> None:
         self.train()
-        if self.retraining:
+        if self._retrains(stage):
             self.backbone.eval()
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
@@ -94,7 +97,7 @@ class TwoStageMethod(Method):
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        if self.retraining:
+        if self._retrains(ctx.stage):
             return StepOutput(self.loss(self.classify(self._frozen_features(batch)), batch.y))
         if self.params.mixup_alpha > 0:
             x, y_a, y_b, lam = mixup(batch.x, batch.y, self.params.mixup_alpha, ctx.generator)
