@@ -113,6 +113,7 @@ class RunState:
     epoch: int = 0  # next epoch to run within the stage
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time over the same epochs: comparable on a shared machine
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -212,6 +213,7 @@ class Trainer:
             "epoch": state.epoch,
             "history": state.history,
             "train_seconds": state.train_seconds,
+            "cpu_seconds": state.cpu_seconds,
             "method": self.method.state_dict(),
             "extra": extra[0],
             "optimizer": optimizer.state_dict(),
@@ -241,7 +243,8 @@ class Trainer:
                                      else payload["extra"])
         if self.scaler.is_enabled() and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
-        state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"])
+        state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"],
+                         payload.get("cpu_seconds", 0.0))
         return state, payload["optimizer"]
 
     def _checkpoint_identity(self) -> tuple | None:
@@ -327,10 +330,13 @@ class Trainer:
             samplers = self._samplers(stage, stage_index)
             steps = self.world.steps(len(samplers[stage.driver]), batch)
             for epoch in range(state.epoch, stage.epochs):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
-                state.train_seconds += time.perf_counter() - started
-                record = {"stage": stage.name, "epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), **logs}
+                seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+                state.train_seconds += seconds
+                state.cpu_seconds += cpu_seconds
+                record = {"stage": stage.name, "epoch": epoch + 1, "seconds": round(seconds, 3),
+                          "cpu_seconds": round(cpu_seconds, 3), **logs}
                 last = stage_index == len(stages) - 1 and epoch == stage.epochs - 1
                 if last or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0):
                     results = self._evaluate()
@@ -429,6 +435,7 @@ class Trainer:
             "storage": self.train_arrays.storage,
             "data_source": {"path": self.data.source, "caveat": self.data.caveat},
             "train_seconds": round(state.train_seconds, 3),
+            "cpu_seconds": round(state.cpu_seconds, 3),  # over every session of the run, like train_seconds
             "class_counts": self.data.class_counts.tolist(),
             "groups": {k: v.tolist() for k, v in self.data.groups.items()},
             "default_head": default,

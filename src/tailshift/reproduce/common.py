@@ -119,6 +119,7 @@ def _job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> dict
         "seconds": round(seconds, 2),
         "head": metrics["default_head"],
         "train_seconds": metrics["train_seconds"],  # over every session of the run, resumes included
+        "cpu_seconds": metrics.get("cpu_seconds"),  # absent from runs finished before it was recorded
         "heads": {h: {k: r[k] for k in (*GROUP_KEYS, "collapsed", "untrained", "max_pred_share", "per_class")}
                   for h, r in metrics["heads"].items()},
         "output": cfg.output,

@@ -1,0 +1,178 @@
+"""The evidence study: Table 2's CIFAR-10-LT (rho 100) rows at the paper's full schedule on this CPU.
+
+Each row's run is one ``tailshift reproduce table2`` invocation on one thread, ``--slots`` of them at
+once, started in the issue's order of priority; all share one ``--runs-dir`` (keep it outside any
+checkout), so the same command resumes every unfinished run from its last epoch (a finished run is
+re-scored, not retrained). After each run ends the combined table is rebuilt, and ``--publish DIR``
+copies it with every run's curve, its wall and CPU time, the command and the CPU model into DIR
+(``benchmarks/results/table2_cifar10-lt_200ep`` of a checkout, to be committed). ``--publish-only``
+refreshes DIR from the runs as they stand, unfinished ones included, without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from report import cpu_model
+
+#: run -> the Table 2 rows read from it, in the issue's order of priority (LDAM-DRW last until it
+#: trains on its authors' recipe)
+RUNS = {
+    "crt": ("ce", "crt"),
+    "csa": ("csa", "csa-uniform", "csa-ensemble"),
+    "cbrs": ("cbrs",),
+    "la": ("la",),
+    "ldam-drw": ("ldam-drw",),
+}
+STUDY = "cifar10-lt-rho100"
+SEED = 0
+DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median PSNR 30.5 dB against the "
+               "original pixels), not the official pickles: every row moves, so compare rows' differences, "
+               "not only their levels.")
+
+
+def reproduce_command(runs_dir: Path, rows: list[str]) -> list[str]:
+    return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
+            "--seeds", str(SEED), "--workers", "1", "--methods", ",".join(rows), "--output", str(runs_dir)]
+
+
+def run_folder(runs_dir: Path, run: str) -> Path:
+    return runs_dir / "runs" / STUDY / run / f"seed{SEED}"
+
+
+def finished(runs_dir: Path, run: str) -> bool:
+    return (run_folder(runs_dir, run) / "metrics.json").exists()
+
+
+def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
+    """Re-score the finished runs into one ``table2.md`` / ``.json`` (nothing is trained)."""
+    done = [r for r in runs if finished(runs_dir, r)]
+    if done:
+        rows = [row for r in done for row in RUNS[r]]
+        subprocess.run(reproduce_command(runs_dir, rows), check=True, stdout=subprocess.DEVNULL)
+
+
+def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log: Path) -> None:
+    """Keep ``slots`` runs training, in priority order; rebuild (and publish) the table as each ends."""
+    waiting = [r for r in runs if not finished(runs_dir, r)]
+    running: dict[str, subprocess.Popen] = {}
+    with open(log, "a") as out:
+        while waiting or running:
+            while waiting and len(running) < slots:
+                run = waiting.pop(0)
+                out.write(f"{time.strftime('%F %T')} start {run}\n")
+                out.flush()
+                running[run] = subprocess.Popen(reproduce_command(runs_dir, list(RUNS[run])), stdout=out, stderr=out)
+            time.sleep(30)
+            for run, process in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[run]
+                out.write(f"{time.strftime('%F %T')} {run} exited with {process.returncode}\n")
+                out.flush()
+                if process.returncode != 0:
+                    raise SystemExit(f"run {run} failed (exit {process.returncode}); see {log}")
+                rebuild_table(runs_dir, runs)
+                if publish:
+                    publish_results(runs_dir, runs, publish)
+
+
+def run_status(runs_dir: Path, run: str) -> dict:
+    """A run's progress from its folder: epochs done, wall and CPU seconds so far, last test scores."""
+    folder = run_folder(runs_dir, run)
+    metrics_path, curve_path = folder / "metrics.json", folder / "curve.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        curve = metrics["curve"]
+    elif curve_path.exists():
+        metrics, curve = None, json.loads(curve_path.read_text())
+    else:
+        return {"run": run, "state": "not started"}
+    tested = [r for r in curve if "test" in r]
+    return {
+        "run": run, "state": "finished" if metrics else "training",
+        "epochs_done": len(curve),
+        "epochs_by_stage": {s: sum(r["stage"] == s for r in curve) for s in dict.fromkeys(r["stage"] for r in curve)},
+        "wall_seconds": round(sum(r["seconds"] for r in curve), 1),
+        "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in curve), 1),
+        "last_test": tested[-1]["test"] if tested else None,
+        "last_tested_epoch": f"{tested[-1]['stage']} {tested[-1]['epoch']}" if tested else None,
+    }
+
+
+def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
+    """Copy the table and every run's curve into ``dest`` and write ``study.md`` / ``study.json``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("table2.md", "table2.json"):
+        if (runs_dir / name).exists():
+            shutil.copyfile(runs_dir / name, dest / name)
+    statuses = [run_status(runs_dir, r) for r in runs]
+    for run in runs:
+        folder = run_folder(runs_dir, run)
+        source = folder / "metrics.json" if finished(runs_dir, run) else folder / "curve.json"
+        if source.exists():
+            shutil.copyfile(source, dest / f"{run}_{source.name}")
+    command = "python benchmarks/table2_200ep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record = {"command": command, "per_run_command": shlex.join(["tailshift", *reproduce_command(Path("RUNS_DIR"), ["ROWS"])[3:]]),
+              "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads_per_run": 1,
+              "data_caveat": DATA_CAVEAT, "runs": statuses}
+    (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+    lines = ["# Table 2 on CIFAR-10-LT (rho 100) at the full 200-epoch schedule, on a CPU", "",
+             f"ResNet-32, the shipped `table2/cifar10-lt_*` configs unchanged, seed {SEED}, each run on one thread "
+             f"of a {os.cpu_count()}-core `{record['cpu_model']}` at `nice 19` beside other work: wall time "
+             "includes waiting for the CPU, CPU time does not. " + DATA_CAVEAT, "",
+             "The results table (ours beside the paper's) is `table2.md`, written by `tailshift reproduce table2` "
+             "from the finished runs; each run's per-epoch curve is `<run>_metrics.json` (finished) or "
+             "`<run>_curve.json` (still training).", "",
+             "| Run | Rows | State | Epochs done | Wall (h) | CPU (h) | Last test All (head: value) |",
+             "|---|---|---|---|---|---|---|"]
+    for status in statuses:
+        if status["state"] == "not started":
+            lines.append(f"| {status['run']} | {', '.join(RUNS[status['run']])} | not started | - | - | - | - |")
+            continue
+        stages = ", ".join(f"{s} {n}" for s, n in status["epochs_by_stage"].items())
+        last = status["last_test"] or {}
+        tested = ", ".join(f"{h}: {v['all']:.1f}" for h, v in last.items()) or "-"
+        lines.append(f"| {status['run']} | {', '.join(RUNS[status['run']])} | {status['state']} | {stages} | "
+                     f"{status['wall_seconds'] / 3600:.2f} | {status['cpu_seconds'] / 3600:.2f} | "
+                     f"{tested} ({status['last_tested_epoch']}) |")
+    lines += ["", f"Command: `{command}`; each run: `{record['per_run_command']}`"]
+    (dest / "study.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", type=Path, required=True, help="where the runs live (outside any checkout)")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {','.join(RUNS)}, in order")
+    parser.add_argument("--slots", type=int, default=2, help="runs trained at once, one thread each")
+    parser.add_argument("--publish", type=Path, help="copy the results here after each run ends")
+    parser.add_argument("--publish-only", action="store_true", help="refresh --publish from the runs and exit")
+    parser.add_argument("--no-nice", action="store_true", help="do not lower this study's CPU priority")
+    args = parser.parse_args(argv)
+    runs = args.runs.split(",")
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        parser.error(f"unknown run {unknown[0]!r}; known: {', '.join(RUNS)}")
+    if args.slots < 1:
+        parser.error(f"--slots must be at least 1, got {args.slots}")
+    if args.publish_only:
+        if not args.publish:
+            parser.error("--publish-only needs --publish DIR")
+        publish_results(args.runs_dir, runs, args.publish)
+        return
+    if not args.no_nice:
+        os.nice(19)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    train(args.runs_dir, runs, args.slots, args.publish, args.runs_dir / "study.log")
+
+
+if __name__ == "__main__":
+    main()
