@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median
 
 def reproduce_command(runs_dir: Path, rows: list[str]) -> list[str]:
     return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
-            "--seeds", str(SEED), "--workers", "1", "--methods", ",".join(rows), "--output", str(runs_dir)]
+            "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--output", str(runs_dir)]
 
 
 def run_folder(runs_dir: Path, run: str) -> Path:
@@ -60,28 +61,39 @@ def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
 
 
 def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log: Path) -> None:
-    """Keep ``slots`` runs training, in priority order; rebuild (and publish) the table as each ends."""
+    """Keep ``slots`` runs training, in priority order; rebuild (and publish) the table as each ends.
+    A failed run, or a signal, stops the others too: they resume from their checkpoints."""
     waiting = [r for r in runs if not finished(runs_dir, r)]
     running: dict[str, subprocess.Popen] = {}
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with open(log, "a") as out:
-        while waiting or running:
-            while waiting and len(running) < slots:
-                run = waiting.pop(0)
-                out.write(f"{time.strftime('%F %T')} start {run}\n")
-                out.flush()
-                running[run] = subprocess.Popen(reproduce_command(runs_dir, list(RUNS[run])), stdout=out, stderr=out)
-            time.sleep(30)
-            for run, process in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[run]
-                out.write(f"{time.strftime('%F %T')} {run} exited with {process.returncode}\n")
-                out.flush()
-                if process.returncode != 0:
-                    raise SystemExit(f"run {run} failed (exit {process.returncode}); see {log}")
-                rebuild_table(runs_dir, runs)
-                if publish:
-                    publish_results(runs_dir, runs, publish)
+        def note(line: str) -> None:
+            out.write(f"{time.strftime('%F %T')} {line}\n")
+            out.flush()
+
+        try:
+            while waiting or running:
+                while waiting and len(running) < slots:
+                    run = waiting.pop(0)
+                    note(f"start {run}")
+                    running[run] = subprocess.Popen(reproduce_command(runs_dir, list(RUNS[run])), stdout=out,
+                                                    stderr=out)
+                time.sleep(30)
+                for run, process in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[run]
+                    note(f"{run} exited with {process.returncode}")
+                    if process.returncode != 0:
+                        raise SystemExit(f"run {run} failed (exit {process.returncode}); see {log}")
+                    rebuild_table(runs_dir, runs)
+                    if publish:
+                        publish_results(runs_dir, runs, publish)
+        finally:
+            for process in running.values():
+                process.terminate()
+            for process in running.values():
+                process.wait()
 
 
 def run_status(runs_dir: Path, run: str) -> dict:
