@@ -168,3 +168,32 @@ def test_cam_without_relu_differs_from_grad_cam_where_the_weighted_sum_is_negati
     mask_cam, _ = context_masks(fmap, None, targets, 2, "cam", 1.0, fc.weight)
     mask_grad, _ = context_masks(fmap, lambda a: fc(a.mean(dim=(2, 3))), targets, 2, "gradcam", 1.0)
     assert not torch.allclose(mask_cam, mask_grad)
+
+
+def test_cams_and_masks_are_float32_under_bf16_autocast():
+    fc, fmap, targets, head = _gap_linear()
+    exact_cam = grad_cam(fmap, head, targets).cam
+    exact_mask, _ = context_masks(fmap, head, targets, 16, power=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cam = grad_cam(fmap, head, targets).cam
+        mask, logits = context_masks(fmap, head, targets, 16, power=2.0)
+        plain = class_activation_map(fmap, fc.weight, targets)
+    assert cam.dtype == mask.dtype == logits.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(cam, exact_cam, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mask, exact_mask, rtol=1e-6, atol=1e-6)
+
+
+def test_fp16_grad_cam_of_tiny_gradients_does_not_underflow_to_an_all_ones_mask():
+    """Gradients of about 6e-9 flush to zero in fp16: the objective is scaled before the backward."""
+    torch.manual_seed(0)
+    weight = torch.randn(4, 5) * 1e-7
+    fmap32 = torch.rand(3, 5, 4, 4)
+    targets = torch.tensor([0, 3, 1])
+    fmap16 = fmap32.half().requires_grad_(True)
+    logits16 = fmap16.mean(dim=(2, 3)) @ weight.half().t()  # a training forward's fp16 graph
+    mask, _ = context_masks(fmap16, None, targets, 8, logits=logits16)
+    weight16 = weight.half().float()  # the same (fp16-rounded) numbers in float32
+    reference, _ = context_masks(fmap32.half().float(), lambda a: a.mean(dim=(2, 3)) @ weight16.t(), targets, 8)
+    assert mask.dtype == torch.float32
+    assert (mask < 0.99).any(), "an all-ones mask: the CAM underflowed"
+    torch.testing.assert_close(mask, reference, atol=1e-5, rtol=0)

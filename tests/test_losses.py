@@ -148,3 +148,21 @@ def test_loss_state_never_enters_a_checkpoint():
     method = METHODS.get("erm")(backbone, 4, COUNTS, 10, {"loss": "drw", "loss_params": {"loss": "ldam"}})
     plain = METHODS.get("ce")(create_model("lenet2d"), 4, COUNTS, 10)
     assert set(method.state_dict()) == set(plain.state_dict())
+
+
+def test_cosine_logits_and_ldam_margins_stay_float32_under_bf16_autocast():
+    """Cosines scaled by 30 in bf16 would carry errors of about 0.1: both are computed in float32."""
+    from tailshift.methods.heads import CosineClassifier
+
+    torch.manual_seed(0)
+    head = CosineClassifier(16, 4)
+    x = torch.randn(8, 16)
+    targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    ldam = build_loss("ldam", np.array([100, 30, 10, 3]))
+    exact = ldam.margin_logits(head(x), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cosines = head(x)
+        scaled = ldam.margin_logits(cosines.bfloat16(), targets)
+    assert cosines.dtype == scaled.dtype == torch.float32
+    torch.testing.assert_close(cosines, head(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(scaled, exact, rtol=0, atol=0.2)  # the bf16 input's own rounding, times 30

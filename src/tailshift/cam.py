@@ -16,6 +16,14 @@ import torch
 import torch.nn.functional as F
 
 CAM_METHODS = ("gradcam", "cam")
+#: the power of two an fp16 Grad-CAM objective is scaled by (the map is unscaled after the gradient)
+FP16_OBJECTIVE_SCALE = 2.0**10
+
+
+def full_precision(device: torch.device):
+    """A region where autocast is off: CAMs, their upsampling and the masks are computed in float32
+    whatever precision the training step runs in (bf16's 8-bit mantissa would quantise the maps)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class CamResult(NamedTuple):
@@ -38,7 +46,7 @@ def grad_cam(
     The objective is the sum over the batch of the target logits; each sample's
     logit depends only on its own map, so one gradient gives every per-sample
     gradient. Channel weights are the spatial means of that gradient and
-    ``cam = ReLU(sum_k w_k A_k)``. Works under ``torch.no_grad()`` too.
+    ``cam = ReLU(sum_k w_k A_k)``, in float32 also under autocast. Works under ``torch.no_grad()`` too.
 
     ``logits``: the caller's own logits, computed from ``feature_map`` with
     autograd recording (e.g. a training forward). The gradient is then taken
@@ -48,19 +56,25 @@ def grad_cam(
     if logits is not None:
         if not feature_map.requires_grad or not logits.requires_grad:
             raise ValueError("grad_cam(logits=...) needs logits computed from feature_map with autograd recording")
+        # fp16 gradients flush to zero below ~6e-8 (a zero map is an all-ones mask): scale the objective by a
+        # power of two through the caller's fp16 graph and unscale exactly in float32
+        scale = FP16_OBJECTIVE_SCALE if feature_map.dtype == torch.float16 else 1.0
         with torch.enable_grad():
-            objective = logits.gather(1, targets.view(-1, 1)).sum()
+            objective = logits.gather(1, targets.view(-1, 1)).float().sum() * scale
             (grad,) = torch.autograd.grad(objective, feature_map, retain_graph=True)
+        grad = grad.float() / scale
     else:
         if head is None:
             raise ValueError("grad_cam needs a head callable or the logits of feature_map")
-        fmap = feature_map.detach().requires_grad_(True)
-        with torch.enable_grad():
+        # the head pass of its own runs in float32 even under autocast: gradients and logits at full precision
+        fmap = feature_map.detach().float().requires_grad_(True)
+        with torch.enable_grad(), full_precision(feature_map.device):
             logits = head(fmap)
             objective = logits.gather(1, targets.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(objective, fmap)
-    weights = grad.mean(dim=(2, 3))
-    cam = F.relu(torch.einsum("bc,bchw->bhw", weights, feature_map.detach()))
+    with full_precision(feature_map.device):
+        weights = grad.float().mean(dim=(2, 3))
+        cam = F.relu(torch.einsum("bc,bchw->bhw", weights, feature_map.detach().float()))
     return CamResult(cam, logits.detach())
 
 
@@ -74,8 +88,9 @@ def class_activation_map(
     this map times 1 / (h * w), so the two masks agree exactly where the map is
     non-negative everywhere and differ wherever the weighted sum is negative.
     """
-    weights = classifier_weight.detach()[targets]
-    return torch.einsum("bc,bchw->bhw", weights, feature_map.detach())
+    weights = classifier_weight.detach()[targets].float()
+    with full_precision(feature_map.device):
+        return torch.einsum("bc,bchw->bhw", weights, feature_map.detach().float())
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -170,5 +185,6 @@ def context_masks(
         cam, logits = class_activation_map(feature_map, classifier_weight, targets), None
     else:
         raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(CAM_METHODS)}")
-    mask = background_mask(upsample_cam(normalize_cam(cam), image_size, channels), power)
+    with full_precision(feature_map.device):
+        mask = background_mask(upsample_cam(normalize_cam(cam), image_size, channels), power)
     return mask, logits

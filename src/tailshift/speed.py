@@ -54,6 +54,26 @@ class Speed:
             torch.compiler.cudagraph_mark_step_begin()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes bf16 natively: ROCm's GPUs, and NVIDIA's from Ampere (compute
+    capability 8.0) on. Emulated bf16 on older GPUs is slower than float32, and
+    ``is_bf16_supported(including_emulation=False)`` is not in every torch this package supports."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def configure_backends(device: torch.device) -> dict:
+    """Set the CUDA backends' policy explicitly (not whatever the process was left with) and return it
+    for the run's record. cuDNN's autotuner is on (the input shapes repeat every step: it picks the
+    fastest convolution once); TF32 is off for float32 matmuls and convolutions, so ``train.amp=off``
+    is true float32 and the precision comparison of bf16 against it means what it says."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return {"cudnn_benchmark": cuda, "tf32": False}
+
+
 def resolve_speed(train_cfg, device: torch.device) -> Speed:
     """The switches of ``train_cfg`` with "auto" made concrete for ``device`` (see config.TrainConfig)."""
     cuda = device.type == "cuda"
@@ -61,8 +81,7 @@ def resolve_speed(train_cfg, device: torch.device) -> Speed:
     def chosen(value: str, auto):
         return auto if value == "auto" else value
 
-    # native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than float32
-    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    bf16 = cuda and native_bf16(device)
     return Speed(
         compile=chosen(train_cfg.compile, "default" if cuda else "off"),
         amp=chosen(train_cfg.amp, "bf16" if bf16 else "off"),

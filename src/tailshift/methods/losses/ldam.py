@@ -30,8 +30,10 @@ class LDAM(Loss):
         self.register_buffer("margins", margins * (self.params.max_margin / margins.max()), persistent=False)
 
     def margin_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """s (z - Delta_y e_y): the target logit lowered by its class margin, all scaled."""
-        shift = torch.zeros_like(logits).scatter_(1, targets.view(-1, 1), self.margins[targets].view(-1, 1).to(logits.dtype))
+        """s (z - Delta_y e_y): the target logit lowered by its class margin, all scaled, in float32 (as
+        the cosine head's logits): a reduced-precision cosine's rounding would be multiplied by s."""
+        logits = logits.float()
+        shift = torch.zeros_like(logits).scatter_(1, targets.view(-1, 1), self.margins[targets].view(-1, 1))
         return self.params.scale * (logits - shift)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
