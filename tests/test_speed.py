@@ -177,3 +177,22 @@ def test_joint_forward_runs_one_backbone_forward_per_step():
     method.backbone.feature_map = lambda x: calls.append(x.shape[0]) or original(x)
     _train_steps(method, steps=1)
     assert calls == [2 * B]
+
+
+def test_compiled_feature_map_keeps_one_graph_per_mode_whatever_the_batch_size():
+    """Full, partial-tail and test batch sizes (as in training: none below 16, where convolutions guard) in
+    train / eval and grad / no-grad modes: one graph per mode (4, where static first graphs make 5 and CSA's
+    CAM and joint forwards more), below dynamo's recompile limit of 8, past which it would run eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = create_model("resnet20", in_channels=3, image_size=32)
+    Speed(compile="default", backend="aot_eager").compile_backbone(model)
+    for training, grad in ((True, True), (False, False), (True, False), (False, True)):
+        model.train(training)
+        with torch.set_grad_enabled(grad):
+            for size in (32, 23, 64, 32):
+                assert model.feature_map(torch.randn(size, 3, 32, 32)).shape[0] == size
+    assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
+    torch._dynamo.reset()
