@@ -6,12 +6,13 @@ from tailshift.config import ConfigError, build_config, load_config, parse_overr
 from tailshift.engine import Trainer
 from tailshift.reproduce.common import config_path
 from tailshift.registry import UnknownNameError
+from tailshift.resolve import resolve_run
 
 
 def test_defaults_and_overrides():
     cfg = build_config({}, ["train.epochs=3", "train.optim.lr=0.05", "data.group_bounds=[2, 5]", "method.params={q: 0.5}"])
     assert cfg.train.epochs == 3 and cfg.train.optim.lr == 0.05
-    assert cfg.data.group_bounds == [2, 5]
+    assert cfg.data.group_bounds == (2, 5)
     assert cfg.method.params == {"q": 0.5}
 
 
@@ -55,14 +56,17 @@ def test_override_syntax():
      ("method.name=magic", "unknown method 'magic'; known: bbn, bcl, cbrs, ce, cmo, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
-    # refused when the config is built, before any data is read
+    # refused when the config is resolved, before any data is read
+    cfg = build_config({"output": str(tmp_path)}, [override])
     with pytest.raises(UnknownNameError, match=message):
-        build_config({"output": str(tmp_path)}, [override])
+        resolve_run(cfg)
+    with pytest.raises(UnknownNameError, match=message):
+        Trainer(cfg)
 
 
-def test_q_outside_unit_interval_is_refused_when_the_config_is_built(tmp_path):
+def test_q_outside_unit_interval_is_refused_when_the_config_is_resolved(tmp_path):
     with pytest.raises(ConfigError, match=r"method.params.q must be in \[0, 1\], got 2.0"):
-        build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"])
+        resolve_run(build_config({"output": str(tmp_path)}, ["method.name=resample", "method.params={q: 2.0}"]))
 
 
 def test_missing_data_path_is_reported(tmp_path):
@@ -81,20 +85,35 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     from tailshift.reproduce.common import config_path
 
     # (the config of that time: a constant rate; its coloured twins used seaborn "deep", the neutral palette)
-    cfg = load_config(config_path("table1/fashion-lt_ce"), ["train.optim.schedule=constant", "data.context.palette=deep"])
+    run = resolve_run(load_config(config_path("table1/fashion-lt_ce"),
+                                  ["train.optim.schedule=constant", "data.context.palette=deep"]))
     # checkpoints of that time carry the fingerprint of the params as given; they still resume (test_engine)
-    assert cfg.legacy_fingerprint() == "cb89157a65fcd9be"
+    assert run.legacy_fingerprint() == "cb89157a65fcd9be"
     # since the method params are hashed resolved (every default filled in), the fingerprint a run
     # writes is this one: pinned, so that a change to it is deliberate
-    assert cfg.fingerprint() == "8d4a4690ce86a1e8"
+    assert run.fingerprint() == "8d4a4690ce86a1e8"
     for later in ("data.context.palette=tab10", "train.optim.clip_grad_norm=5", "train.optim.name=adamw",
                   "train.optim.betas=[0.8, 0.99]"):
-        assert build_config(cfg.to_dict(), [later]).fingerprint() != cfg.fingerprint()
-        assert build_config(cfg.to_dict(), [later]).legacy_fingerprint() != cfg.legacy_fingerprint()
+        changed = resolve_run(build_config(run.config.to_dict(), [later]))
+        assert changed.fingerprint() != run.fingerprint()
+        assert changed.legacy_fingerprint() != run.legacy_fingerprint()
+    for neutral in ("train.optim.betas=[0.9, 0.999]", "train.optim.name=sgd", "data.storage=auto"):  # spelled out
+        assert resolve_run(build_config(run.config.to_dict(), [neutral])).legacy_fingerprint() == run.legacy_fingerprint()
+
+
+def _fingerprint(*overrides):
+    return resolve_run(build_config({}, list(overrides))).fingerprint()
 
 
 def test_opting_into_outside_paths_does_not_change_the_fingerprint():
-    assert build_config({}, ["data.allow_outside_root=true"]).fingerprint() == build_config({}).fingerprint()
+    assert _fingerprint("data.allow_outside_root=true") == _fingerprint()
+
+
+def test_where_and_how_a_run_is_written_or_shown_never_counts():
+    for unhashed in ("output=elsewhere", "progress=false", "threads=2", "device=cpu", "train.tensorboard=true",
+                     "data.workers=0", "train.compile=off", "train.channels_last=off", "train.fused_optimizer=on"):
+        assert _fingerprint(unhashed) == _fingerprint(), unhashed
+    assert _fingerprint("seed=1") != _fingerprint()
 
 
 def test_config_differences_name_each_shaping_key_with_both_values():
@@ -108,10 +127,11 @@ def test_config_differences_name_each_shaping_key_with_both_values():
 def test_large_scale_options_keep_fingerprints_and_workers_never_count():
     older = ["train.optim.schedule=constant", "data.context.palette=deep"]  # the config behind the pinned fingerprint
     cfg = load_config(config_path("table1/fashion-lt_ce"), older)
-    assert build_config(cfg.to_dict(), ["data.workers=16"]).fingerprint() == cfg.fingerprint()
+    fingerprint = resolve_run(cfg).fingerprint()
+    assert resolve_run(build_config(cfg.to_dict(), ["data.workers=16"])).fingerprint() == fingerprint
     for changed in ("data.storage=stream", "data.class_order=count", "train.sync_batchnorm=true",
                     "data.color_jitter=0.2", "model.pretrained=w.pth"):
-        assert build_config(cfg.to_dict(), [changed]).fingerprint() != cfg.fingerprint(), changed
+        assert resolve_run(build_config(cfg.to_dict(), [changed])).fingerprint() != fingerprint, changed
 
 
 @pytest.mark.parametrize("override, message", [
@@ -131,9 +151,50 @@ def test_fingerprint_hashes_resolved_method_params():
     # Figure 8's "U(0, 1)" row spells out CSA's defaults: it is the base CSA run, not a retrain
     from tailshift.reproduce.common import config_path
 
-    base = load_config(config_path("table2/cifar100-lt_csa"))
-    spelled = load_config(config_path("table2/cifar100-lt_csa"), [
-        "method.params.lam_distribution=uniform", "method.params.lam_a=0.0", "method.params.lam_b=1.0"])
+    def csa(*overrides):
+        return resolve_run(load_config(config_path("table2/cifar100-lt_csa"), list(overrides)))
+
+    base = csa()
+    spelled = csa("method.params.lam_distribution=uniform", "method.params.lam_a=0.0", "method.params.lam_b=1.0")
     assert spelled.fingerprint() == base.fingerprint()
     assert spelled.legacy_fingerprint() != base.legacy_fingerprint()
-    assert load_config(config_path("table2/cifar100-lt_csa"), ["method.params.lam_b=0.5"]).fingerprint() != base.fingerprint()
+    assert csa("method.params.lam_b=0.5").fingerprint() != base.fingerprint()
+    # a param added later, spelled out at its neutral value, changes neither fingerprint
+    for neutral in ("method.params.joint_forward=false", "method.params.balanced_q=0.0"):
+        assert csa(neutral).fingerprint() == base.fingerprint()
+        assert csa(neutral).legacy_fingerprint() == base.legacy_fingerprint()
+    assert csa("method.params.joint_forward=true").fingerprint() != base.fingerprint()
+
+
+def test_resolved_params_are_one_typed_object_with_every_default():
+    run = resolve_run(load_config(config_path("table2/cifar100-lt_csa"), ["method.params.delta=0.5"]))
+    assert run.method_class.__name__ == "ContextShiftAugmentation" and isinstance(run.params, run.method_class.Params)
+    assert run.params.delta == 0.5 and run.params.mask_power == 2.0
+    assert run.resolved_dict()["method"]["params"]["mask_power"] == 2.0
+    assert run.config.to_dict()["method"]["params"] == {**run.config.method.params}  # as given, no defaults
+
+
+def test_config_is_frozen_with_tuples_inside_and_plain_lists_outside(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from tailshift.config import save_config
+
+    cfg = build_config({}, ["data.mean=[0.5]", "data.std=[0.25]", "train.optim.milestones=[3, 6]"])
+    assert cfg.data.mean == (0.5,) and cfg.train.optim.milestones == (3, 6) and cfg.train.optim.betas == (0.9, 0.999)
+    with pytest.raises(FrozenInstanceError):
+        cfg.train.epochs = 2
+    assert hash(cfg.data) == hash(build_config({}, ["data.mean=[0.5]", "data.std=[0.25]"]).data)
+    values = cfg.to_dict()
+    assert values["data"]["mean"] == [0.5] and values["train"]["optim"]["betas"] == [0.9, 0.999]
+    assert values["train"]["optim"]["milestones"] == [3, 6]
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "milestones:\n    - 3\n    - 6\n" in text and "!!python" not in text
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_a_list_rule_names_the_list():
+    with pytest.raises(ConfigError, match=re.escape("data.std must hold numbers > 0, got [0.5, -1.0]")):
+        build_config({}, ["data.mean=[0.5, 0.5]", "data.std=[0.5, -1]"])
+    with pytest.raises(ConfigError, match=re.escape("data.group_bounds must be [b1, b2] with b1 <= b2, got [5, 2]")):
+        build_config({}, ["data.group_bounds=[5, 2]"])

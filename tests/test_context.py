@@ -124,10 +124,10 @@ def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
 
     split = SplitDataset(mnist_shaped(), mnist_shaped())
     monkeypatch.setattr(build, "load_dataset", lambda name, root, allow_outside_root=False: split)
-    build._prepare.cache_clear()
+    build.prepare_data.cache_clear()
     cfg = build_config({}, ["data.dataset=mnist", "data.context.enabled=true", "data.longtail.n_max=6000"]).data
     data = build.prepare_data(cfg)
-    build._prepare.cache_clear()
+    build.prepare_data.cache_clear()
     flipped = data.clean_labels != data.train.labels
     assert flipped.mean() == pytest.approx(0.25, abs=0.001)
     assert np.bincount(data.clean_labels).tolist() == [5923, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]
@@ -136,6 +136,6 @@ def test_prepared_coloured_data_keeps_its_noise_free_labels(monkeypatch):
     assert (tail == np.floor(200 * TAB10[9]).astype(np.uint8)).all()
     deep = build.prepare_data(build_config({}, ["data.dataset=mnist", "data.context.enabled=true",
                                                 "data.longtail.n_max=6000", "data.context.palette=deep"]).data)
-    build._prepare.cache_clear()
+    build.prepare_data.cache_clear()
     assert (deep.train.labels == data.train.labels).all()
     assert (deep.train.images[deep.train.labels == 9][:, :, 0, 0] == np.floor(200 * PALETTES["deep"][9]).astype(np.uint8)).all()

@@ -1,10 +1,9 @@
-"""Figure 3's plotting helpers on random arrays; figure3 (LeNet) and figures 9, 10, 11 (CIFAR) end to end on tiny
+"""The plotting helpers on random arrays; figure3 (LeNet) and figures 9, 10, 11 (CIFAR) end to end on tiny
 generated data."""
 import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import tailshift.reproduce.figures as figures
@@ -12,9 +11,9 @@ from conftest import tiny_prepared, write_cifar100
 from tailshift import plots
 from tailshift.config import load_config
 from tailshift.data.longtail import profile_counts
-from tailshift.data.sampling import Sampler, class_probabilities
+from tailshift.data.sampling import Sampler, StreamRequest, class_probabilities, stream_spec
 from tailshift.engine import build_method
-from tailshift.methods.base import StreamRequest, stream_spec
+from tailshift.resolve import resolve_run
 from tailshift.reproduce.commands import COMMANDS
 
 
@@ -23,17 +22,6 @@ def _png_size(path):
     with Image.open(path) as img:
         assert img.format == "PNG"
         return img.size
-
-
-def test_to_uint8_undoes_the_pipeline_normalisation():
-    raw = np.random.default_rng(0).integers(0, 256, size=(4, 3, 8, 8), dtype=np.uint8)
-    x = torch.from_numpy(raw).float() / 255
-    assert np.array_equal(plots.to_uint8(x), raw)
-    assert np.array_equal(plots.to_uint8(x.numpy()), raw)
-    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    normalised = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert np.array_equal(plots.to_uint8(normalised, mean, std), raw)
-    assert plots.to_uint8(torch.full((1, 1, 2, 2), 3.0)).max() == 255  # out-of-range values are clipped
 
 
 def test_cam_overlay_blends_image_and_jet():
@@ -103,23 +91,6 @@ def test_embeddings_colour_scale_spans_the_labels_and_follows_colour_label(tmp_p
     assert colours == [tab10(0), tab10(1), tab10(2)] and bars == []
     colours, bars = draw(20)  # the last label is the light end of the bar
     assert colours[0] == viridis(0.0) and colours[-1] == viridis(1.0) and bars == [(0, 19)]
-
-
-def test_context_shift_rows():
-    torch.manual_seed(0)
-    contexts, balanced = torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)
-    masks = torch.zeros(5, 1, 8, 8)
-    masks[:, :, :, 4:] = 1.0  # right half is background
-    fused = {0.5: torch.rand(5, 3, 8, 8), 1.0: torch.rand(5, 3, 8, 8)}
-    rows = plots.context_shift_rows(contexts, masks, balanced, fused)
-    labels = [label for label, _ in rows]
-    assert len(rows) == 4 + len(fused) and labels[-1] == "fused\nλ = 1" and labels[3].startswith("balanced")
-    assert all(a.dtype == np.uint8 and a.shape[0] == 5 for _, a in rows)
-    image, mask, context = rows[0][1], rows[1][1], rows[2][1]
-    assert mask.shape == (5, 1, 8, 8) and set(np.unique(mask)) == {0, 255}
-    assert np.array_equal(context[..., 4:], image[..., 4:])  # background kept
-    assert not context[..., :4].any()  # object masked out
-    assert np.array_equal(rows[3][1], plots.to_uint8(balanced))
 
 
 def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
@@ -195,7 +166,7 @@ def test_figure9_end_to_end_on_generated_cifar100(tmp_path, monkeypatch):
     assert cfg.method.name == "csa" and cfg.method.params["warmup_epochs"] == 0
     # the balanced stream the CSA run drew from, on a long-tailed label set: class frequencies n^q / sum n^q
     data = figures.prepare_data(cfg.data)
-    request = build_method(cfg, data).stages()[0].streams["balanced"]
+    request = build_method(resolve_run(cfg), data).stages()[0].streams["balanced"]
     assert request == StreamRequest("power", 0.5)
     counts = np.array(profile_counts("exp", 10, 500, 100))
     labels = np.repeat(np.arange(10), counts)

@@ -152,8 +152,7 @@ def test_table11_end_to_end_on_generated_cifar100_pickles(tmp_path):
 def test_cifar_balanced_streams_draw_n_max_times_classes_per_epoch(grid, dataset):
     # the release's class-balanced loader: n_max x C draws an epoch (CIFAR-100-LT rho 100: 50,000, not 10,847)
     from tailshift.data.longtail import profile_counts
-    from tailshift.data.sampling import Sampler
-    from tailshift.methods.base import stream_spec, StreamRequest
+    from tailshift.data.sampling import Sampler, StreamRequest, stream_spec
     from tailshift.reproduce.common import config_path
     from tailshift.config import load_config
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tailshift.data.sampling import Sampler, SamplerSpec, class_probabilities, shard
+from tailshift.data.sampling import Sampler, SamplerSpec, StreamRequest, class_probabilities, shard, stream_spec
 
 COUNTS = [500, 200, 80, 30, 10]
 
@@ -76,3 +76,19 @@ def test_class_aware_epoch_shorter_than_a_round_of_classes():
     labels = np.repeat(np.arange(10), 3)
     idx = Sampler(labels, SamplerSpec("class_aware", per_class=2, epoch_length=6), 0).epoch_indices(0)
     assert len(idx) == 6 and len(set(labels[idx])) == 3  # three classes visited, two draws each
+
+
+@pytest.mark.parametrize("request_, balanced, expected", [
+    (StreamRequest("uniform"), "class_aware", SamplerSpec("shuffle")),
+    (StreamRequest("balanced"), "class_aware", SamplerSpec("class_aware", per_class=3, epoch_length="balanced")),
+    (StreamRequest("balanced"), "power", SamplerSpec("power", q=0.0, epoch_length="balanced")),
+    (StreamRequest("power", 0.5), "class_aware", SamplerSpec("power", q=0.5)),
+    (StreamRequest("reversed"), "class_aware", SamplerSpec("reversed")),
+])
+def test_a_stream_request_becomes_the_sampler_the_sampling_config_picks(request_, balanced, expected):
+    assert stream_spec(request_, balanced, 3, "balanced") == expected
+
+
+def test_an_unknown_stream_role_is_refused():
+    with pytest.raises(ValueError, match="unknown stream role 'sideways'; known: uniform, balanced, power, reversed"):
+        StreamRequest("sideways")

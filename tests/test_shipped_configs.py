@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tailshift.config import load_config
+from tailshift.resolve import resolve_run
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "shipped_configs.json").read_text())
 FOLDER = Path(str(resources.files("tailshift") / "configs"))
@@ -22,7 +23,7 @@ def test_every_recorded_config_is_still_shipped():
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_shipped_config_resolves_as_recorded(name):
-    cfg = load_config(FOLDER / f"{name}.yaml")
-    assert cfg.resolved_dict() == RECORDED[name]["resolved"]
-    assert cfg.fingerprint() == RECORDED[name]["fingerprint"]
-    assert cfg.legacy_fingerprint() == RECORDED[name]["legacy_fingerprint"]
+    run = resolve_run(load_config(FOLDER / f"{name}.yaml"))
+    assert run.resolved_dict() == RECORDED[name]["resolved"]
+    assert run.fingerprint() == RECORDED[name]["fingerprint"]
+    assert run.legacy_fingerprint() == RECORDED[name]["legacy_fingerprint"]

@@ -5,6 +5,7 @@ from conftest import tiny_prepared
 
 from tailshift.config import ConfigError, build_config
 from tailshift.engine import train
+from tailshift.resolve import resolve_run
 
 
 def _cfg(tmp_path, name, *overrides):
@@ -17,7 +18,7 @@ def test_missing_tensorboard_is_one_line_saying_what_to_install(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"^train.tensorboard=true needs the tensorboard package: "
                                           r"pip install tailshift\[tensorboard\]$"):
-        _cfg(tmp_path, "run", "train.tensorboard=true")
+        resolve_run(_cfg(tmp_path, "run", "train.tensorboard=true"))
 
 
 def test_csa_run_logs_curve_heads_bank_and_fused_images_without_changing_training(tmp_path):
@@ -37,6 +38,6 @@ def test_csa_run_logs_curve_heads_bank_and_fused_images_without_changing_trainin
     assert {"train/loss", "train/lr", "train/fused", "train/bank_fill", "train/loss_balanced"} <= set(tags["scalars"])
     assert [e.value for e in events.Scalars("train/fused")] == [r["fused"] for r in plain["curve"]]
     assert events.Scalars("test/balanced/all")[-1].value == pytest.approx(plain["result"]["all"])
-    assert tags["images"] == ["context_shift"]
-    grid = events.Images("context_shift")[-1]
+    assert tags["images"] == ["illustration"]  # CSA's context shift
+    grid = events.Images("illustration")[-1]
     assert grid.width == 8 * 28 and grid.height == 8 * 28  # 8 shown; contexts, masks, context, balanced, 4 fused

@@ -18,6 +18,7 @@ from tailshift.config import build_config
 from tailshift.engine import train
 from tailshift.models import create_model
 from tailshift.models.torchvision_backbone import TorchvisionBackbone
+from tailshift.resolve import resolve_run
 
 
 def _stage(cin, cout, stride=1):
@@ -89,14 +90,14 @@ def test_feature_map_and_embedding_are_the_models_own_forward(arch):
 def test_unknown_or_unsupported_names_list_the_allowed_ones_in_one_line(stand_in_torchvision):
     with pytest.raises(ValueError, match=r"^unknown model 'torchvision:vit_b_16'; allowed torchvision names: "
                                           r"resnet18, mobilenet_v3_small, densenet121$"):
-        build_config({}, ["model.name=torchvision:vit_b_16"])
+        resolve_run(build_config({}, ["model.name=torchvision:vit_b_16"]))
 
 
 def test_missing_torchvision_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     with pytest.raises(ValueError, match=r"^model.name=torchvision:... needs torchvision: "
                                           r"pip install tailshift\[torchvision\]$"):
-        build_config({}, ["model.name=torchvision:resnet18"])
+        resolve_run(build_config({}, ["model.name=torchvision:resnet18"]))
 
 
 def test_pretrained_weights_load_from_a_local_torchvision_file(stand_in_torchvision, tmp_path):
@@ -184,4 +185,4 @@ def test_a_torchvision_built_for_another_torch_says_which_build_to_install(monke
                                           r"\(operator torchvision::nms does not exist\); install the torchvision "
                                           r"build made for this torch \(for a CPU torch: pip install torchvision "
                                           r"--index-url https://download.pytorch.org/whl/cpu\)$"):
-        build_config({}, ["model.name=torchvision:resnet18"])
+        resolve_run(build_config({}, ["model.name=torchvision:resnet18"]))

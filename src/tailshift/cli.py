@@ -11,8 +11,10 @@ def _train(args) -> None:
     from .config import load_config
     from .engine import train
     from .reproduce.common import config_path
+    from .resolve import resolve_run
 
-    cfg = load_config(config_path(args.config), args.overrides)
+    run = resolve_run(load_config(config_path(args.config), args.overrides))  # every check, before any process starts
+    cfg = run.config
     if args.nproc > 1:  # the same command on N processes of this machine, through torchrun
         from .distributed import torchrun_command
 
@@ -22,7 +24,7 @@ def _train(args) -> None:
         if code != 0:
             raise RuntimeError(f"training on {args.nproc} processes failed (exit code {code})")
         return
-    metrics = train(cfg, resume=not args.fresh)
+    metrics = train(run, resume=not args.fresh)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     r = metrics["result"]

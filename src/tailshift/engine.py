@@ -22,22 +22,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from . import __version__
-from .config import ConfigError, RunConfig, config_differences, save_config
+from .config import RunConfig, save_config
 from .data.build import PreparedData, prepare_data
-from .data.pipeline import batch_plan, epoch_length
-from .data.sampling import Sampler
-from .data.sources import DATASETS
+from .data.pipeline import DeviceArrays, batch_plan, epoch_length
+from .data.sampling import Sampler, stream_spec
 from .data.stream import make_feeds
 from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
 from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
-from .methods import METHODS, Method
-from .methods.base import Stage, StepContext, stream_spec
+from .methods import Method
+from .methods.base import Stage, StepContext, TrainingImages
 from .metrics import summarize
-from .models import MODELS, create_model
-from .optim import OPTIMIZERS, build_optimizer
+from .models import create_model
+from .optim import build_optimizer
 from .progress import Progress
+from .resolve import ResolvedRun, resolve_run
 from .speed import resolve_speed
 from .tensorboard_log import TensorBoardLog
+from .validation import ConfigError
 
 
 #: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
@@ -116,19 +117,12 @@ class RunState:
     cpu_seconds: float = 0.0  # this process's CPU time over the same epochs: comparable on a shared machine
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Fail on an unknown dataset, model or method name before any data is read."""
-    DATASETS.get(cfg.data.dataset)
-    MODELS.get(cfg.model.name)
-    METHODS.get(cfg.method.name)
-    OPTIMIZERS.get(cfg.train.optim.name)
-
-
-def build_method(cfg: RunConfig, data: PreparedData) -> Method:
+def build_method(run: ResolvedRun, data: PreparedData) -> Method:
+    """The run's method on a new backbone for ``data``'s images, with the run's resolved params."""
+    cfg = run.config
     channels, height, _ = data.image_shape
     backbone = create_model(cfg.model.name, in_channels=channels, image_size=height, pretrained=cfg.model.pretrained)
-    method_cls = METHODS.get(cfg.method.name)
-    return method_cls(backbone, data.num_classes, data.class_counts, cfg.train.epochs, cfg.method.params)
+    return run.method_class(backbone, data.num_classes, data.class_counts, cfg.train.epochs, run.params)
 
 
 @torch.no_grad()
@@ -170,19 +164,20 @@ def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, 
 class Trainer:
     """Runs one config to completion, writing its run folder."""
 
-    def __init__(self, cfg: RunConfig, data: PreparedData | None = None, world: World | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig | ResolvedRun, data: PreparedData | None = None, world: World | None = None):
+        # names and method params are checked (a config resolved) before any data is read
+        self.run = cfg if isinstance(cfg, ResolvedRun) else resolve_run(cfg)
+        self.cfg = cfg = self.run.config
         self.world = world if world is not None else current_world()
         self.progress = Progress(cfg.progress and self.world.is_main)
         self.device = self.world.place(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        check_names(cfg)
         if self.world.is_main:  # a second command on a busy folder stops before reading any data
             check_folder_free(cfg.output)
         self.data = data if data is not None else prepare_data(cfg.data)
         torch.manual_seed(cfg.seed)
-        self.method = build_method(cfg, self.data).to(self.device)
+        self.method = build_method(self.run, self.data).to(self.device)
         if cfg.train.sync_batchnorm and self.world.size > 1:
             sync_batchnorm(self.method)
         self.speed = resolve_speed(cfg.train, self.device)
@@ -207,7 +202,7 @@ class Trainer:
 
     def _write_checkpoint(self, state: RunState, optimizer: torch.optim.Optimizer, extra: list) -> None:
         payload = {
-            "fingerprint": self.cfg.fingerprint(),
+            "fingerprint": self.run.fingerprint(),
             "config": self.cfg.to_dict(),  # so a refused config can be told which keys differ
             "stage_index": state.stage_index,
             "epoch": state.epoch,
@@ -234,7 +229,7 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"cannot read checkpoint {self.checkpoint_path} ({_load_failure(err)}); only tensors and plain "
                 "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
-        if not isinstance(payload, dict) or payload.get("fingerprint") not in self.cfg.accepted_fingerprints():
+        if not isinstance(payload, dict) or payload.get("fingerprint") not in self.run.accepted_fingerprints():
             raise CheckpointMismatchError(self._mismatch_message(payload))
         self.method.load_state_dict(payload["method"])
         # a run resumed on as many processes as wrote it gets each rank's own state back
@@ -258,12 +253,21 @@ class Trainer:
     def _mismatch_message(self, payload) -> str:
         stored = payload.get("config") if isinstance(payload, dict) else None
         if isinstance(stored, dict):
-            what = "; ".join(config_differences(stored, self.cfg.to_dict())) or "options no longer known"
+            what = "; ".join(self.run.differences(stored)) or "options no longer known"
         else:  # a checkpoint from before configs were stored in it
             old = payload.get("fingerprint") if isinstance(payload, dict) else None
-            what = f"fingerprint {old} != {self.cfg.fingerprint()}"
+            what = f"fingerprint {old} != {self.run.fingerprint()}"
         return (f"checkpoint {self.checkpoint_path} was written by another config (checkpoint -> now: {what}); "
                 "use a new output folder or delete the checkpoint")
+
+    def training_images(self) -> TrainingImages | None:
+        """The training split as the method's ``illustration`` takes it; None when it is streamed by
+        loader workers (no images on the device to gather by index)."""
+        if not isinstance(self.train_arrays, DeviceArrays):
+            return None
+        cfg = self.cfg
+        return TrainingImages(self.train_arrays, self.data.train.labels, cfg.train.batch_size, cfg.sampling.per_class,
+                              cfg.data.mean, cfg.data.std)
 
     # --- training -----------------------------------------------------------------
     def _samplers(self, stage: Stage, stage_index: int) -> dict[str, Sampler]:
@@ -428,7 +432,7 @@ class Trainer:
         metrics = {
             "config": self.cfg.to_dict(),
             "seed": self.cfg.seed,
-            "fingerprint": self.cfg.fingerprint(),
+            "fingerprint": self.run.fingerprint(),
             "versions": versions(),
             "device": str(self.device),
             "processes": self.world.size,
@@ -448,8 +452,10 @@ class Trainer:
         return metrics
 
 
-def train(cfg: RunConfig, data: PreparedData | None = None, resume: bool = True) -> dict:
-    """Train one config; returns (and writes to ``cfg.output``/metrics.json) its metrics. Under torchrun
-    the process group is set up (and torn down) here and every process trains its share."""
-    with launched(cfg.device) as world:
-        return Trainer(cfg, data, world).fit(resume=resume)
+def train(cfg: RunConfig | ResolvedRun, data: PreparedData | None = None, resume: bool = True) -> dict:
+    """Train one config (resolved first, unless it is); returns (and writes to ``cfg.output``/metrics.json)
+    its metrics. Under torchrun the process group is set up (and torn down) here and every process
+    trains its share."""
+    run = cfg if isinstance(cfg, ResolvedRun) else resolve_run(cfg)
+    with launched(run.config.device) as world:
+        return Trainer(run, data, world).fit(resume=resume)

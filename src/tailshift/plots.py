@@ -102,18 +102,6 @@ def image_grid(images: np.ndarray, row_labels: list[str], path: Path, title: str
     return _save(fig, path)
 
 
-def to_uint8(images, mean=None, std=None) -> np.ndarray:
-    """Normalised float images B x C x H x W (a tensor or an array) back to uint8 pixels.
-
-    Undoes the pipeline's ``(x / 255 - mean) / std`` (just ``x / 255`` when ``mean`` is None).
-    """
-    x = images.detach().float().cpu().numpy() if hasattr(images, "detach") else np.asarray(images, dtype=np.float32)
-    if mean is not None:
-        shape = (1, -1, 1, 1)
-        x = x * np.asarray(std, dtype=np.float32).reshape(shape) + np.asarray(mean, dtype=np.float32).reshape(shape)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """An H x W x 3 float RGB in [0, 1]: a uint8 image C x H x W (C = 1 or 3) blended with a jet
     heat-map of ``cam`` (H x W in [0, 1]) at opacity ``alpha``."""
@@ -184,27 +172,6 @@ def image_rows(rows: list[tuple[str, np.ndarray]], path: Path, title: str, col_l
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def context_shift_rows(contexts, masks, balanced, fused: dict[float, object], mean=None, std=None,
-                       mask_label: str = "background\nmask M") -> list[tuple[str, np.ndarray]]:
-    """The rows of a context-shift figure, as ``image_rows`` takes them.
-
-    contexts: the bank's images (normalised floats B x C x H x W), masks: their background masks
-    (B x 1 x H x W in [0, 1]), balanced: the re-sampled images, fused: lambda -> fused images.
-    The context row is ``M * image`` in pixel space, so the masked-out object shows black.
-    """
-    context_pixels = to_uint8(contexts, mean, std)
-    mask = masks.detach().float().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks, dtype=np.float32)
-    mask = np.clip(mask, 0.0, 1.0)
-    rows = [
-        ("confident\nuniform images", context_pixels),
-        (mask_label, np.rint(mask * 255).astype(np.uint8)),
-        ("context\nM x image", np.rint(context_pixels * mask).astype(np.uint8)),
-        ("balanced\nimages", to_uint8(balanced, mean, std)),
-    ]
-    rows += [(f"fused\nλ = {lam:g}", to_uint8(images, mean, std)) for lam, images in fused.items()]
-    return rows
 
 
 def confusion_plot(counts: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:

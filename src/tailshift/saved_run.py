@@ -25,6 +25,7 @@ from .engine import _load_failure, build_method, predicted_classes, resolve_devi
 from .io import RunLock, atomic_open, atomic_write_json
 from .methods import Method
 from .metrics import confusion_matrix, summarize
+from .resolve import resolve_run
 
 EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -71,6 +72,7 @@ def load_run(folder: str | Path, overrides: list[str] = ()) -> SavedRun:
             raise ValueError(f"run folder {folder} has no {name}: only a finished run (trained with "
                              "train.checkpoint=true) can be evaluated, used to predict or exported")
     cfg = load_config(folder / "config.yaml", overrides)
+    run = resolve_run(cfg)
     metrics = json.loads((folder / "metrics.json").read_text())
     data = prepare_data(cfg.data)
     trained = len(metrics["class_counts"])
@@ -78,7 +80,7 @@ def load_run(folder: str | Path, overrides: list[str] = ()) -> SavedRun:
         raise ValueError(f"data.dataset={cfg.data.dataset} has {data.num_classes} classes; the run in {folder} "
                          f"was trained on {trained}")
     device = resolve_device(cfg.device)
-    method = build_method(cfg, data)
+    method = build_method(run, data)
     path = folder / "checkpoint.pt"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

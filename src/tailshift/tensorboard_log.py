@@ -1,21 +1,20 @@
 """TensorBoard logging of a run (``train.tensorboard=true``, the ``tailshift[tensorboard]`` extra).
 
 Per epoch: the loss, the rate, the method's own step logs (CSA: each branch's loss, the share of
-fused steps, the bank's fill), and at each evaluation every head's All/Many/Med/Few and, for a
-context-shifting method with its training split on the device, figure 3's grid of contexts and
-fused images. The event files go to ``<output>/tensorboard``, written by TensorBoard's own writer.
+fused steps, the bank's fill), and at each evaluation every head's All/Many/Med/Few and, when the
+training split is on the device, the method's ``illustration`` (CSA: its grid of contexts and fused
+images, as Figure 5). The event files go to ``<output>/tensorboard``, written by TensorBoard's own writer.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .validation import ConfigError
 
 INSTALL_HINT = "train.tensorboard=true needs the tensorboard package: pip install tailshift[tensorboard]"
 #: record keys that are not step logs of the method
 NOT_LOGS = ("stage", "epoch", "seconds", "test", "lr", "loss")
-FUSED_SHOWN = 8
 
 
 def require_tensorboard():
@@ -63,20 +62,17 @@ class TensorBoardLog:
                 if value is not None:
                     add(f"test/{head}/{group}", value, self.step)
         if "test" in record:
-            self._context_shift_grid()
+            self._illustration()
         self.writer.flush()
 
-    def _context_shift_grid(self) -> None:
-        """Figure 3's context-shift rows with the current model (nothing is drawn from the run's
-        random streams, so training is unchanged); skipped until a confident image exists."""
-        from .reproduce.figures import FIGURE3_LAMBDAS, context_shift_example
-
-        if not hasattr(self.trainer.method, "show_fused_batch") or not hasattr(self.trainer.train_arrays, "batch"):
+    def _illustration(self) -> None:
+        """The method's illustration with the current model, if it has one (yet); training is unchanged."""
+        images = self.trainer.training_images()
+        if images is None:  # streamed from loader workers: no images to gather by index
             return
         device = self.trainer.device
-        try:  # a crop-flipped split draws its crops from the global generator: leave it as it was
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                rows = context_shift_example(self.trainer, FUSED_SHOWN, FIGURE3_LAMBDAS)[0]
-        except RuntimeError:  # no training image is confident enough yet
-            return
-        self.writer.add_image("context_shift", rows_to_grid(rows), self.step, dataformats="CHW")
+        # a crop-flipped split draws its crops from the global generator: leave it as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            rows = self.trainer.method.illustration(images)
+        if rows:
+            self.writer.add_image("illustration", rows_to_grid(rows), self.step, dataformats="CHW")

@@ -56,10 +56,10 @@ def check_split(split: SplitDataset) -> None:
                         f"{_class_list(empty, names)}")
 
 
-def check_longtail(counts: np.ndarray, longtail: dict, class_names: tuple[str, ...] | None) -> None:
+def check_longtail(counts: np.ndarray, longtail, class_names: tuple[str, ...] | None) -> None:
     """The long-tailed training set must keep at least one image of every class."""
     empty = np.flatnonzero(counts == 0)
     if len(empty):
-        setting = ", ".join(f"{k} {longtail[k]}" for k in ("profile", "rho", "n_max"))
+        setting = ", ".join(f"{k} {getattr(longtail, k)}" for k in ("profile", "rho", "n_max"))
         raise DataError(f"data.longtail ({setting}) leaves {len(empty)} of {len(counts)} classes without a training "
                         f"image: {_class_list(empty, class_names)}; lower data.longtail.rho or raise n_max")

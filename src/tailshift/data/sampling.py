@@ -1,6 +1,8 @@
 """Samplers: which training indices each epoch of a stream visits.
 
-A sampler never touches images: it turns labels into index arrays, so the same
+A method asks for streams by role (``StreamRequest``); ``stream_spec`` turns a request into the
+sampler the run's ``sampling`` config picks, so the engine asks this module, never the method,
+how a stream draws. A sampler never touches images: it turns labels into index arrays, so the same
 samplers drive a dataset held as one tensor on the GPU (gather by index) and a
 user's own loop. Each epoch's draw is a pure function of (seed, stream, epoch),
 so resuming at an epoch boundary replays exactly and ranks of a distributed run
@@ -14,6 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 
 SAMPLER_KINDS = ("shuffle", "power", "class_aware", "reversed")
+STREAM_ROLES = ("uniform", "balanced", "power", "reversed")
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A stream by role: "uniform" (every sample once per epoch), "balanced"
+    (q = 0, in the form the run's ``sampling`` config picks), "power" with q, or
+    "reversed" (class probability proportional to 1 / n, BBN's re-balancing branch)."""
+
+    role: str
+    q: float = 1.0
+
+    def __post_init__(self):
+        if self.role not in STREAM_ROLES:
+            raise ValueError(f"unknown stream role {self.role!r}; known: {', '.join(STREAM_ROLES)}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,20 @@ class SamplerSpec:
             )
         if not isinstance(self.epoch_length, str) and self.epoch_length < 1:
             raise ValueError(f"sampler epoch_length must be positive, got {self.epoch_length}")
+
+
+def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_epoch: str) -> SamplerSpec:
+    """The sampler of a method's stream request under the run's sampling config (``sampling.balanced``,
+    ``per_class``, ``balanced_epoch``: the form a balanced stream takes)."""
+    if request.role == "uniform":
+        return SamplerSpec(kind="shuffle")
+    if request.role == "balanced":
+        if balanced == "class_aware":
+            return SamplerSpec(kind="class_aware", per_class=per_class, epoch_length=balanced_epoch)
+        return SamplerSpec(kind="power", q=0.0, epoch_length=balanced_epoch)
+    if request.role == "reversed":
+        return SamplerSpec(kind="reversed")
+    return SamplerSpec(kind="power", q=request.q)
 
 
 def class_probabilities(counts: np.ndarray, q: float) -> np.ndarray:

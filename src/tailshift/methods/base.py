@@ -1,12 +1,11 @@
 """The one plug-in point: every training method is a ``Method``.
 
-The engine knows only this interface. A method declares the streams (samplers)
-it draws from, its stages, the loss of one step and its prediction heads; it
-owns its heads and any state (e.g. a context bank) but is handed the backbone.
+The engine knows only this interface. A method declares the streams (samplers, by
+``data.sampling.StreamRequest``) it draws from, its stages, the loss of one step and its
+prediction heads; it owns its heads and any state (e.g. a context bank) but is handed the backbone.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -14,27 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.pipeline import Batch
-from ..data.sampling import SamplerSpec
+from ..data.pipeline import Batch, DeviceArrays
+from ..data.sampling import STREAM_ROLES, StreamRequest  # noqa: F401  (where method code finds them)
 from ..distributed import BatchShard
 from ..registry import Registry
+from ..validation import build_params
 
 METHODS: Registry = Registry("method")
-STREAM_ROLES = ("uniform", "balanced", "power", "reversed")
-
-
-@dataclass(frozen=True)
-class StreamRequest:
-    """A stream by role: "uniform" (every sample once per epoch), "balanced"
-    (q = 0, in the form the run's ``sampling`` config picks), "power" with q, or
-    "reversed" (class probability proportional to 1 / n, BBN's re-balancing branch)."""
-
-    role: str
-    q: float = 1.0
-
-    def __post_init__(self):
-        if self.role not in STREAM_ROLES:
-            raise ValueError(f"unknown stream role {self.role!r}; known: {', '.join(STREAM_ROLES)}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +74,19 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainingImages:
+    """The run's training split as a method may show it (``Method.illustration``): held on the
+    device and gathered by index, with the run's settings a faithful picture needs."""
+
+    arrays: DeviceArrays  # ``arrays.batch(index)``: the images as training sees them
+    labels: np.ndarray
+    batch_size: int  # train.batch_size
+    per_class: int  # sampling.per_class: how many images of a class a class-aware batch takes in a row
+    mean: tuple[float, ...] | None  # data.mean / data.std: the normalisation to undo for showing
+    std: tuple[float, ...] | None
+
+
 class Method(nn.Module):
     """Base class. Subclasses set ``Params`` (a dataclass of their options) and override the hooks."""
 
@@ -99,13 +97,16 @@ class Method(nn.Module):
     #: the head whose predictions are the method's headline result
     default_head: ClassVar[str] = "main"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int, params: dict | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int,
+                 params: Any = None):
+        """``params``: this class's ``Params`` as resolved (``resolve.resolve_run``), or a mapping
+        of them as a config gives them (checked and completed here), or None for the defaults."""
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.register_buffer("class_counts", torch.as_tensor(np.asarray(class_counts), dtype=torch.float32))
         self.epochs = epochs
-        self.params = build_params(type(self), params or {})
+        self.params = params if isinstance(params, self.Params) else build_params(type(self), params or {})
 
     # --- what the engine asks -------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -146,43 +147,15 @@ class Method(nn.Module):
         features = self.features(x)
         return {name: head(features) for name, head in self.heads().items()}
 
+    def illustration(self, images: TrainingImages) -> list[tuple[str, np.ndarray]] | None:
+        """What the method does to training images, shown with the current model at each evaluation
+        (TensorBoard): rows of (label, uint8 N x C x H x W), or None when there is nothing to show
+        (the default) or nothing yet. It must draw nothing from the run's random streams."""
+        return None
+
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (besides buffers)."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
-
-
-def build_params(owner: type, values: dict, key: str = "method.params"):
-    """Validate a ``params`` mapping (of a method, or a loss: ``key`` says where it was given) against
-    the owner's ``Params`` dataclass: names, types (from the annotations) and the rules declared next
-    to the fields (``validation.bounded``)."""
-    from ..config import ConfigError, build_dataclass  # lazily: config imports the registries lazily too
-
-    params_cls = owner.Params
-    if not isinstance(values, dict):
-        raise ConfigError(f"{key} for {owner.__name__} must be a mapping, got {values!r}")
-    names = [f.name for f in dataclasses.fields(params_cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown {key}.{unknown[0]} for {owner.__name__}; known: {', '.join(names) or '(none)'}")
-    return build_dataclass(params_cls, values, key)
-
-
-def resolved_params(method_name: str, values: dict) -> dict:
-    """A method's params with every default filled in (what the run really uses), as plain data."""
-    return dataclasses.asdict(build_params(METHODS.get(method_name), values))
-
-
-def stream_spec(request: StreamRequest, balanced: str, per_class: int, balanced_epoch: str) -> SamplerSpec:
-    """Turn a method's stream request into a concrete sampler, following the run's sampling config."""
-    if request.role == "uniform":
-        return SamplerSpec(kind="shuffle")
-    if request.role == "balanced":
-        if balanced == "class_aware":
-            return SamplerSpec(kind="class_aware", per_class=per_class, epoch_length=balanced_epoch)
-        return SamplerSpec(kind="power", q=0.0, epoch_length=balanced_epoch)
-    if request.role == "reversed":
-        return SamplerSpec(kind="reversed")
-    return SamplerSpec(kind="power", q=request.q)

@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -20,13 +21,19 @@ from ..cam import CAM_METHODS, context_masks
 from ..distributed import BatchShard
 from ..tensors import gather_rows, is_channels_last
 from ..validation import bounded, one_of
-from .base import METHODS, Stage, StepContext
+from .base import METHODS, Stage, StepContext, TrainingImages
 from .context_bank import ContextBank
+from .context_shift import FIGURE3_LAMBDAS, context_shift_example
 from .dual import DualBranch, bad_param
 from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
 
 CAM_MODES = ("eval", "train")
 BANK_SCOPES = ("rank", "global")
+ILLUSTRATION_SHOWN = 8  # balanced images in the TensorBoard illustration
+
+
+class NoConfidentImage(RuntimeError):
+    """No training image reaches the uniform head's confidence ``delta``: there is no context to show."""
 
 
 @dataclass
@@ -257,12 +264,19 @@ class ContextShiftAugmentation(DualBranch):
             if bank.is_full:
                 break
         if bank is None or len(bank) == 0:
-            raise RuntimeError(f"no training image reaches the CSA uniform head's confidence delta={self.params.delta}; "
+            raise NoConfidentImage(f"no training image reaches the CSA uniform head's confidence delta={self.params.delta}; "
                                "train longer (train.epochs=...)")
         contexts, masks = bank.draw(balanced_x.shape[0], generator)
         with torch.no_grad():
             fused = {lam: fuse_context(balanced_x, contexts, masks, lam) for lam in lambdas}
         return FusedBatch(contexts, masks, fused, scanned, len(bank), bank.capacity)
+
+    def illustration(self, images: TrainingImages) -> list[tuple[str, np.ndarray]] | None:
+        """Figure 5's context shift with the current model; nothing until an image is confident enough."""
+        try:
+            return context_shift_example(self, images, ILLUSTRATION_SHOWN, FIGURE3_LAMBDAS)[0]
+        except NoConfidentImage:
+            return None
 
     # --- checkpoint ----------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..fingerprint import added_later
 from ..validation import bounded, one_of
 from .base import METHODS, Method, build_params, Stage, StepContext, StepOutput, StreamRequest
 from .contrastive import BalancedContrastive
@@ -48,7 +49,7 @@ class DualBranch(Method):
         # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch); "power": q-power
         # re-sampling with ``balanced_q`` (Figure 9: the balanced branch at balance ratio gamma = 1 - q)
         balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
-        balanced_q: float = bounded(0.0, ge=0, le=1, note="the power stream's exponent")
+        balanced_q: float = added_later(bounded(0.0, ge=0, le=1, note="the power stream's exponent"), neutral=0.0)
         uniform_loss: str = one_of("ce", LOSSES)
         uniform_loss_params: dict = field(default_factory=dict)
         balanced_loss: str = one_of("ce", LOSSES)
@@ -60,7 +61,7 @@ class DualBranch(Method):
         # > 0: BCL's contrastive loss on the uniform branch (Table 11), this weight
         contrastive_weight: float = bounded(0.0, ge=0, note="0: off")
         contrastive_params: dict = field(default_factory=dict)
-        joint_forward: bool = False  # both branches in one concatenated forward (see the class docstring)
+        joint_forward: bool = added_later(False, neutral=False)  # both branches in one concatenated forward (see the class docstring)
 
         def __post_init__(self):
             check_loss_params(self.uniform_loss, self.uniform_loss_params, "method.params.uniform_loss_params")

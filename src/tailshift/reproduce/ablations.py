@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import create_model
+from ..resolve import resolve_run
 from . import table1
 from .common import (RESULT_COLUMNS, Job, aggregate, by_job, head_result, overrides_for_run, paper_numbers,
                      resolve_config, result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
@@ -96,7 +97,7 @@ def plan(study: str, tables: dict[str, Ablation], seeds: int | list[int], out: P
         rows[name] = {}
         for label, params in ablation.rows.items():
             extra = [*_params_overrides(params), *user]
-            fingerprint = resolve_config(config, extra).fingerprint()
+            fingerprint = resolve_run(resolve_config(config, extra)).fingerprint()
             if fingerprint not in runs:
                 runs[fingerprint] = _slug(params)
                 variants.append((runs[fingerprint], extra))

@@ -13,8 +13,8 @@ from .. import plots
 from ..cam import grad_cam, normalize_cam, upsample_cam
 from ..data.arrays import DataError
 from ..data.build import prepare_data
-from ..data.sampling import Sampler, SamplerSpec
 from ..engine import Trainer
+from ..methods.context_shift import FIGURE3_LAMBDAS, context_shift_example
 from . import table1
 from ..io import atomic_write_json
 from .common import (Job, aggregate, by_job, command_line, data_note, fmt, head_result, overrides_for_run,
@@ -203,7 +203,6 @@ def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
 
 #: figure 3's models: run config suffix -> (column title, the head whose Grad-CAM is drawn)
 FIGURE3_MODELS = {"ce": ("CE", "main"), "cbrs": ("CB-RS", "main"), "csa": ("CSA", "balanced")}
-FIGURE3_LAMBDAS = (0.25, 0.5, 0.75, 1.0)
 
 
 def _figure3_samples(data, rng: np.random.Generator, classes_per_group: int = 2, per_class: int = 2) -> list[dict]:
@@ -238,43 +237,6 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
     prob = logits.softmax(dim=1).gather(1, y.view(-1, 1))[:, 0]
     flat = cam.flatten(1).amax(dim=1) <= 0  # no channel with a positive weight: the map is all zero
     return up.cpu().numpy(), prob.cpu().numpy(), flat.cpu().numpy()
-
-
-def context_shift_example(trainer: Trainer, n_show: int, lambdas, seed: int = 0) -> tuple[list, dict, dict]:
-    """One step of CSA's context shift with the trained model: masks of uniform batches from the
-    uniform head, confident samples into a context bank (batch-sized, as in training) until it is
-    full, ``n_show`` contexts drawn and fused into a class-balanced batch at each lambda."""
-    method, cfg, arrays = trainer.method, trainer.cfg, trainer.train_arrays
-    labels, batch = trainer.data.train.labels, cfg.train.batch_size
-    uniform = Sampler(labels, SamplerSpec("shuffle"), seed, "figure3/uniform").epoch_indices(0)
-    balanced = Sampler(labels, SamplerSpec("class_aware", per_class=cfg.sampling.per_class), seed,
-                       "figure3/balanced").epoch_indices(0)[:batch]
-    # Columns: the batch's first image of each class, by class (a class-aware batch repeats each
-    # class per_class times in a row), then further images if there are fewer classes than columns.
-    batch_labels = labels[balanced]
-    firsts = [int(np.flatnonzero(batch_labels == c)[0]) for c in np.unique(batch_labels)]
-    rest = [i for i in range(len(balanced)) if i not in set(firsts)]
-    shown = balanced[(firsts + rest)[:n_show]]
-    bal = arrays.batch(torch.from_numpy(shown))
-    x_bal, y_bal = bal.x, bal.y
-    uniform_batches = ((b.x, b.y) for b in (arrays.batch(torch.from_numpy(uniform[start:start + batch]))
-                                            for start in range(0, len(uniform), batch)))
-    shift = method.show_fused_batch(uniform_batches, x_bal, lambdas, torch.Generator().manual_seed(seed))
-    rows = plots.context_shift_rows(shift.contexts, shift.masks, x_bal, shift.fused, cfg.data.mean, cfg.data.std,
-                                    mask_label=f"background mask\nM = (1 - CAM)^{method.params.mask_power:g}")
-    balanced_row = next(i for i, (label, _) in enumerate(rows) if label.startswith("balanced"))
-    captions = {balanced_row: [f"class {int(c)}" for c in y_bal.cpu()]}
-    info = {
-        "uniform_images_scanned": shift.uniform_images_scanned,
-        "bank_entries": shift.bank_entries,
-        "bank_capacity": shift.bank_capacity,
-        "delta": method.params.delta,
-        "mask_power": method.params.mask_power,
-        "lambdas": list(lambdas),
-        "balanced_indices": shown.tolist(),
-        "balanced_labels": y_bal.cpu().tolist(),
-    }
-    return rows, captions, info
 
 
 def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, object]:
@@ -355,7 +317,8 @@ def _cam_figure(name: str, study: str, config: str, extra, runs: Path, out: Path
     cam_path = plots.cam_grid(images, cams, _row_labels(samples), out / f"{name}.png",
                               f"Grad-CAM of the true class on {study} training images ({numbers})", captions)
 
-    rows, row_captions, bank_info = context_shift_example(trainers["csa"], 10, FIGURE3_LAMBDAS)
+    csa = trainers["csa"]
+    rows, row_captions, bank_info = context_shift_example(csa.method, csa.training_images(), 10, FIGURE3_LAMBDAS)
     bank_path = plots.image_rows(rows, out / f"{name}_bank.png",
                                  f"CSA context shift on {study}: contexts from the uniform head, fused into a "
                                  "class-balanced batch (Figure 5)", captions=row_captions)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...registry import Registry
-from ..base import build_params
+from ...validation import build_params
 
 LOSSES: Registry = Registry("loss")
 
