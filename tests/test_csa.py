@@ -440,7 +440,7 @@ def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_pat
 
 
 def test_show_fused_batch_fills_a_training_sized_bank_and_fuses_at_each_lambda():
-    from tailshift.methods.mixing import fuse_context
+    from tailshift.methods.mixing_ops import fuse_context
 
     method = _method(delta=0.0).eval()
     batches = [(b["uniform"].x, b["uniform"].y) for b in (_batches(method, seed) for seed in range(3))]

@@ -13,7 +13,7 @@ from tailshift.data.sampling import Sampler, SamplerSpec
 from tailshift.engine import train
 from tailshift.methods import METHODS, StepContext
 from tailshift.methods.base import build_params
-from tailshift.methods.mixing import cutmix_box, mixup, paste_box, sample_lambda
+from tailshift.methods.mixing_ops import cutmix_box, mixup, paste_box, sample_lambda
 from tailshift.models import create_model
 from tailshift.reproduce.common import config_path
 

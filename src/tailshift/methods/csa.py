@@ -23,7 +23,7 @@ from ..validation import bounded, one_of
 from .base import METHODS, Stage, StepContext
 from .context_bank import ContextBank
 from .dual import DualBranch, bad_param
-from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
+from .mixing_ops import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
 
 CAM_MODES = ("eval", "train")
 BANK_SCOPES = ("rank", "global")

@@ -19,7 +19,7 @@ from torch import nn
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LOSSES, build_loss, check_loss_params
-from .mixing import mixup, mixup_loss
+from .mixing_ops import mixup, mixup_loss
 
 RETRAIN_SCHEDULES = ("constant", "cosine", "cosine_epoch")  # a step schedule would use the run's milestones
 

@@ -15,7 +15,7 @@ from ..validation import bounded, one_of
 from .base import METHODS, Method, build_params, Stage, StepContext, StepOutput, StreamRequest
 from .contrastive import BalancedContrastive
 from .losses import LOSSES, build_loss, check_loss_params
-from .mixing import mixup, mixup_loss
+from .mixing_ops import mixup, mixup_loss
 
 DRIVERS = ("uniform", "balanced")
 BALANCED_STREAMS = ("balanced", "uniform", "power")
