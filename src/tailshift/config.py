@@ -17,6 +17,7 @@ import yaml
 
 from .io import atomic_write_text
 from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
 from .validation import OneOf, bounded, one_of, rule_of
 
 
@@ -110,7 +111,7 @@ class OptimConfig:
     weight_decay: float = bounded(0.0, ge=0)
     nesterov: bool = False
     # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
-    schedule: str = one_of("constant", ("constant", "cosine", "cosine_epoch", "step"))
+    schedule: str = one_of("constant", SCHEDULES)
     # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
     cosine_period: int | None = bounded(None, ge=1, note="or null: train.epochs")
     warmup_epochs: int = bounded(0, ge=0)  # and < train.epochs
