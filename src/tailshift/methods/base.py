@@ -46,6 +46,9 @@ class Stage:
     batches are drawn (and augmented) driver first, then the others in declared order.
     ``lr`` and ``schedule`` override the run's learning rate and schedule for this stage;
     ``warmup``: whether the run's linear warm-up (``train.optim.warmup_epochs``) opens it.
+    ``retrains_classifier``: what the stage is, for the method's hooks (the engine reads only the
+    above): the backbone stays frozen and a classifier is trained on it (decoupled stage 2). The
+    ``name`` only labels the stage (in checkpoints and curves).
     """
 
     name: str
@@ -55,6 +58,7 @@ class Stage:
     lr: float | None = None
     schedule: str | None = None
     warmup: bool = True
+    retrains_classifier: bool = False
 
     def __post_init__(self):
         if self.driver is None:

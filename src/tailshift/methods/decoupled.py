@@ -67,15 +67,12 @@ class TwoStageMethod(Method):
         stages = [Stage("represent", self.epochs, {"main": StreamRequest("uniform")})]
         if self.retrained is not None:
             stages.append(Stage("retrain", self.params.retrain_epochs, {"main": StreamRequest("balanced")},
-                                lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False))
+                                lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False,
+                                retrains_classifier=True))
         return stages
 
-    @staticmethod
-    def _retrains(stage: Stage) -> bool:
-        return stage.name == "retrain"
-
     def begin_stage(self, stage: Stage, fresh: bool) -> None:
-        retraining = self._retrains(stage)
+        retraining = stage.retrains_classifier
         self.backbone.requires_grad_(not retraining)
         self.head.requires_grad_(not retraining)
         if self.retrained is not None:
@@ -85,11 +82,11 @@ class TwoStageMethod(Method):
             self.start_classifier()
 
     def trainable_parameters(self, stage: Stage):
-        return list((self.retrained if self._retrains(stage) else nn.ModuleList([self.backbone, self.head])).parameters())
+        return list((self.retrained if stage.retrains_classifier else nn.ModuleList([self.backbone, self.head])).parameters())
 
     def train_mode(self, stage: Stage) -> None:
         self.train()
-        if self._retrains(stage):
+        if stage.retrains_classifier:
             self.backbone.eval()
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
@@ -97,7 +94,7 @@ class TwoStageMethod(Method):
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        if self._retrains(ctx.stage):
+        if ctx.stage.retrains_classifier:
             return StepOutput(self.loss(self.classify(self._frozen_features(batch)), batch.y))
         if self.params.mixup_alpha > 0:
             x, y_a, y_b, lam = mixup(batch.x, batch.y, self.params.mixup_alpha, ctx.generator)
