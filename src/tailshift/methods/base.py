@@ -122,7 +122,13 @@ class Method(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        """Called before every epoch (e.g. to empty a bank)."""
+        """Called before every epoch: every loss the method holds follows it (``Loss.begin_epoch``, e.g.
+        DRW's re-weighting), so none can be forgotten. A method that does more (e.g. empty a bank)
+        calls this first."""
+        from .losses import outermost_losses  # lazily: the losses import build_params from here
+
+        for loss in outermost_losses(self):
+            loss.begin_epoch(epoch, stage.epochs)
 
     def train_mode(self, stage: Stage) -> None:
         """Put modules in the right mode for training this stage."""
