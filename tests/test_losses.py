@@ -153,7 +153,7 @@ def test_loss_state_never_enters_a_checkpoint():
 # --- losses declared on methods: one field each, checked at config build, every epoch hook run by the base
 def _method_with_drw_losses(name: str):
     """Method ``name`` with every loss it declares a DRW around CE, re-weighting from epoch 2."""
-    fields = METHODS.get(name).Params.loss_names()
+    fields = METHODS.get(name).Params.loss_fields()
     params = {field: "drw" for field in fields} | {f"{field}_params": {"start_epoch": 2, "beta": 0.999} for field in fields}
     backbone = create_model("resnet20") if name == "bbn" else create_model("lenet2d")  # BBN needs a last block
     return METHODS.get(name)(backbone, 4, COUNTS, 10, params), fields
@@ -195,7 +195,7 @@ def test_a_method_holding_losses_anywhere_never_calls_their_epoch_hook_itself():
 def test_every_declared_loss_has_its_params_checked_when_the_config_is_built(name):
     from tailshift.config import build_config
 
-    for field in METHODS.get(name).Params.loss_names():
+    for field in METHODS.get(name).Params.loss_fields():
         focal = [f"method.name={name}", f"method.params.{field}=focal"]
         with pytest.raises(ValueError, match=rf"^unknown method.params.{field}_params.gama for Focal; known: gamma, activation$"):
             build_config({}, [*focal, f"method.params.{field}_params.gama=1"])

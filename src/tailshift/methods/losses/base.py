@@ -115,12 +115,12 @@ class LossOptions:
         cls.__annotations__ = annotations
 
     @classmethod
-    def loss_names(cls) -> list[str]:
+    def loss_fields(cls) -> list[str]:
         """The fields that name a loss (each with its ``_params``)."""
         return [f.name for f in dataclasses.fields(cls) if isinstance(rule_of(cls, f.name), LossChoice)]
 
     def __post_init__(self):
-        for name in self.loss_names():
+        for name in self.loss_fields():
             build_params(LOSSES.get(getattr(self, name)), getattr(self, f"{name}_params"),
                          f"{self.params_key}.{name}_params")
 
