@@ -7,7 +7,7 @@ from torch import nn
 from tailshift.cam import context_masks
 from tailshift.data.sampling import Sampler, SamplerSpec
 from tailshift.methods.context_bank import ContextBank
-from tailshift.methods.mixing import fuse_context, sample_lambda
+from tailshift.methods.mixing_ops import fuse_context, sample_lambda
 from tailshift.models import create_model
 
 torch.manual_seed(0)

@@ -311,6 +311,22 @@ def test_la_losses_use_class_prior():
     torch.testing.assert_close(out.logs["loss_uniform"], expected.detach())
 
 
+def test_the_dual_branch_adds_the_term_its_uniform_term_hook_gives():
+    from tailshift.methods.dual import DualBranch
+
+    class WithExtraTerm(DualBranch):
+        def uniform_term(self, uniform, ctx):
+            return self.uniform_head.weight.sum() * 0 + 5.0, {"extra": 1.0}
+
+    torch.manual_seed(0)
+    method = WithExtraTerm(create_model("lenet2d", in_channels=3, image_size=28), 10, COUNTS, 20, {})
+    method.train()
+    out = method.training_step(_batches(method), _ctx(method, 0))
+    torch.testing.assert_close(out.loss.detach(), out.logs["loss_uniform"] + out.logs["loss_balanced"] + 5.0)
+    assert out.logs["extra"] == 1.0 and "loss_contrastive" not in out.logs
+    assert _method("dual").uniform_term(_batches(method)["uniform"], _ctx(method, 0)) == (None, {})  # off by default
+
+
 def test_release_table10_la_is_on_the_uniform_head_only():
     # table10/cifar100-lt_csa-la as shipped: LA on the uniform head, plain CE on the (plain, dual) balanced batch
     from tailshift.config import load_config
@@ -440,7 +456,7 @@ def test_training_after_an_inference_mode_evaluation_in_the_same_process(tmp_pat
 
 
 def test_show_fused_batch_fills_a_training_sized_bank_and_fuses_at_each_lambda():
-    from tailshift.methods.mixing import fuse_context
+    from tailshift.methods.mixing_ops import fuse_context
 
     method = _method(delta=0.0).eval()
     batches = [(b["uniform"].x, b["uniform"].y) for b in (_batches(method, seed) for seed in range(3))]

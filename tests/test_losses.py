@@ -166,3 +166,80 @@ def test_cosine_logits_and_ldam_margins_stay_float32_under_bf16_autocast():
     assert cosines.dtype == scaled.dtype == torch.float32
     torch.testing.assert_close(cosines, head(x), rtol=0, atol=1e-6)
     torch.testing.assert_close(scaled, exact, rtol=0, atol=0.2)  # the bf16 input's own rounding, times 30
+
+
+# --- losses declared on methods: one field each, checked at config build, every epoch hook run by the base
+def _method_with_drw_losses(name: str):
+    """Method ``name`` with every loss it declares a DRW around CE, re-weighting from epoch 2."""
+    fields = METHODS.get(name).Params.loss_fields()
+    params = {field: "drw" for field in fields} | {f"{field}_params": {"start_epoch": 2, "beta": 0.999} for field in fields}
+    backbone = create_model("resnet20") if name == "bbn" else create_model("lenet2d")  # BBN needs a last block
+    return METHODS.get(name)(backbone, 4, COUNTS, 10, params), fields
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_switches_its_drw_losses_on_at_their_epoch(name):
+    method, fields = _method_with_drw_losses(name)
+    assert fields, f"{name} declares no loss"
+    ce = hand_ce(LOGITS, TARGETS)
+    raw = (1 - 0.999) / (1 - 0.999 ** COUNTS)
+    w = (raw / raw.sum() * 4)[TARGETS.numpy()]
+    stage = method.stages()[0]
+    for epoch, expected in ((1, ce.mean()), (2, (w * ce).sum() / w.sum()), (1, ce.mean())):  # 1 again: a resume
+        method.begin_epoch(stage, epoch)
+        for field in fields:  # each declared loss is the method's attribute of that name
+            close(getattr(method, field)(LOGITS, TARGETS), expected)
+
+
+def test_a_method_holding_losses_anywhere_never_calls_their_epoch_hook_itself():
+    from tailshift.methods.base import Method, Stage, StreamRequest
+
+    class TwoLosses(Method):
+        def __init__(self):
+            super().__init__(create_model("lenet2d"), 4, COUNTS, 10)
+            self.losses = torch.nn.ModuleList([build_loss("drw", COUNTS, {"start_epoch": 2}),
+                                               build_loss("class-balanced", COUNTS, {"loss": "drw"})])
+
+    method = TwoLosses()
+    stage = Stage("train", 10, {"main": StreamRequest("uniform")})
+    method.begin_epoch(stage, 2)
+    assert method.losses[0].inner.class_weights is not None
+    assert method.losses[1].inner.inner.class_weights is None  # its DRW starts at its default epoch, 160
+    method.begin_epoch(stage, 1)
+    assert method.losses[0].inner.class_weights is None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_declared_loss_has_its_params_checked_when_the_config_is_built(name):
+    from tailshift.config import build_config
+    from tailshift.resolve import resolve_run
+
+    for field in METHODS.get(name).Params.loss_fields():
+        focal = [f"method.name={name}", f"method.params.{field}=focal"]
+        with pytest.raises(ValueError, match=rf"^unknown method.params.{field}_params.gama for Focal; known: gamma, activation$"):
+            resolve_run(build_config({}, [*focal, f"method.params.{field}_params.gama=1"]))
+        with pytest.raises(ValueError, match=rf"^method.params.{field}_params.gamma must be >= 0, got -1.0$"):
+            resolve_run(build_config({}, [*focal, f"method.params.{field}_params.gamma=-1"]))
+
+
+def test_a_loss_field_brings_its_params_field():
+    from dataclasses import dataclass, fields
+
+    from tailshift.methods.losses import LossOptions, loss_field
+
+    @dataclass
+    class Params(LossOptions):
+        first: str = loss_field("ce")
+        weight: float = 1.0
+        second: str = loss_field("la")
+
+    assert [f.name for f in fields(Params)] == ["first", "first_params", "weight", "second", "second_params"]
+    assert Params() == Params("ce", {}, 1.0, "la", {})
+    assert Params().build_loss("second", COUNTS).params.tau == 1.0
+    with pytest.raises(ValueError, match="method.params.second_params.tau must be >= 0, got -1.0"):
+        Params(second_params={"tau": -1.0})
+    with pytest.raises(TypeError, match="Declared.first_params comes with loss_field 'first': do not declare it"):
+        @dataclass
+        class Declared(LossOptions):
+            first: str = loss_field("ce")
+            first_params: dict = None

@@ -82,6 +82,18 @@ def test_unknown_model_lists_known_names():
     assert set(MODELS.names()) >= {n for n, *_ in CASES}
 
 
+def test_each_backbone_is_registered_by_its_own_module():
+    from tailshift.models import lenet, resnet, resnet_cifar
+
+    assert MODELS.names() == ["lenet2d", "resnet10", "resnet152", "resnet152-frozen", "resnet18", "resnet20",
+                              "resnet32", "resnet44", "resnet50", "resnet56", "torchvision:NAME"]
+    assert MODELS.get("lenet2d") is lenet.LeNet2d
+    assert MODELS.get("resnet152-frozen") is resnet.resnet152_frozen
+    assert MODELS.get("resnet32") is resnet_cifar.resnet32
+    with pytest.raises(ValueError, match="model 'resnet32' is registered twice"):
+        MODELS.register("resnet32")(resnet_cifar.resnet32)
+
+
 def test_heads_follow_the_backbone_family_init():
     import torch
 

@@ -1,4 +1,5 @@
 """The Table 2 methods beyond CE / cRT / CB-RS / CSA: logits and losses against hand computations."""
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from tailshift.data.pipeline import Batch
 from tailshift.data.sampling import Sampler, SamplerSpec
 from tailshift.engine import train
 from tailshift.methods import METHODS, StepContext
-from tailshift.methods.mixing import cutmix_box, mixup, paste_box, sample_lambda
+from tailshift.methods.mixing_ops import cutmix_box, mixup, paste_box, sample_lambda
 from tailshift.models import create_model
 from tailshift.reproduce.common import config_path
 from tailshift.resolve import resolve_run
@@ -68,6 +69,23 @@ def test_tau_norm_normalises_the_weights_and_has_no_second_stage():
         torch.testing.assert_close(method.predict(x)["tau-norm"], expected)
     with pytest.raises(ValueError, match=r"method.params.retrain_epochs must be in \[0, 0\] \(nothing is re-trained\), got 2"):
         _method("tau-norm", retrain_epochs=2)
+
+
+def test_a_two_stage_method_acts_on_what_a_stage_is_not_on_its_name():
+    method = _method("crt")
+    represent, retrain = method.stages()
+    assert (represent.name, represent.retrains_classifier) == ("represent", False)
+    assert (retrain.name, retrain.retrains_classifier) == ("retrain", True)  # the name stays: checkpoints, curves
+    renamed = dataclasses.replace(retrain, name="stage-2")
+    method.begin_stage(renamed, fresh=True)
+    assert method.trainable_parameters(renamed) == list(method.retrained.parameters())
+    assert not any(p.requires_grad for p in method.backbone.parameters())
+    method.train_mode(renamed)
+    assert method.retrained.training and not method.backbone.training
+    plain = dataclasses.replace(retrain, retrains_classifier=False)  # named "retrain", but not one
+    method.begin_stage(plain, fresh=True)
+    assert all(p.requires_grad for p in method.backbone.parameters())
+    assert method.trainable_parameters(plain) == [*method.backbone.parameters(), *method.head.parameters()]
 
 
 @pytest.mark.parametrize("name", ["crt", "lws"])

@@ -77,8 +77,9 @@ def _list(args) -> None:
     from .methods.losses import LOSSES
     from .models import MODELS
     from .optim import OPTIMIZERS
+    from .schedules import SCHEDULES
 
-    for registry in (DATASETS, MODELS, METHODS, LOSSES, OPTIMIZERS):
+    for registry in (DATASETS, MODELS, METHODS, LOSSES, OPTIMIZERS, SCHEDULES):
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}: {', '.join(registry.names())}")
 
 

@@ -18,6 +18,7 @@ from . import fingerprint
 from .fingerprint import added_later, unhashed
 from .io import atomic_write_text
 from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
 from .validation import ConfigError, bounded, build_dataclass, one_of
 
 
@@ -110,7 +111,7 @@ class OptimConfig:
     weight_decay: float = bounded(0.0, ge=0)
     nesterov: bool = False
     # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
-    schedule: str = one_of("constant", ("constant", "cosine", "cosine_epoch", "step"))
+    schedule: str = one_of("constant", SCHEDULES)
     # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
     cosine_period: int | None = added_later(bounded(None, ge=1, note="or null: train.epochs"), neutral=None)
     warmup_epochs: int = bounded(0, ge=0)  # and < train.epochs

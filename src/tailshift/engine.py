@@ -36,6 +36,7 @@ from .models import create_model
 from .optim import build_optimizer
 from .progress import Progress
 from .resolve import ResolvedRun, resolve_run
+from .schedules import SCHEDULES
 from .speed import resolve_speed
 from .tensorboard_log import TensorBoardLog
 from .validation import ConfigError
@@ -79,15 +80,7 @@ def learning_rate(optim_cfg, base_lr: float, schedule: str, epochs: int, progres
     warmup = optim_cfg.warmup_epochs if warmup else 0
     if warmup and progress < warmup:
         return base_lr * (progress + 1e-8) / warmup
-    if schedule == "constant":
-        return base_lr
-    if schedule == "cosine":
-        t = (progress - warmup) / max(epochs - warmup, 1e-8)
-        return base_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    if schedule == "cosine_epoch":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * math.floor(progress) / (period or epochs)))
-    passed = sum(progress >= m for m in optim_cfg.milestones)
-    return base_lr * optim_cfg.gamma**passed
+    return SCHEDULES.get(schedule)(base_lr, progress, epochs, warmup, period, optim_cfg)
 
 
 def versions() -> dict:

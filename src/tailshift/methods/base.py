@@ -18,6 +18,7 @@ from ..data.sampling import STREAM_ROLES, StreamRequest  # noqa: F401  (where me
 from ..distributed import BatchShard
 from ..registry import Registry
 from ..validation import build_params
+from .losses import outermost_losses
 
 METHODS: Registry = Registry("method")
 
@@ -31,6 +32,9 @@ class Stage:
     batches are drawn (and augmented) driver first, then the others in declared order.
     ``lr`` and ``schedule`` override the run's learning rate and schedule for this stage;
     ``warmup``: whether the run's linear warm-up (``train.optim.warmup_epochs``) opens it.
+    ``retrains_classifier``: what the stage is, for the method's hooks (the engine reads only the
+    above): the backbone stays frozen and a classifier is trained on it (decoupled stage 2). The
+    ``name`` only labels the stage (in checkpoints and curves).
     """
 
     name: str
@@ -40,6 +44,7 @@ class Stage:
     lr: float | None = None
     schedule: str | None = None
     warmup: bool = True
+    retrains_classifier: bool = False
 
     def __post_init__(self):
         if self.driver is None:
@@ -119,7 +124,11 @@ class Method(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        """Called before every epoch (e.g. to empty a bank)."""
+        """Called before every epoch: every loss the method holds follows it (``Loss.begin_epoch``, e.g.
+        DRW's re-weighting), so none can be forgotten. A method that does more (e.g. empty a bank)
+        calls this first."""
+        for loss in outermost_losses(self):
+            loss.begin_epoch(epoch, stage.epochs)
 
     def train_mode(self, stage: Stage) -> None:
         """Put modules in the right mode for training this stage."""

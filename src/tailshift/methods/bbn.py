@@ -1,13 +1,12 @@
 """BBN: the bilateral-branch network with cumulative learning (Zhou et al., CVPR 2020)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..validation import one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
-from .losses import LOSSES, build_loss, check_loss_params
+from .losses import LossOptions, loss_field
 
 
 @METHODS.register("bbn")
@@ -24,27 +23,20 @@ class BilateralBranch(Method):
     """
 
     @dataclass
-    class Params:
-        loss: str = one_of("ce", LOSSES)
-        loss_params: dict = field(default_factory=dict)
-
-        def __post_init__(self):
-            check_loss_params(self.loss, self.loss_params, "method.params.loss_params")
+    class Params(LossOptions):
+        loss: str = loss_field("ce")
 
     default_head = "main"
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
+        self.loss = self.params.build_loss("loss", class_counts)
         self.rebalancing_block = backbone.new_last_block()
         self.head = backbone.new_head(num_classes, 2 * backbone.out_dim)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.epochs, {"uniform": StreamRequest("uniform"), "reversed": StreamRequest("reversed")},
                       driver="uniform")]
-
-    def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        self.loss.begin_epoch(epoch, stage.epochs)
 
     def branch_features(self, x: torch.Tensor, rebalancing: bool) -> torch.Tensor:
         block = self.rebalancing_block if rebalancing else self.backbone.last_block()

@@ -1,11 +1,11 @@
 """BCL: balanced contrastive learning (Zhu et al., CVPR 2022), the base of the paper's Table 11."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..validation import bounded
-from .base import METHODS, StepContext, StepOutput, build_params
-from .contrastive import BalancedContrastive
+from .base import METHODS, StepContext, StepOutput
+from .contrastive import BalancedContrastive, contrastive_params_field
 from .erm import ERM
 
 
@@ -22,19 +22,16 @@ class BalancedContrastiveLearning(ERM):
         loss: str = "la"
         loss_weight: float = bounded(2.0, ge=0)  # alpha
         contrastive_weight: float = bounded(0.6, ge=0)  # beta
-        contrastive_params: dict = field(default_factory=dict)
-
-        def __post_init__(self):
-            super().__post_init__()
-            build_params(BalancedContrastive, self.contrastive_params, "method.params.contrastive_params")
+        contrastive_params: dict = contrastive_params_field()
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.contrastive = BalancedContrastive(backbone.out_dim, self.params.contrastive_params)
+        self.contrastive = BalancedContrastive(backbone.out_dim, self.params.contrastive_weight,
+                                               self.params.contrastive_params)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
-        p, batch = self.params, batches["main"]
+        batch = batches["main"]
         supervised = self.loss(self.head(self.backbone(batch.x)), batch.y)
-        contrastive = self.contrastive(self.backbone, batch.x, self.head.weight, batch.y, ctx.generator)
-        return StepOutput(p.loss_weight * supervised + p.contrastive_weight * contrastive,
-                          {"loss_supervised": supervised.detach(), "loss_contrastive": contrastive.detach()})
+        contrastive, logs = self.contrastive.term(self.backbone, batch, self.head, ctx.generator)
+        return StepOutput(self.params.loss_weight * supervised + contrastive,
+                          {"loss_supervised": supervised.detach(), **logs})

@@ -1,7 +1,11 @@
-"""The balanced supervised contrastive loss of BCL (Zhu et al., CVPR 2022) and the branch that feeds it."""
+"""The balanced supervised contrastive loss of BCL (Zhu et al., CVPR 2022) and the branch that feeds it:
+BCL's contrastive term, which the BCL method adds to its supervised loss and the dual branch (Table 11's
+CSA on BCL) to its uniform branch's when ``contrastive_weight`` > 0."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +13,7 @@ from torch import nn
 
 from ..data.pipeline import random_crop_flip
 from ..tensors import is_channels_last
-from ..validation import bounded
-from .base import build_params
+from ..validation import RULE, bounded, build_params
 
 
 def balanced_contrastive_loss(views: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
@@ -48,7 +51,8 @@ class BalancedContrastive(nn.Module):
     the batch as given), the backbone's embeddings of them through a projection MLP, the class
     prototypes from the classifier's weights through a second MLP (both L2-normalised), and
     ``balanced_contrastive_loss``. The views are re-crops of the engine's (augmented) batch:
-    BCL's SimAugment colour jitter and greyscale are not applied."""
+    BCL's SimAugment colour jitter and greyscale are not applied. ``term``: the loss times ``weight``,
+    as a method adds it (the method's ``contrastive_weight``; its ``contrastive_params`` are these Params)."""
 
     @dataclass
     class Params:
@@ -57,8 +61,10 @@ class BalancedContrastive(nn.Module):
         hidden_dim: int = bounded(512, ge=1)
         padding: int = bounded(4, ge=0)
 
-    def __init__(self, in_dim: int, params: dict | None = None, key: str = "method.params.contrastive_params"):
+    def __init__(self, in_dim: int, weight: float, params: dict | None = None,
+                 key: str = "method.params.contrastive_params"):
         super().__init__()
+        self.weight = weight
         self.params = build_params(type(self), params or {}, key)
         p = self.params
         self.projection = mlp(in_dim, p.hidden_dim, p.feat_dim)
@@ -74,3 +80,26 @@ class BalancedContrastive(nn.Module):
         views = F.normalize(self.projection(backbone(self.views(x, generator))), dim=1)
         prototypes = F.normalize(self.prototype_head(classifier_weight), dim=1)
         return balanced_contrastive_loss(views, prototypes, targets, self.params.temperature)
+
+    def term(self, backbone: nn.Module, batch, classifier: nn.Linear, generator: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``weight`` times the loss of ``batch`` (prototypes from ``classifier``), and the loss itself to log."""
+        loss = self(backbone, batch.x, classifier.weight, batch.y, generator)
+        return self.weight * loss, {"loss_contrastive": loss.detach()}
+
+
+@dataclass(frozen=True)
+class ContrastiveParamsRule:
+    """The rule of ``contrastive_params``: ``BalancedContrastive``'s params, checked where they are given."""
+
+    def check(self, value: dict, key: str) -> str | None:
+        try:
+            build_params(BalancedContrastive, value, key)
+        except ValueError as err:  # the one-line ConfigError naming the bad value
+            return str(err)
+        return None
+
+
+def contrastive_params_field() -> Any:
+    """A method's ``contrastive_params`` field (a mapping, default empty), checked when the params are built."""
+    return dataclasses.field(default_factory=dict, metadata={RULE: ContrastiveParamsRule()})

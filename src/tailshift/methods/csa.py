@@ -25,7 +25,7 @@ from .base import METHODS, Stage, StepContext, TrainingImages
 from .context_bank import ContextBank
 from .context_shift import FIGURE3_LAMBDAS, context_shift_example
 from .dual import DualBranch, bad_param
-from .mixing import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
+from .mixing_ops import LAMBDA_DISTRIBUTIONS, fuse_context, sample_lambda
 
 CAM_MODES = ("eval", "train")
 BANK_SCOPES = ("rank", "global")

@@ -10,7 +10,7 @@ the method's ``default_head``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,8 @@ from torch import nn
 
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
-from .losses import LOSSES, build_loss, check_loss_params
-from .mixing import mixup, mixup_loss
+from .losses import LossOptions, loss_field
+from .mixing_ops import mixup, mixup_loss
 
 RETRAIN_SCHEDULES = ("constant", "cosine", "cosine_epoch")  # a step schedule would use the run's milestones
 
@@ -29,22 +29,18 @@ class TwoStageMethod(Method):
     ``start_classifier``) and how it classifies (``classify``)."""
 
     @dataclass
-    class Params:
+    class Params(LossOptions):
         # the release's LeNet cRT; Table 2's CIFAR configs: 10 epochs at lr 0.2
         retrain_epochs: int = bounded(4, ge=1)
         retrain_lr: float = bounded(0.1, gt=0)
         # cosine_epoch: the release's LeNet cRT (period = train.epochs)
         retrain_schedule: str = one_of("constant", RETRAIN_SCHEDULES)
-        loss: str = one_of("ce", LOSSES)  # both stages
-        loss_params: dict = field(default_factory=dict)
+        loss: str = loss_field("ce")  # both stages
         mixup_alpha: float = bounded(0.0, ge=0, note="0: off")  # > 0: stage 1 on mixup batches, lam ~ Beta(alpha, alpha)
-
-        def __post_init__(self):
-            check_loss_params(self.loss, self.loss_params, "method.params.loss_params")
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
+        self.loss = self.params.build_loss("loss", class_counts)
         self.head = backbone.new_head(num_classes)
         self.retrained = self.new_classifier()
         self.first_head = "mixup" if self.params.mixup_alpha > 0 else "ce"
@@ -67,15 +63,12 @@ class TwoStageMethod(Method):
         stages = [Stage("represent", self.epochs, {"main": StreamRequest("uniform")})]
         if self.retrained is not None:
             stages.append(Stage("retrain", self.params.retrain_epochs, {"main": StreamRequest("balanced")},
-                                lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False))
+                                lr=self.params.retrain_lr, schedule=self.params.retrain_schedule, warmup=False,
+                                retrains_classifier=True))
         return stages
 
-    @staticmethod
-    def _retrains(stage: Stage) -> bool:
-        return stage.name == "retrain"
-
     def begin_stage(self, stage: Stage, fresh: bool) -> None:
-        retraining = self._retrains(stage)
+        retraining = stage.retrains_classifier
         self.backbone.requires_grad_(not retraining)
         self.head.requires_grad_(not retraining)
         if self.retrained is not None:
@@ -85,19 +78,16 @@ class TwoStageMethod(Method):
             self.start_classifier()
 
     def trainable_parameters(self, stage: Stage):
-        return list((self.retrained if self._retrains(stage) else nn.ModuleList([self.backbone, self.head])).parameters())
+        return list((self.retrained if stage.retrains_classifier else nn.ModuleList([self.backbone, self.head])).parameters())
 
     def train_mode(self, stage: Stage) -> None:
         self.train()
-        if self._retrains(stage):
+        if stage.retrains_classifier:
             self.backbone.eval()
-
-    def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        self.loss.begin_epoch(epoch, stage.epochs)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        if self._retrains(ctx.stage):
+        if ctx.stage.retrains_classifier:
             return StepOutput(self.loss(self.classify(self._frozen_features(batch)), batch.y))
         if self.params.mixup_alpha > 0:
             x, y_a, y_b, lam = mixup(batch.x, batch.y, self.params.mixup_alpha, ctx.generator)

@@ -2,21 +2,23 @@
 head on uniformly shuffled batches and a balanced head on re-sampled batches, losses added.
 
 What the balanced head sees is one hook, ``balanced_input``: the plain re-sampled batch here,
-the context-shifted one in CSA (``csa.py``).
+the context-shifted one in CSA (``csa.py``). What more the uniform batch adds to the loss is
+another, ``uniform_term``: BCL's contrastive term when configured (``contrastive.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..fingerprint import added_later
+from ..data.pipeline import Batch
 from ..validation import bounded, one_of
-from .base import METHODS, Method, build_params, Stage, StepContext, StepOutput, StreamRequest
-from .contrastive import BalancedContrastive
-from .losses import LOSSES, build_loss, check_loss_params
-from .mixing import mixup, mixup_loss
+from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from .contrastive import BalancedContrastive, contrastive_params_field
+from .losses import LossOptions, loss_field
+from .mixing_ops import mixup, mixup_loss
 
 DRIVERS = ("uniform", "balanced")
 BALANCED_STREAMS = ("balanced", "uniform", "power")
@@ -30,10 +32,8 @@ def bad_param(name: str, value: Any, allowed: str) -> ValueError:
 class DualBranch(Method):
     """Per step: the uniform head's loss on the uniform batch (optionally mixup), the balanced
     head's loss on ``balanced_input`` (here the re-sampled batch itself, from the first step),
-    ``uniform_weight * L_u + balanced_weight * L_b`` (+ ``contrastive_weight`` times BCL's contrastive
-    loss of the uniform batch, prototypes from the uniform head: the release's "BCL" base loss, which
-    with ``uniform_loss: la`` is BCL on the uniform branch). Predicts with both heads and their
-    ensemble (mean of logits, Table 7).
+    ``uniform_weight * L_u + balanced_weight * L_b`` (+ ``uniform_term``, a further loss on the uniform
+    batch). Predicts with both heads and their ensemble (mean of logits, Table 7).
 
     ``joint_forward``: both branches' images go through the backbone as one concatenated batch (one
     forward and one backward instead of two, the faster step on a GPU). Batch norm then normalises
@@ -44,29 +44,23 @@ class DualBranch(Method):
     the running statistics before this step's batch enters them."""
 
     @dataclass
-    class Params:
+    class Params(LossOptions):
         driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch
         # "uniform": Table 10 "w/ LA" (no re-sampling on the balanced branch); "power": q-power
         # re-sampling with ``balanced_q`` (Figure 9: the balanced branch at balance ratio gamma = 1 - q)
         balanced_stream: str = one_of("balanced", BALANCED_STREAMS)
         balanced_q: float = added_later(bounded(0.0, ge=0, le=1, note="the power stream's exponent"), neutral=0.0)
-        uniform_loss: str = one_of("ce", LOSSES)
-        uniform_loss_params: dict = field(default_factory=dict)
-        balanced_loss: str = one_of("ce", LOSSES)
-        balanced_loss_params: dict = field(default_factory=dict)
+        uniform_loss: str = loss_field("ce")
+        balanced_loss: str = loss_field("ce")
         uniform_weight: float = bounded(1.0, ge=0)
         balanced_weight: float = bounded(1.0, ge=0)
         mixup_alpha: float = bounded(0.0, ge=0, note="0: off")  # > 0: mixup on the uniform branch
         mixup_stop_epochs: int = bounded(3, ge=0)  # mixup off in the last epochs (release)
-        # > 0: BCL's contrastive loss on the uniform branch (Table 11), this weight
+        # > 0: BCL's contrastive term on the uniform batch, this weight (the release's "BCL" base loss, which
+        # with ``uniform_loss: la`` is BCL on the uniform branch: Table 11)
         contrastive_weight: float = bounded(0.0, ge=0, note="0: off")
-        contrastive_params: dict = field(default_factory=dict)
+        contrastive_params: dict = contrastive_params_field()
         joint_forward: bool = added_later(False, neutral=False)  # both branches in one concatenated forward (see the class docstring)
-
-        def __post_init__(self):
-            check_loss_params(self.uniform_loss, self.uniform_loss_params, "method.params.uniform_loss_params")
-            check_loss_params(self.balanced_loss, self.balanced_loss_params, "method.params.balanced_loss_params")
-            build_params(BalancedContrastive, self.contrastive_params, "method.params.contrastive_params")
 
     default_head = "balanced"
 
@@ -75,19 +69,14 @@ class DualBranch(Method):
         p = self.params
         self.uniform_head = backbone.new_head(num_classes)
         self.balanced_head = backbone.new_head(num_classes)
-        self.uniform_loss = build_loss(p.uniform_loss, class_counts, p.uniform_loss_params,
-                                       "method.params.uniform_loss_params")
-        self.balanced_loss = build_loss(p.balanced_loss, class_counts, p.balanced_loss_params,
-                                        "method.params.balanced_loss_params")
-        self.contrastive = BalancedContrastive(backbone.out_dim, p.contrastive_params) if p.contrastive_weight > 0 else None
+        self.uniform_loss = p.build_loss("uniform_loss", class_counts)
+        self.balanced_loss = p.build_loss("balanced_loss", class_counts)
+        self.contrastive = (BalancedContrastive(backbone.out_dim, p.contrastive_weight, p.contrastive_params)
+                            if p.contrastive_weight > 0 else None)
 
     def stages(self) -> list[Stage]:
         streams = {"uniform": StreamRequest("uniform"), "balanced": StreamRequest(self.params.balanced_stream, self.params.balanced_q)}
         return [Stage("train", self.epochs, streams, driver=self.params.driver)]
-
-    def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        self.uniform_loss.begin_epoch(epoch, stage.epochs)
-        self.balanced_loss.begin_epoch(epoch, stage.epochs)
 
     def balanced_input(self, uniform, balanced, feature_map: torch.Tensor, uniform_logits: torch.Tensor,
                        mixing: bool, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
@@ -95,6 +84,13 @@ class DualBranch(Method):
         ``feature_map`` / ``uniform_logits``: the uniform branch's forward (on mixed images when ``mixing``),
         or None with ``joint_forward`` (asked before any forward)."""
         return balanced.x, {}
+
+    def uniform_term(self, uniform: Batch, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """A further loss on the uniform batch, added to the step's (None: none), and its logs: here
+        BCL's contrastive term, prototypes from the uniform head, when ``contrastive_weight`` > 0."""
+        if self.contrastive is None:
+            return None, {}
+        return self.contrastive.term(self.backbone, uniform, self.uniform_head, ctx.generator)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         p = self.params
@@ -125,10 +121,10 @@ class DualBranch(Method):
             loss_b = loss_u.new_zeros(())
         extra = {**extra, "balanced_trained": 0.0 if fmap_bal is None else 1.0}
         loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
-        if self.contrastive is not None:
-            loss_c = self.contrastive(self.backbone, uni.x, self.uniform_head.weight, uni.y, ctx.generator)
-            loss = loss + p.contrastive_weight * loss_c
-            extra = {**extra, "loss_contrastive": loss_c.detach()}
+        term, term_logs = self.uniform_term(uni, ctx)
+        if term is not None:
+            loss = loss + term
+            extra = {**extra, **term_logs}
         return StepOutput(loss, {"loss_uniform": loss_u.detach(), "loss_balanced": loss_b.detach(), **extra})
 
     def untrained_heads(self, history: list[dict]) -> set[str]:

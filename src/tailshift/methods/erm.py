@@ -3,14 +3,14 @@ re-sampling, LA, and every loss-based method of Table 2 (Focal, CB, DRW, LDAM-DR
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..validation import bounded, one_of
 from .base import METHODS, STREAM_ROLES, Method, Stage, StepContext, StepOutput, StreamRequest
 from .heads import CLASSIFIERS, new_classifier
-from .losses import LOSSES, build_loss, check_loss_params
+from .losses import LossOptions, loss_field
 
 
 class SingleHead(Method):
@@ -20,14 +20,13 @@ class SingleHead(Method):
     starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1; Cui et al. 2019: 0.1)."""
 
     @dataclass
-    class Params:
-        loss: str = one_of("ce", LOSSES)
-        loss_params: dict = field(default_factory=dict)
+    class Params(LossOptions):
+        loss: str = loss_field("ce")
         classifier: str = one_of("linear", CLASSIFIERS)
         sigmoid_prior: float | None = bounded(None, gt=0, lt=1)
 
         def __post_init__(self):
-            check_loss_params(self.loss, self.loss_params, "method.params.loss_params")
+            super().__post_init__()
             if self.sigmoid_prior is not None and self.classifier != "linear":
                 raise ValueError(f"method.params.sigmoid_prior needs a linear classifier, got classifier "
                                  f"{self.classifier!r}")
@@ -36,14 +35,11 @@ class SingleHead(Method):
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
-        self.loss = build_loss(self.params.loss, class_counts, self.params.loss_params, "method.params.loss_params")
+        self.loss = self.params.build_loss("loss", class_counts)
         self.head = new_classifier(backbone, num_classes, self.params.classifier)
         if self.params.sigmoid_prior is not None:
             with torch.no_grad():
                 self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
-
-    def begin_epoch(self, stage: Stage, epoch: int) -> None:
-        self.loss.begin_epoch(epoch, stage.epochs)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]

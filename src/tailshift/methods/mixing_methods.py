@@ -9,7 +9,7 @@ import torch
 from ..validation import bounded
 from .base import METHODS, Stage, StepContext, StepOutput, StreamRequest
 from .erm import ERM, SingleHead
-from .mixing import cutmix_box, mixup, paste_box, sample_lambda
+from .mixing_ops import cutmix_box, mixup, paste_box, sample_lambda
 
 
 @METHODS.register("remix")

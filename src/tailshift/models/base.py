@@ -1,8 +1,13 @@
-"""The backbone contract: a feature map for CAM, an embedding for the heads."""
+"""The backbone contract (a feature map for CAM, an embedding for the heads) and the registry of
+backbones by name, which each definition joins with ``@MODELS.register(name)``."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..registry import Registry
+
+MODELS: Registry = Registry("model")
 
 
 class Backbone(nn.Module):

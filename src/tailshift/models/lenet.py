@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, kaiming_init
+from .base import MODELS, Backbone, kaiming_init
 from .ops import conv2d_s2dh_input_grad, conv5x5_pad2_s2dw, relu_max_pool2x2
 
 
+@MODELS.register("lenet2d")
 class LeNet2d(Backbone):
     """conv(5x5, C->6, pad 2) pool ReLU, conv(5x5, 6->16) pool ReLU, 400-120-84-2.
 

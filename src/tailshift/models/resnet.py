@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, kaiming_init
+from .base import MODELS, Backbone, kaiming_init
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -110,18 +110,22 @@ class ResNet(Backbone):
         return feature_map.mean(dim=(2, 3))
 
 
+@MODELS.register("resnet10")
 def resnet10(in_channels: int = 3, image_size: int = 224) -> ResNet:
     return ResNet(BasicBlock, (1, 1, 1, 1), in_channels, image_size)
 
 
+@MODELS.register("resnet18")
 def resnet18(in_channels: int = 3, image_size: int = 224) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, image_size)
 
 
+@MODELS.register("resnet50")
 def resnet50(in_channels: int = 3, image_size: int = 224) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, image_size)
 
 
+@MODELS.register("resnet152")
 def resnet152(in_channels: int = 3, image_size: int = 224) -> ResNet:
     return ResNet(Bottleneck, (3, 8, 36, 3), in_channels, image_size)
 
@@ -167,5 +171,6 @@ class FrozenBodyExtraBlock(Backbone):
         return feature_map.mean(dim=(2, 3))
 
 
+@MODELS.register("resnet152-frozen")
 def resnet152_frozen(in_channels: int = 3, image_size: int = 224) -> FrozenBodyExtraBlock:
     return FrozenBodyExtraBlock(resnet152(in_channels, image_size))

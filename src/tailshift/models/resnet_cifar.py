@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, kaiming_init
+from .base import MODELS, Backbone, kaiming_init
 from .resnet import BasicBlock
 
 
@@ -89,17 +89,21 @@ class CifarResNet(Backbone):
         return block
 
 
+@MODELS.register("resnet20")
 def resnet20(in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     return CifarResNet(20, in_channels, image_size)
 
 
+@MODELS.register("resnet32")
 def resnet32(in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     return CifarResNet(32, in_channels, image_size)
 
 
+@MODELS.register("resnet44")
 def resnet44(in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     return CifarResNet(44, in_channels, image_size)
 
 
+@MODELS.register("resnet56")
 def resnet56(in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     return CifarResNet(56, in_channels, image_size)

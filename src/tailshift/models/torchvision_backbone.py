@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import UnknownNameError
-from .base import Backbone
+from .base import MODELS, Backbone
 
 #: families without a convolutional map pooled into one linear layer (transformers; classifiers that are convs)
 UNSUPPORTED_PREFIXES = ("vit_", "swin_", "maxvit_", "mnasnet", "squeezenet")
@@ -37,12 +37,15 @@ def _torchvision_models():
 
 
 def torchvision_builder(arch: str):
-    """The factory of ``torchvision:<arch>`` (registered as the ``torchvision`` family of MODELS)."""
+    """The factory of ``torchvision:<arch>`` (the ``torchvision`` family of MODELS)."""
     models = _torchvision_models()
     allowed = [name for name in models.list_models(module=models) if not name.startswith(UNSUPPORTED_PREFIXES)]
     if arch not in allowed:
         raise UnknownNameError(f"unknown model 'torchvision:{arch}'; allowed torchvision names: {', '.join(allowed)}")
     return functools.partial(build_torchvision, arch)
+
+
+MODELS.register_family("torchvision", torchvision_builder)
 
 
 def build_torchvision(arch: str, in_channels: int = 3, image_size: int | None = None) -> "TorchvisionBackbone":

@@ -1,12 +1,12 @@
 """Class-balanced losses with the effective number of samples (Cui et al., CVPR 2019)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ...validation import bounded, one_of
-from .base import LOSSES, Loss, build_loss, check_loss_params, effective_number_weights
+from ...validation import bounded
+from .base import LOSSES, Loss, LossOptions, effective_number_weights, loss_field
 
 
 class EffectiveNumberWeighted(Loss):
@@ -14,17 +14,14 @@ class EffectiveNumberWeighted(Loss):
     w_c proportional to (1 - beta) / (1 - beta^n_c), summing to C (Cui et al. 2019, Eq. 3-4)."""
 
     @dataclass
-    class Params:
+    class Params(LossOptions):
+        params_key = "loss_params"  # these params are a loss's own (for messages)
         beta: float = bounded(0.9999, ge=0, lt=1)
-        loss: str = one_of("ce", LOSSES)
-        loss_params: dict = field(default_factory=dict)
-
-        def __post_init__(self):
-            check_loss_params(self.loss, self.loss_params, "loss_params.loss_params")
+        loss: str = loss_field("ce")
 
     def __init__(self, class_counts, params=None, key="loss_params"):
         super().__init__(class_counts, params, key)
-        self.inner = build_loss(self.params.loss, class_counts, self.params.loss_params, f"{key}.loss_params")
+        self.inner = self.params.build_loss("loss", class_counts, key)
         self.register_buffer("effective_weights", effective_number_weights(self.class_counts, self.params.beta),
                              persistent=False)
 

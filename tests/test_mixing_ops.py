@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from tailshift.methods.mixing import fuse_context, mixup, mixup_loss, sample_lambda
+from tailshift.methods.mixing_ops import fuse_context, mixup, mixup_loss, sample_lambda
 
 
 def _images(seed=0):

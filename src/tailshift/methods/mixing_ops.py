@@ -1,4 +1,6 @@
-"""Context-shift fusion (paper Eq. 6-7, Fig. 8) and standard mixup (Zhang et al. 2018).
+"""The mixing operations on images and their labels: context-shift fusion (paper Eq. 6-7, Fig. 8),
+mixup (Zhang et al. 2018) and CutMix boxes. The methods that use them: ``csa``, ``decoupled``
+(+ mixup), ``dual`` and ``mixing_methods`` (Remix, CMO).
 
 All randomness goes through an optional ``torch.Generator`` so a run is
 reproducible from its seed; draws happen on the generator's device (CPU by
