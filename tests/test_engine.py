@@ -135,7 +135,7 @@ def test_release_cosine_epoch_rates_of_both_crt_stages(dataset):
     # protocol.md: epoch e trains at 0.05 (1 + cos(pi e / 8)); cRT's 4-epoch re-training uses divisor 8 too
     from tailshift.methods import METHODS
     from tailshift.methods.base import build_params
-    from tailshift.reproduce.common import config_path
+    from tailshift.config import config_path
 
     cfg = load_config(config_path(f"table1/{dataset}_crt"))
     assert cfg.train.optim.schedule == "cosine_epoch" and cfg.train.optim.warmup_epochs == 0

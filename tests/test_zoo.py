@@ -15,7 +15,7 @@ from tailshift.methods import METHODS, StepContext
 from tailshift.methods.base import build_params
 from tailshift.methods.mixing import cutmix_box, mixup, paste_box, sample_lambda
 from tailshift.models import create_model
-from tailshift.reproduce.common import config_path
+from tailshift.config import config_path
 
 COUNTS = np.array([60, 40, 30, 20, 15, 10, 10, 6, 5, 4])
 B = 8
