@@ -189,11 +189,12 @@ class Grid:
         return Report(self.name, self.title, note, self.sections(results, studies, rows), data)
 
     # --- the command ------------------------------------------------------------------------------
-    def run(self, datasets: Sequence[str] | None, seeds, workers: int, output: Path, overrides: Sequence[str],
+    def run(self, datasets: Sequence[str] | None, seeds, workers: int | None, output: Path, overrides: Sequence[str],
             methods: Sequence[str] | None = None, rhos: Sequence[int] = (100,), mnist_root: str | None = None,
             nproc: int = 1) -> dict:
-        """Train what is missing, write ``<name>.md`` / ``.json`` in ``output`` and return the table (study -> row
-        -> ``Aggregate``). ``nproc`` > 1: each run on that many processes (torchrun), one run after the other."""
+        """Train what is missing on ``workers`` processes (None: one per core), write ``<name>.md`` / ``.json`` in
+        ``output`` and return the table (study -> row -> ``Aggregate``). ``nproc`` > 1: each run on that many
+        processes (torchrun), one run after the other."""
         rows = self.select_rows(methods)  # a bad method name is reported before any data is looked for
         studies = self.studies_to_run(datasets, rhos, mnist_root)
         plan = self.plan(studies, rows, seeds, overrides)

@@ -59,8 +59,9 @@ def overrides_for_run(run: str, overrides: Sequence[str], runs: Sequence[str]) -
 
 @dataclass(frozen=True)
 class Plan:
-    """Variants (by ``Key``, in report order) x seeds; ``comparisons`` are the pairs of variants whose All is
-    compared seed by seed; ``first_runs`` (the longest) start first, so a worker pool finishes together."""
+    """Variants (by ``Key``, in report order) x seeds (a count n: seeds 0 .. n-1); ``comparisons`` are the pairs
+    of variants whose All is compared seed by seed; ``first_runs`` (the longest) start first, so a worker pool
+    finishes together. Variants naming the same run of a study must agree on its config, overrides and folder."""
 
     variants: dict[Key, Variant]
     seeds: tuple[int, ...]

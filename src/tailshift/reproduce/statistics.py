@@ -31,9 +31,6 @@ class HeadScores:
         """Neither diverged, nor collapsed, nor scored on a head that no step trained."""
         return not (self.diverged or self.collapsed or self.untrained)
 
-    def group(self, key: str) -> float | None:
-        return getattr(self, key)
-
 
 #: what a diverged run reads as, whichever head is asked for
 DIVERGED = HeadScores(diverged=True)
@@ -63,9 +60,6 @@ class Aggregate:
     few: Stat
     all_runs: tuple[float | None, ...]
 
-    def group(self, key: str) -> Stat:
-        return getattr(self, key)
-
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -88,7 +82,7 @@ def aggregate(scores: list[HeadScores]) -> Aggregate:
     trained = [s for s in scores if not s.diverged and not s.untrained]
     stats = {}
     for key in GROUP_KEYS:
-        xs = np.array([s.group(key) for s in healthy if s.group(key) is not None], dtype=np.float64)
+        xs = np.array([getattr(s, key) for s in healthy if getattr(s, key) is not None], dtype=np.float64)
         stats[key] = Stat(mean=float(xs.mean()) if len(xs) else None,
                           std=float(xs.std(ddof=1)) if len(xs) > 1 else 0.0 if len(xs) else None,
                           values=tuple(round(float(x), 2) for x in xs))
@@ -104,7 +98,7 @@ def paired_difference(a: list[HeadScores], b: list[HeadScores], key: str = "all"
     Runs of the same seed share the long-tail draw and the initial weights, so pairing removes the
     seed-to-seed spread that dominates these small studies (a std of 3 to 8 points per method).
     """
-    diffs = np.array([x.group(key) - y.group(key) for x, y in zip(a, b, strict=True) if x.healthy and y.healthy],
+    diffs = np.array([getattr(x, key) - getattr(y, key) for x, y in zip(a, b, strict=True) if x.healthy and y.healthy],
                      dtype=np.float64)
     n = len(diffs)
     return PairedDifference(seeds=n, mean=float(diffs.mean()) if n else None,
