@@ -116,7 +116,7 @@ def _add_reproduce_command(sub) -> None:
     for name, spec in REPRODUCE_OPTIONS.items():
         takers = [c.name for c in commands if name in c.options]
         r.add_argument(flag(name), dest=name, default=argparse.SUPPRESS,
-                       **{**spec, "help": f"{spec['help']} [{', '.join(takers)}]"})
+                       **{**spec, "help": f"{spec['help']} [taken by {', '.join(takers)}]"})
     r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
     r.set_defaults(func=_reproduce)
 
