@@ -25,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-from tailshift.config import build_config, read_yaml
+from tailshift.config import build_config, config_path, read_yaml
 from tailshift.engine import Trainer, versions
-from tailshift.reproduce.common import config_path
 
 STUDIES = {
     "lenet2d": ("table1/cfashion-lt_ce", []),

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from tailshift.config import build_config, read_yaml
+from tailshift.config import build_config, config_path, read_yaml
 from tailshift.data.build import PreparedData, prepare_data
 from tailshift.engine import Trainer, versions
 from tailshift.optim import build_optimizer
-from tailshift.reproduce.common import config_path
 
 CONFIG = "table2/cifar10-lt_ce"
 METHODS = {

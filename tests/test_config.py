@@ -4,7 +4,7 @@ import pytest
 
 from tailshift.config import ConfigError, build_config, load_config, parse_override
 from tailshift.engine import Trainer
-from tailshift.reproduce.common import config_path
+from tailshift.config import config_path
 from tailshift.registry import UnknownNameError
 from tailshift.resolve import resolve_run
 
@@ -82,7 +82,7 @@ def test_unknown_config_name_lists_shipped_ones():
 
 def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     # recorded before train.optim.clip_grad_norm existed (commit 56849d5): its runs must stay resumable
-    from tailshift.reproduce.common import config_path
+    from tailshift.config import config_path
 
     # (the config of that time: a constant rate; its coloured twins used seaborn "deep", the neutral palette)
     run = resolve_run(load_config(config_path("table1/fashion-lt_ce"),
@@ -149,7 +149,7 @@ def test_large_scale_options_are_checked(override, message):
 
 def test_fingerprint_hashes_resolved_method_params():
     # Figure 8's "U(0, 1)" row spells out CSA's defaults: it is the base CSA run, not a retrain
-    from tailshift.reproduce.common import config_path
+    from tailshift.config import config_path
 
     def csa(*overrides):
         return resolve_run(load_config(config_path("table2/cifar100-lt_csa"), list(overrides)))

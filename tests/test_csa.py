@@ -330,7 +330,7 @@ def test_the_dual_branch_adds_the_term_its_uniform_term_hook_gives():
 def test_release_table10_la_is_on_the_uniform_head_only():
     # table10/cifar100-lt_csa-la as shipped: LA on the uniform head, plain CE on the (plain, dual) balanced batch
     from tailshift.config import load_config
-    from tailshift.reproduce.common import config_path
+    from tailshift.config import config_path
 
     params = load_config(config_path("table10/cifar100-lt_csa-la")).method.params
     method = _method("dual", **{k: params[k] for k in ("uniform_loss", "balanced_loss", "balanced_stream")})

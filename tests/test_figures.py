@@ -10,11 +10,12 @@ import tailshift.reproduce.figures as figures
 from conftest import tiny_prepared, write_cifar100
 from tailshift import plots
 from tailshift.config import load_config
+from tailshift.data.build import prepare_data
 from tailshift.data.longtail import profile_counts
 from tailshift.data.sampling import Sampler, StreamRequest, class_probabilities, stream_spec
 from tailshift.engine import build_method
 from tailshift.resolve import resolve_run
-from tailshift.reproduce.commands import COMMANDS
+from tailshift.reproduce import COMMANDS, curves, figure_commands
 
 
 def _png_size(path):
@@ -98,8 +99,8 @@ def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     data = tiny_prepared(channels=3, counts=(120, 80, 60, 40, 30, 20, 20, 16, 14, 12))
     monkeypatch.setattr(figures, "prepare_data", lambda cfg: data)
     out = tmp_path / "fig3"
-    summary = figures.figure3(None, 1, 1, out, ["train.epochs=4", "train.batch_size=32", "progress=false",
-                                                "train.optim.lr=0.05", "train.checkpoint=false"], None)
+    summary = figure_commands.figure3(out, ["train.epochs=4", "train.batch_size=32", "progress=false",
+                                            "train.optim.lr=0.05", "train.checkpoint=false"])
     assert _png_size(out / "figure3.png")[1] > 600 and _png_size(out / "figure3_bank.png")[0] > 600
     saved = json.loads((out / "figure3.json").read_text())
     assert saved == json.loads(json.dumps(summary))
@@ -113,7 +114,7 @@ def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 
 def test_figure3_needs_a_coloured_dataset(tmp_path):
     with pytest.raises(ValueError, match="coloured dataset"):
-        figures.figure3(["fashion-lt"], 1, 1, tmp_path, [], None)
+        figure_commands.figure3(tmp_path, datasets=["fashion-lt"])
 
 
 
@@ -125,16 +126,16 @@ def test_mnist_family_figures_without_data_say_so_in_one_line(figure, tmp_path, 
     monkeypatch.setattr(Grid, "available_datasets", lambda grid, mnist_root=None: [])
     with pytest.raises(DataError, match=rf"^no data found for {figure}: pass --datasets \(and data.root=... or "
                                         r"--mnist-root\), or see `tailshift download`$"):
-        getattr(figures, figure)(None, 1, 1, tmp_path, [], None)
+        COMMANDS.get(figure)(tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_figures_2_and_7_need_a_grey_and_a_coloured_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"^figure2 needs a grey dataset \(fashion-lt or mnist-lt\), got cfashion-lt$"):
-        figures.figure2(["cfashion-lt"], 1, 1, tmp_path, [], None)
+        COMMANDS.get("figure2")(tmp_path, datasets=["cfashion-lt"])
     with pytest.raises(ValueError,
                        match=r"^figure7 needs a coloured dataset \(cfashion-lt or cmnist-lt\), got fashion-lt$"):
-        figures.figure7(["fashion-lt"], 1, 1, tmp_path, [], None)
+        COMMANDS.get("figure7")(tmp_path, datasets=["fashion-lt"])
 
 #: a one-epoch ResNet-20 on the tiny CIFAR-100 folder (two training images a class, no long tail)
 TINY_CIFAR = ("data.longtail.profile=none", "data.longtail.n_max=2", "train.epochs=1", "train.optim.warmup_epochs=0",
@@ -144,13 +145,14 @@ TINY_CIFAR = ("data.longtail.profile=none", "data.longtail.n_max=2", "train.epoc
 def test_figure9_end_to_end_on_generated_cifar100(tmp_path, monkeypatch):
     """CE re-sampling and CSA at each gamma (two of them, for time); CSA's balanced branch draws from the power
     sampler at q = 1 - gamma."""
-    assert figures.GAMMAS == [0.0, 0.25, 0.5, 0.75, 1.0]  # the default grid, Figure 1's
-    monkeypatch.setattr(figures, "GAMMAS", [0.0, 0.5])
+    assert curves.GAMMAS == (0.0, 0.25, 0.5, 0.75, 1.0)  # the default grid, Figure 1's
+    monkeypatch.setattr(curves, "GAMMAS", (0.0, 0.5))
     write_cifar100(tmp_path, 2)
     out = tmp_path / "out"
-    table = figures.figure9(["cifar100-lt"], 1, 1, out, [f"data.root={tmp_path}", *TINY_CIFAR], rhos=(100,))
+    table = curves.figure9(out, [f"data.root={tmp_path}", *TINY_CIFAR], datasets=["cifar100-lt"], seeds=1, workers=1,
+                           rhos=(100,))
     assert list(table) == ["cifar100-lt rho 100: CE re-sampling", "cifar100-lt rho 100: CSA"]
-    assert all(list(row) == figures.GAMMAS and all(a["runs"] == 1 for a in row.values()) for row in table.values())
+    assert all(list(row) == [0.0, 0.5] and all(a.runs == 1 for a in row.values()) for row in table.values())
     _png_size(out / "figure9.png")
     md = (out / "figure9.md").read_text()
     assert md.startswith("# Figure 9: re-sampling vs CSA") and "without printed numbers" in md
@@ -165,7 +167,7 @@ def test_figure9_end_to_end_on_generated_cifar100(tmp_path, monkeypatch):
     cfg = load_config(runs / "csa-gamma0.5" / "seed0" / "config.yaml")
     assert cfg.method.name == "csa" and cfg.method.params["warmup_epochs"] == 0
     # the balanced stream the CSA run drew from, on a long-tailed label set: class frequencies n^q / sum n^q
-    data = figures.prepare_data(cfg.data)
+    data = prepare_data(cfg.data)
     request = build_method(resolve_run(cfg), data).stages()[0].streams["balanced"]
     assert request == StreamRequest("power", 0.5)
     counts = np.array(profile_counts("exp", 10, 500, 100))
@@ -180,7 +182,7 @@ def test_figure9_end_to_end_on_generated_cifar100(tmp_path, monkeypatch):
 
 def test_figure9_refuses_an_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown Table 2 dataset 'fashion-lt'; known: cifar10-lt, cifar100-lt"):
-        figures.figure9(["fashion-lt"], 1, 1, tmp_path, [])
+        curves.figure9(tmp_path, datasets=["fashion-lt"])
 
 
 def test_figures_11_12_and_10_end_to_end_on_generated_cifar100(tmp_path):
@@ -188,7 +190,7 @@ def test_figures_11_12_and_10_end_to_end_on_generated_cifar100(tmp_path):
     write_cifar100(tmp_path, 2)
     out = tmp_path / "out"
     overrides = [f"data.root={tmp_path}", *TINY_CIFAR, "csa:method.params.delta=0"]  # every tail image passes delta
-    summary = figures.figure11(None, 1, 1, out, overrides, rhos=(50,))
+    summary = figure_commands.figure11(out, overrides, rhos=(50,))
     assert summary["dataset"] == "cifar100-lt rho 50"
     assert set(summary["models"]) == {"ce", "cbrs", "csa"} and summary["models"]["csa"]["cam_head"] == "balanced"
     assert len(summary["samples"]) == 8 and {s["group"] for s in summary["samples"]} == {"many", "few"}
@@ -201,7 +203,7 @@ def test_figures_11_12_and_10_end_to_end_on_generated_cifar100(tmp_path):
     assert json.loads((out / "figure11.json").read_text()) == json.loads(json.dumps(summary))
     trained = {m: (out / "runs" / "cifar100-lt-rho50" / m / "checkpoint.pt").stat().st_mtime_ns for m in ("ce", "cbrs", "csa")}
 
-    figure10 = figures.figure10(["cifar100-lt"], 1, 1, out, overrides, rhos=(50, 10))
+    figure10 = figure_commands.figure10(out, overrides, datasets=["cifar100-lt"], rhos=(50, 10))
     assert {m: (out / "runs" / "cifar100-lt-rho50" / m / "checkpoint.pt").stat().st_mtime_ns for m in trained} == trained
     assert figure10["models"] == {m: {k: r[k] for k in ("head", "test")} for m, r in summary["models"].items()}
     _png_size(out / "figure10.png")

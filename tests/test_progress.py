@@ -6,7 +6,9 @@ from conftest import tiny_prepared
 from tailshift.config import build_config
 from tailshift.engine import train
 from tailshift.progress import Progress, RunCounter, epoch_line
-from tailshift.reproduce import common
+from tailshift.reproduce import jobs as reproduce_jobs
+from tailshift.reproduce.jobs import Job, JobResult
+from tailshift.reproduce.statistics import HeadScores
 
 
 class Terminal(io.StringIO):
@@ -41,14 +43,14 @@ def test_epoch_line_shows_missing_groups_as_dashes():
 
 
 def test_reproduce_prints_one_line_per_finished_run(monkeypatch, capsys):
-    jobs = [common.Job("fashion-lt", m, 0, "table1/fashion-lt_ce") for m in ("ce", "csa", "crt")]
-    results = {"fashion-lt/ce/seed0": {"diverged": False, "seconds": 12.0, "head": "main",
-                                       "heads": {"main": {"all": 51.234}}},
-               "fashion-lt/csa/seed0": {"diverged": True, "seconds": 3.0},
-               "fashion-lt/crt/seed0": {"diverged": False, "seconds": 200.0, "head": "retrained",
-                                        "heads": {"retrained": {"all": 66.0}}}}
-    monkeypatch.setattr(common, "_run_job", lambda job: {"key": job.key, **results[job.key]})
-    assert [r["key"] for r in common.run_jobs(jobs, 1)] == [j.key for j in jobs]
+    jobs = [Job("fashion-lt", m, 0, "table1/fashion-lt_ce") for m in ("ce", "csa", "crt")]
+    results = {"fashion-lt/ce/seed0": dict(diverged=False, seconds=12.0, head="main",
+                                           heads={"main": HeadScores(all=51.234)}),
+               "fashion-lt/csa/seed0": dict(diverged=True, seconds=3.0),
+               "fashion-lt/crt/seed0": dict(diverged=False, seconds=200.0, head="retrained",
+                                            heads={"retrained": HeadScores(all=66.0)})}
+    monkeypatch.setattr(reproduce_jobs, "_run_job", lambda job: JobResult(job, **results[job.key]))
+    assert [r.key for r in reproduce_jobs.run_jobs(jobs, 1)] == [j.key for j in jobs]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "[1/3] fashion-lt/ce/seed0  main head All 51.23  12 s  2 runs left, about 24 s left"
     assert lines[1] == "[2/3] fashion-lt/csa/seed0  diverged  3 s  1 run left, about 8 s left"
@@ -57,14 +59,15 @@ def test_reproduce_prints_one_line_per_finished_run(monkeypatch, capsys):
 
 def test_run_counter_is_silent_on_a_terminal():
     stream = Terminal()
-    RunCounter(1, stream=stream).finished({"key": "a", "diverged": True, "seconds": 1.0})
+    RunCounter(1, stream=stream).finished("a", 1.0, "diverged")
     assert stream.getvalue() == ""
 
 
 def test_run_lines_share_the_time_left_among_workers_and_name_an_untrained_head():
     stream = io.StringIO()
     counter = RunCounter(5, workers=2, stream=stream)
-    counter.finished({"key": "a", "diverged": False, "seconds": 40.0, "head": "balanced",
-                      "heads": {"balanced": {"all": 10.0, "untrained": True}}})
-    assert stream.getvalue() == ("[1/5] a  balanced head All 10.00 (head never trained)  40 s  4 runs left, "
+    result = JobResult(Job("s", "a", 0, "table1/fashion-lt_ce"), diverged=False, seconds=40.0, head="balanced",
+                       heads={"balanced": HeadScores(all=10.0, untrained=True)})
+    counter.finished(result.key, result.seconds, result.summary())
+    assert stream.getvalue() == ("[1/5] s/a/seed0  balanced head All 10.00 (head never trained)  40 s  4 runs left, "
                                  "about 80 s left\n")

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -11,46 +12,61 @@ import numpy as np
 import pytest
 import yaml
 
-from tailshift.reproduce.common import aggregate, config_path, head_result, paired_difference, sign_flip_p
+from tailshift.config import config_path
+from tailshift.reproduce.jobs import Job, JobResult
+from tailshift.reproduce.statistics import DIVERGED, HeadScores, aggregate, paired_difference, sign_flip_p
 from tailshift.reproduce.table1 import TABLE1
 
 
-def jobs_for(datasets, seeds, out, overrides, rows):
-    return TABLE1.jobs(TABLE1.studies(datasets), rows, seeds, out, overrides)
+def plan_for(datasets, seeds, overrides, rows):
+    return TABLE1.plan(TABLE1.studies(datasets), rows, seeds, overrides)
 
 
-def result(study, run_, seed, heads):
-    return {"key": f"{study}/{run_}/seed{seed}", "study": study, "run": run_, "seed": seed, "diverged": False,
-            "heads": heads}
+def result(study, run_, seed, heads, **fields):
+    return JobResult(Job(study, run_, seed, f"table1/{study}_{run_}"), diverged=False, seconds=1.0, heads=heads,
+                     **fields)
 
 
-def run(all_, collapsed=False):
-    return {"all": all_, "many": all_, "med": all_, "few": None, "collapsed": collapsed}
+def run(all_, collapsed=False, untrained=False):
+    return HeadScores(all=all_, many=all_, med=all_, few=None, collapsed=collapsed, untrained=untrained)
 
 
 def test_aggregate_leaves_diverged_and_collapsed_runs_out_of_the_mean():
-    agg = aggregate([run(50.0), run(60.0), run(10.0, collapsed=True), {"diverged": True}])
-    assert (agg["runs"], agg["diverged"], agg["collapsed"]) == (4, 1, 1)
-    assert agg["all"]["mean"] == 55.0 and agg["all"]["std"] == pytest.approx(7.0711, abs=1e-4)
-    assert agg["few"]["mean"] is None
-    assert agg["all_runs"] == [50.0, 60.0, 10.0, None]
+    agg = aggregate([run(50.0), run(60.0), run(10.0, collapsed=True), DIVERGED])
+    assert (agg.runs, agg.diverged, agg.collapsed) == (4, 1, 1)
+    assert agg.all.mean == 55.0 and agg.all.std == pytest.approx(7.0711, abs=1e-4)
+    assert agg.few.mean is None
+    assert agg.all_runs == (50.0, 60.0, 10.0, None)
 
 
-def test_head_result_is_the_head_or_a_diverged_marker():
+def test_a_run_reads_its_heads_or_diverged():
     healthy_run = result("fashion-lt", "crt", 0, {"ce": run(50.0), "crt": run(60.0)})
-    assert head_result(healthy_run, "crt") == run(60.0)
-    assert head_result({**healthy_run, "diverged": True, "heads": None}, "crt") == {"diverged": True}
+    assert healthy_run.scores("crt") == run(60.0)
+    diverged = JobResult(healthy_run.job, diverged=True, seconds=2.0, error="loss is nan")
+    assert diverged.scores("crt") is DIVERGED and not DIVERGED.healthy
+    assert diverged.to_json() == {"key": "fashion-lt/crt/seed0", "study": "fashion-lt", "run": "crt", "seed": 0,
+                                  "diverged": True, "error": "loss is nan", "seconds": 2.0}
+
+
+def test_variants_of_one_run_share_its_jobs_and_must_agree_on_its_config(tmp_path):
+    from tailshift.reproduce.plan import Plan, Variant
+
+    ce, crt = Variant("s", "crt", "table1/fashion-lt_crt", "ce"), Variant("s", "crt", "table1/fashion-lt_crt", "crt")
+    plan = Plan({("s", "ce"): ce, ("s", "crt"): crt}, 2)
+    assert [j.key for j in plan.jobs(tmp_path)] == ["s/crt/seed0", "s/crt/seed1"]
+    with pytest.raises(ValueError, match="run s/crt is planned with two configs"):
+        Plan({("s", "ce"): ce, ("s", "crt"): Variant("s", "crt", "table1/fashion-lt_crt", "crt", ("seed=3",))}, 1)
 
 
 def test_a_study_on_nproc_processes_reports_one_run_at_a_time_not_the_workers_option(tmp_path, monkeypatch, capsys):
-    import tailshift.reproduce.grid as grid
+    import tailshift.reproduce.jobs as jobs
 
-    def distributed(jobs, nproc):
+    def distributed(jobs_, nproc):
         assert nproc == 2
-        heads = {h: {**run(50.0), "few": 50.0, "untrained": False} for h in ("ce", "crt", "main")}
-        return [{**result(j.study, j.run, j.seed, heads), "train_seconds": 1.0} for j in jobs]
+        heads = {h: HeadScores(50.0, 50.0, 50.0, 50.0) for h in ("ce", "crt", "main")}
+        return [result(j.study, j.run, j.seed, heads, train_seconds=1.0) for j in jobs_]
 
-    monkeypatch.setattr(grid, "run_jobs_distributed", distributed)
+    monkeypatch.setattr(jobs, "run_jobs_distributed", distributed)
     TABLE1.run(["fashion-lt"], 1, 8, tmp_path, [], nproc=2)
     md = (tmp_path / "table1.md").read_text()
     assert "2 runs, 1 worker process, wall time" in md and "8 worker" not in md
@@ -62,7 +78,8 @@ def test_a_study_on_nproc_processes_reports_one_run_at_a_time_not_the_workers_op
 
 
 def test_table1_jobs_cover_every_dataset_run_and_seed_longest_first(tmp_path):
-    jobs = jobs_for(["fashion-lt", "cfashion-lt"], 2, tmp_path, ["train.epochs=1"], TABLE1.select_rows(["ce", "crt", "cbrs"]))
+    jobs = plan_for(["fashion-lt", "cfashion-lt"], 2, ["train.epochs=1"],
+                    TABLE1.select_rows(["ce", "crt", "cbrs"])).jobs(tmp_path)
     assert len(jobs) == 2 * 2 * 2  # CE and cRT share the crt runs
     assert all(j.run == "cbrs" for j in jobs[:4])
     assert {(j.study, j.run, j.seed) for j in jobs} == {(d, r, s) for d in ("fashion-lt", "cfashion-lt")
@@ -72,13 +89,15 @@ def test_table1_jobs_cover_every_dataset_run_and_seed_longest_first(tmp_path):
 
 
 def test_table_rows_come_from_the_right_heads_and_print_beside_the_paper():
-    results = [result("fashion-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + s), "main": run(80.0 + s)})
-               for r in ("crt", "cbrs") for s in range(2)]
-    rows = TABLE1.select_rows(None)
-    table = TABLE1.collect(results, TABLE1.studies(["fashion-lt"]), rows, 2)
-    assert table["fashion-lt"]["ce"]["all"]["mean"] == 40.5 and table["fashion-lt"]["cbrs"]["all"]["mean"] == 80.5
-    md = TABLE1.markdown(table, {"fashion-lt": {"ce": [45.6, 94.7, 43.1, 0.0]}}, rows, "note")
+    runs = [result("fashion-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + s), "main": run(80.0 + s)})
+            for r in ("crt", "cbrs") for s in range(2)]
+    rows, studies = TABLE1.select_rows(None), TABLE1.studies(["fashion-lt"])
+    results = TABLE1.plan(studies, rows, 2, []).results(runs)
+    table = results.table()
+    assert table["fashion-lt"]["ce"].all.mean == 40.5 and table["fashion-lt"]["cbrs"].all.mean == 80.5
+    md = TABLE1.report(results, studies, rows, []).markdown()
     assert "| fashion-lt | CE | 40.5 ± 0.7 |" in md and "| 45.6 | 94.7 / 43.1 / 0.0 |" in md
+    assert md.startswith("# Table 1: re-sampling on MNIST-family long-tail sets\n\nMean ± std (sample) over 2 seeds")
 
 
 def test_sign_flip_test_enumerates_every_sign_pattern():
@@ -100,32 +119,34 @@ def test_sign_flip_test_falls_back_to_a_seeded_monte_carlo_for_many_pairs():
 
 def test_paired_difference_keeps_only_seeds_where_both_runs_are_healthy():
     a = [run(60.0), run(55.0), run(70.0), run(90.0, collapsed=True), run(50.0)]
-    b = [run(58.0), run(55.0), {"diverged": True}, run(40.0), run(51.0)]
+    b = [run(58.0), run(55.0), DIVERGED, run(40.0), run(51.0)]
     pair = paired_difference(a, b)
-    assert pair["seeds"] == 3 and (pair["wins"], pair["ties"], pair["losses"]) == (1, 1, 1)
-    assert pair["mean"] == pytest.approx(1 / 3) and pair["std"] == pytest.approx(np.std([2, 0, -1], ddof=1))
-    assert pair["p"] == sign_flip_p(np.array([2.0, 0.0, -1.0]))
-    assert paired_difference([run(1.0)], [run(2.0)])["p"] is None
+    assert pair.seeds == 3 and (pair.wins, pair.ties, pair.losses) == (1, 1, 1)
+    assert pair.mean == pytest.approx(1 / 3) and pair.std == pytest.approx(np.std([2, 0, -1], ddof=1))
+    assert pair.p == sign_flip_p(np.array([2.0, 0.0, -1.0]))
+    assert paired_difference([run(1.0)], [run(2.0)]).p is None
 
 
 def test_table1_pairs_csa_with_each_baseline_seed_by_seed():
-    results = [result("cmnist-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + 2 * s), "main": run(45.0),
-                                           "balanced": run(59.0 + 3 * s), "uniform": run(50.0), "ensemble": run(55.0)})
-               for r in ("crt", "cbrs", "csa") for s in range(4)]
+    runs = [result("cmnist-lt", r, s, {"ce": run(40.0 + s), "crt": run(60.0 + 2 * s), "main": run(45.0),
+                                        "balanced": run(59.0 + 3 * s), "uniform": run(50.0), "ensemble": run(55.0)})
+            for r in ("crt", "cbrs", "csa") for s in range(4)]
     rows = TABLE1.select_rows(["ce", "crt", "cbrs", "csa"])
     studies = TABLE1.studies(["cmnist-lt"])
-    pairs = TABLE1.pairs(results, studies, rows, 4)["cmnist-lt"]
+    results = TABLE1.plan(studies, rows, 4, []).results(runs)
+    pairs = {(a, b): pair for ((_, a), (_, b)), pair in results.paired.items()}
     assert list(pairs) == [("csa", "ce"), ("csa", "crt"), ("csa", "cbrs"), ("cbrs", "ce"), ("cbrs", "crt")]
-    assert (pairs["cbrs", "crt"]["mean"], pairs["cbrs", "crt"]["losses"]) == (-18.0, 4)  # 45 against 60, 62, 64, 66
-    assert pairs["csa", "crt"]["mean"] == pytest.approx(0.5)  # differences -1, 0, 1, 2
-    assert (pairs["csa", "crt"]["wins"], pairs["csa", "crt"]["ties"], pairs["csa", "crt"]["losses"]) == (2, 1, 1)
-    assert pairs["csa", "ce"]["wins"] == 4 and pairs["csa", "ce"]["p"] == 2 / 16
-    table = TABLE1.collect(results, studies, rows, 4)
-    md = TABLE1.markdown(table, {}, rows, "note", pairs={"cmnist-lt": pairs})
+    assert (pairs["cbrs", "crt"].mean, pairs["cbrs", "crt"].losses) == (-18.0, 4)  # 45 against 60, 62, 64, 66
+    assert pairs["csa", "crt"].mean == pytest.approx(0.5)  # differences -1, 0, 1, 2
+    assert (pairs["csa", "crt"].wins, pairs["csa", "crt"].ties, pairs["csa", "crt"].losses) == (2, 1, 1)
+    assert pairs["csa", "ce"].wins == 4 and pairs["csa", "ce"].p == 2 / 16
+    md = TABLE1.report(results, studies, rows, []).markdown()
     assert "| cmnist-lt | CSA − cRT | 4 | +0.5 ± 1.3 | 2 / 1 / 1 | 0.750 |" in md
-    strong = {"cmnist-lt": {("csa", "ce"): {**pairs["csa", "ce"], "p": 2 / 2**20}}}
-    assert "| 4 / 0 / 0 | < 0.001 |" in TABLE1.markdown({}, {}, rows, "note", pairs=strong)
-    assert "Paired by seed" not in TABLE1.markdown(table, {}, rows, "note")
+    strong = dataclasses.replace(results, paired={(("cmnist-lt", "csa"), ("cmnist-lt", "ce")):
+                                                  dataclasses.replace(pairs["csa", "ce"], p=2 / 2**20)})
+    assert "| 4 / 0 / 0 | < 0.001 |" in TABLE1.report(strong, studies, rows, []).markdown()
+    unpaired = TABLE1.plan(studies, TABLE1.select_rows(["ce", "crt"]), 4, []).results(runs)
+    assert "Paired by seed" not in TABLE1.report(unpaired, studies, TABLE1.select_rows(["ce", "crt"]), []).markdown()
 
 
 def test_unknown_study_method_lists_known():
@@ -149,7 +170,8 @@ def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
         write_idx(tmp_path / "mnist" / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels)
     out = tmp_path / "out"
-    table = TABLE1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"], ["ce", "crt", "cbrs"], mnist_root=str(tmp_path / "mnist"))
+    table = TABLE1.run(["cmnist-lt"], 1, 1, out, ["train.epochs=1"], ["ce", "crt", "cbrs"],
+                       mnist_root=str(tmp_path / "mnist"))
     assert set(table["cmnist-lt"]) == {"ce", "crt", "cbrs"}
     md = (out / "table1.md").read_text()
     assert "| cmnist-lt | CE |" in md and "| 39.1 | 94.4 / 12.2 / 15.2 |" in md and "Command:" in md
@@ -164,41 +186,39 @@ def test_table1_end_to_end_on_generated_mnist_files(tmp_path):
     assert f"training time of the runs that did not diverge: {total:.0f} s of worker time" in (out / "table1.md").read_text()
 
 
-def test_seeds_parse_from_a_count_a_range_or_a_list_and_name_themselves():
-    from tailshift.reproduce.common import parse_seeds, seed_list, seeds_note
+def test_seed_lists_name_themselves():
+    from tailshift.reproduce.plan import seed_list
+    from tailshift.reproduce.reports import seeds_note
 
-    assert parse_seeds("3") == [0, 1, 2] == seed_list(3)
-    assert parse_seeds("5-8") == [5, 6, 7, 8] and parse_seeds("0,3,7") == [0, 3, 7]
-    assert seeds_note(5) == "5 seeds" and seeds_note(range(5, 20)) == "15 seeds (5-19)"
+    assert seed_list(3) == (0, 1, 2) and seed_list([5, 7]) == (5, 7)
+    assert seeds_note(range(5)) == "5 seeds" and seeds_note(range(5, 20)) == "15 seeds (5-19)"
     assert seeds_note([0, 3, 7]) == "3 seeds (0, 3, 7)"
-    for bad in ("0", "x", "9-5", "1,1", "-3", "2.5"):
-        with pytest.raises(ValueError, match=f"--seeds must be a count .* got {bad!r}"):
-            parse_seeds(bad)
 
 
 def test_a_seed_range_names_its_runs_by_seed_and_extends_a_study(tmp_path):
     rows = TABLE1.select_rows(["ce", "cbrs"])
-    jobs = jobs_for(["fashion-lt"], [5, 6], tmp_path, [], rows)
+    plan = plan_for(["fashion-lt"], [5, 6], [], rows)
+    jobs = plan.jobs(tmp_path)
     assert sorted(j.key for j in jobs) == ["fashion-lt/cbrs/seed5", "fashion-lt/cbrs/seed6",
                                            "fashion-lt/crt/seed5", "fashion-lt/crt/seed6"]
     assert {j.resolve().seed for j in jobs} == {5, 6}
-    results = [result(j.study, j.run, j.seed, {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}) for j in jobs]
-    assert TABLE1.collect(results, TABLE1.studies(["fashion-lt"]), rows, [5, 6])["fashion-lt"]["cbrs"]["runs"] == 2
+    runs = [result(j.study, j.run, j.seed, {"ce": run(40.0), "crt": run(50.0), "main": run(60.0)}) for j in jobs]
+    assert plan.results(runs).aggregates["fashion-lt", "cbrs"].runs == 2
 
 
 def test_aggregate_counts_runs_scored_on_an_untrained_head_apart():
-    untrained = {**run(30.0, collapsed=True), "untrained": True}
-    agg = aggregate([run(50.0), {**run(20.0), "untrained": True}, untrained, run(60.0, collapsed=True)])
-    assert (agg["runs"], agg["diverged"], agg["collapsed"], agg["untrained"]) == (4, 0, 1, 2)
-    assert agg["all"]["values"] == [50.0]
+    agg = aggregate([run(50.0), run(20.0, untrained=True), run(30.0, collapsed=True, untrained=True),
+                     run(60.0, collapsed=True)])
+    assert (agg.runs, agg.diverged, agg.collapsed, agg.untrained) == (4, 0, 1, 2)
+    assert agg.all.values == (50.0,)
 
 
 def test_one_healthy_run_is_shown_without_a_spread():
-    from tailshift.reproduce.common import fmt
+    from tailshift.reproduce.reports import fmt
 
-    agg = aggregate([run(13.7), {**run(1.2), "untrained": True}])
-    assert fmt(agg["all"]) == "13.7 (1 run)"
-    assert fmt(aggregate([run(50.0), run(60.0)])["all"]) == "55.0 ± 7.1"
+    agg = aggregate([run(13.7), run(1.2, untrained=True)])
+    assert fmt(agg.all) == "13.7 (1 run)"
+    assert fmt(aggregate([run(50.0), run(60.0)]).all) == "55.0 ± 7.1"
 
 
 def _children(pid):
@@ -224,7 +244,7 @@ def test_a_terminated_study_stops_its_worker_processes(tmp_path):
         "model": {"name": "lenet2d"}, "method": {"name": "ce"}, "device": "cpu",
         "train": {"epochs": 100000, "batch_size": 16}}))  # far longer than the test waits
     jobs = ", ".join(f"Job('s', 'r{i}', 0, {str(config)!r}, ('output={tmp_path / f'run{i}'}',))" for i in range(2))
-    study = subprocess.Popen([sys.executable, "-c", f"from tailshift.reproduce.common import Job, run_jobs\n"
+    study = subprocess.Popen([sys.executable, "-c", f"from tailshift.reproduce.jobs import Job, run_jobs\n"
                               f"run_jobs([{jobs}], 2)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
@@ -247,7 +267,7 @@ def test_a_terminated_study_stops_its_worker_processes(tmp_path):
 
 
 def test_an_interrupted_wait_on_torchrun_terminates_it_before_raising():
-    from tailshift.reproduce import common
+    from tailshift.reproduce import jobs
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     wait = child.wait
@@ -262,7 +282,7 @@ def test_an_interrupted_wait_on_torchrun_terminates_it_before_raising():
     child.wait = wait_until_interrupted
     try:
         with pytest.raises(SystemExit):
-            common._wait_or_terminate(child, grace_seconds=30)
+            jobs._wait_or_terminate(child, grace_seconds=30)
         assert child.returncode == -signal.SIGTERM  # asked to stop, not killed
     finally:
         child.kill()

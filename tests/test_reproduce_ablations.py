@@ -7,9 +7,18 @@ from tailshift import cli
 from tailshift.reproduce import ablations
 
 
+def runs_by_row(plan):
+    """table -> row label -> the run it reads"""
+    rows = {}
+    for (table, label), variant in plan.variants.items():
+        rows.setdefault(table, {})[label] = variant.run
+    return rows
+
+
 def test_rows_that_resolve_to_one_config_share_its_runs(tmp_path):
     tables = ablations.select_tables(None, "fashion-lt")
-    jobs, rows = ablations.plan("fashion-lt", tables, 2, tmp_path, ["train.epochs=2"])
+    plan = ablations.plan("fashion-lt", tables, 2, ["train.epochs=2"])
+    jobs, rows = plan.jobs(tmp_path), runs_by_row(plan)
     assert rows["table4"] == {"with Q": "base", "w/o Q": "use_bank=False"}
     assert rows["table5"]["delta = 0.8"] == "base" and rows["table5"]["delta = 0"] == "delta=0.0"
     assert rows["table6"]["V = 1 B"] == "base" and rows["figure8"]["U(0, 1)"] == "base"
@@ -21,16 +30,16 @@ def test_rows_that_resolve_to_one_config_share_its_runs(tmp_path):
 
 
 def test_run_scoped_overrides_reach_every_csa_variant(tmp_path):
-    jobs, _ = ablations.plan("fashion-lt", ablations.select_tables(["table4"], "fashion-lt"), 1, tmp_path,
-                             ["csa:method.params.warmup_epochs=0"])
+    jobs = ablations.plan("fashion-lt", ablations.select_tables(["table4"], "fashion-lt"), 1,
+                          ["csa:method.params.warmup_epochs=0"]).jobs(tmp_path)
     assert [j.resolve().method.params["warmup_epochs"] for j in jobs] == [0, 0]
 
 
 def test_mnist_studies_read_the_mnist_root(tmp_path):
     tables = ablations.select_tables(["table4"], "cmnist-lt")
-    jobs, _ = ablations.plan("cmnist-lt", tables, 1, tmp_path, [], mnist_root="/data/mnist")
+    jobs = ablations.plan("cmnist-lt", tables, 1, [], mnist_root="/data/mnist").jobs(tmp_path)
     assert {j.resolve().data.root for j in jobs} == {"/data/mnist"}
-    jobs, _ = ablations.plan("fashion-lt", tables, 1, tmp_path, [], mnist_root="/data/mnist")
+    jobs = ablations.plan("fashion-lt", tables, 1, [], mnist_root="/data/mnist").jobs(tmp_path)
     assert {j.resolve().data.root for j in jobs} == {None}
 
 
@@ -42,7 +51,7 @@ def test_unknown_table_study_and_cam_on_a_non_pooled_backbone_are_refused(tmp_pa
     assert "table8" not in ablations.select_tables(None, "fashion-lt")
     assert "table8" in ablations.select_tables(None, "cifar100-lt")
     with pytest.raises(ValueError, match="unknown ablation study 'svhn'; known: cifar100-lt"):
-        ablations.run("svhn", None, 1, 1, tmp_path, [])
+        ablations.run(tmp_path, study="svhn")
 
 
 def test_cli_error_for_an_unknown_study_is_one_line(capsys, tmp_path):
@@ -65,11 +74,11 @@ def test_ablations_end_to_end_on_a_generated_file(tmp_path):
     path = tmp_path / "tiny.npz"
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     out = tmp_path / "out"
-    table = ablations.run("fashion-lt", ["table4"], 1, 1, out,
-                          ["data.dataset=npz", f"data.root={path}", "data.longtail.n_max=12", "data.longtail.rho=10",
+    table = ablations.run(out, study="fashion-lt", tables=["table4"], seeds=1, workers=1, overrides=[
+                          "data.dataset=npz", f"data.root={path}", "data.longtail.n_max=12", "data.longtail.rho=10",
                            "train.epochs=3", "train.batch_size=16", "csa:method.params.warmup_epochs=1",
                            "csa:method.params.delta=0.0", "csa:method.params.stop_last_epochs=1"])
-    assert set(table["table4"]) == {"with Q", "w/o Q"} and table["table4"]["w/o Q"]["runs"] == 1
+    assert set(table["table4"]) == {"with Q", "w/o Q"} and table["table4"]["w/o Q"].runs == 1
     md = (out / "ablations.md").read_text()
     assert "## Table 4: the context bank Q" in md and "| 41.2 | 65.1 / 41.9 / 10.7 |" in md
     assert "The paper's figures are for cifar100-lt, not this study" in md
@@ -85,5 +94,5 @@ def test_figure8_uniform_row_is_the_base_cifar_run(tmp_path):
     # the CIFAR CSA configs leave lambda's distribution at its default: the row that spells it out
     # resolves to the same params, so it reuses the base run instead of training 200 epochs again
     for study in ("cifar10-lt", "cifar100-lt"):
-        _, rows = ablations.plan(study, ablations.select_tables(["figure8"], study), 1, tmp_path, [])
-        assert rows["figure8"]["U(0, 1)"] == "base"
+        plan = ablations.plan(study, ablations.select_tables(["figure8"], study), 1, [])
+        assert plan.variants["figure8", "U(0, 1)"].run == "base"

@@ -6,12 +6,12 @@ import pytest
 from conftest import write_cifar100
 from tailshift.data.sources import KNOWN_CAVEATS
 from tailshift.reproduce import table2
-from tailshift.reproduce.common import config_path
+from tailshift.config import config_path
 from tailshift.reproduce.table2 import TABLE2, TABLE10, TABLE11
 
 
 def jobs_for(datasets, rhos, seeds, out, overrides, rows, grid=TABLE2):
-    return grid.jobs(grid.studies(datasets, rhos), rows, seeds, out, overrides)
+    return grid.plan(grid.studies(datasets, rhos), rows, seeds, overrides).jobs(out)
 
 
 def test_table2_jobs_one_per_run_rho_and_seed_dual_runs_first(tmp_path):
@@ -32,7 +32,7 @@ def test_run_scoped_overrides_reach_only_their_run(tmp_path):
     by_run = {j.run: j.resolve() for j in jobs}
     assert by_run["csa"].method.params["warmup_epochs"] == 2 and by_run["csa"].train.epochs == 16
     assert "warmup_epochs" not in by_run["crt"].method.params and by_run["crt"].train.epochs == 16
-    with pytest.raises(ValueError, match="scoped to run 'bbn'; runs of this grid: crt, csa"):
+    with pytest.raises(ValueError, match="scoped to run 'bbn'; runs of this study: crt, csa"):
         jobs_for(["cifar10-lt"], [100], 1, tmp_path, ["bbn:seed=1"], rows)
 
 
@@ -153,8 +153,7 @@ def test_cifar_balanced_streams_draw_n_max_times_classes_per_epoch(grid, dataset
     # the release's class-balanced loader: n_max x C draws an epoch (CIFAR-100-LT rho 100: 50,000, not 10,847)
     from tailshift.data.longtail import profile_counts
     from tailshift.data.sampling import Sampler, StreamRequest, stream_spec
-    from tailshift.reproduce.common import config_path
-    from tailshift.config import load_config
+    from tailshift.config import config_path, load_config
 
     classes = 10 if dataset == "cifar10-lt" else 100
     for cfg_path in sorted(config_path(f"{grid}/{dataset}_csa-mixup" if grid == "table2" else f"{grid}/{dataset}_csa-la")

@@ -8,8 +8,8 @@ import yaml
 from conftest import write_imagenet_lt
 
 from tailshift import cli
-from tailshift.config import build_config, read_yaml
-from tailshift.reproduce.common import config_path, paper_numbers
+from tailshift.config import build_config, config_path, read_yaml
+from tailshift.reproduce.reports import paper_numbers
 from tailshift.reproduce.table3 import MODELS, TABLE3
 
 
@@ -52,7 +52,7 @@ def test_table3_runs_and_prints_the_paper_beside_ours(tmp_path, capsys):
 
 
 def test_table3_jobs_scope_overrides_by_run(tmp_path):
-    jobs = TABLE3.jobs(TABLE3.studies(["resnet50"]), TABLE3.select_rows(["csa"]), 2, tmp_path,
-                       ["csa:method.params.delta=0.5"])
+    jobs = TABLE3.plan(TABLE3.studies(["resnet50"]), TABLE3.select_rows(["csa"]), 2,
+                       ["csa:method.params.delta=0.5"]).jobs(tmp_path)
     assert [j.key for j in jobs] == ["resnet50/csa/seed0", "resnet50/csa/seed1"]
     assert jobs[0].config == "table3/imagenet-lt_csa_resnet50" and "method.params.delta=0.5" in jobs[0].overrides

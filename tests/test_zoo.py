@@ -15,7 +15,7 @@ from tailshift.engine import train
 from tailshift.methods import METHODS, StepContext
 from tailshift.methods.mixing_ops import cutmix_box, mixup, paste_box, sample_lambda
 from tailshift.models import create_model
-from tailshift.reproduce.common import config_path
+from tailshift.config import config_path
 from tailshift.resolve import resolve_run
 
 COUNTS = np.array([60, 40, 30, 20, 15, 10, 10, 6, 5, 4])

@@ -10,7 +10,7 @@ from pathlib import Path
 def _train(args) -> None:
     from .config import load_config
     from .engine import train
-    from .reproduce.common import config_path
+    from .config import config_path
     from .resolve import resolve_run
 
     run = resolve_run(load_config(config_path(args.config), args.overrides))  # every check, before any process starts
@@ -34,14 +34,10 @@ def _train(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce.commands import COMMANDS, Request
+    from .reproduce import COMMANDS
 
-    request = Request(
-        out=Path(args.output or f"runs/reproduce/{args.what}"), workers=args.workers, seeds=args.seeds,
-        overrides=args.overrides, datasets=args.datasets, methods=args.methods, rhos=args.rhos,
-        mnist_root=args.mnist_root, study=args.study, tables=args.tables, models=args.models, nproc=args.nproc,
-    )
-    COMMANDS.get(args.what)(request)
+    given = {name: getattr(args, name) for name in REPRODUCE_OPTIONS if hasattr(args, name)}
+    COMMANDS.get(args.what)(Path(args.output or f"runs/reproduce/{args.what}"), args.overrides, **given)
 
 
 def _names(text: str) -> list[str]:
@@ -55,13 +51,76 @@ def _rhos(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--rhos must be comma-separated integers such as 100,50,10, got {text!r}") from None
 
 
-def _seeds(text: str) -> list[int]:
-    from .reproduce.common import parse_seeds
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a count ("5": seeds 0-4), an inclusive range ("5-19") or a list ("0,3,7").
 
+    A range or list lets a study grow (more seeds into the same output folder: finished
+    runs are re-evaluated, not retrained) or report seeds held out from tuning."""
+    bad = argparse.ArgumentTypeError(
+        f"--seeds must be a count (5), an inclusive range (5-19) or a comma-separated list (0,3,7) "
+        f"of non-negative integers, got {text!r}")
     try:
-        return parse_seeds(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        if "-" in text:
+            first, last = (int(x) for x in text.split("-"))
+            seeds = list(range(first, last + 1))
+        elif "," in text:
+            seeds = [int(x) for x in text.split(",")]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise bad from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise bad
+    return seeds
+
+
+#: the options a reproduce command may take, by the name of the command's parameter (``--mnist-root``:
+#: ``mnist_root``); each command takes those its function names, with its own defaults
+REPRODUCE_OPTIONS = {
+    "datasets": dict(type=_names, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all "
+                                       "found; figure3: cfashion-lt; figure10, figure11: cifar100-lt)"),
+    "methods": dict(type=_names, help="table rows, comma-separated: table1/figure4 ce,crt,cbrs,csa,csa-uniform,"
+                                      "csa-ensemble (table1 default: ce,crt,cbrs; figure4: all); table2: every row of "
+                                      "the paper's Table 2 (ce,focal,cb-focal,drs,ce-drw,ldam-drw,crt,lws,bbn,mixup,"
+                                      "remix,m2m,cam-bs,cmo,crt-mixup,lws-mixup,csa,csa-mixup) and cbrs,la,cb-ce,"
+                                      "balanced-softmax,tau-norm,dual,csa-uniform,csa-ensemble (default: all); table10: "
+                                      "csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl; table3: ce,crt,cbrs,"
+                                      "csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)"),
+    "models": dict(type=_names, help="backbones, comma-separated of resnet10,resnet50 (default both)"),
+    "rhos": dict(type=_rhos, help="imbalance ratios, comma-separated (default 100); figure10, figure11: the first one"),
+    "study": dict(help="the study whose CSA config is varied (default cifar100-lt, as the paper; fashion-lt or "
+                       "cfashion-lt run on a CPU)"),
+    "tables": dict(type=_names, help="comma-separated of table4,table5,table6,table8,figure8 (default: all the "
+                                     "study's backbone allows; table8 needs a pooled backbone)"),
+    "seeds": dict(type=parse_seeds, help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) "
+                                         "or a list (0,3,7)"),
+    "workers": dict(type=int, help="parallel worker processes (default: one per core; table3: 1, each run takes the "
+                                   "machine)"),
+    "nproc": dict(type=int, help="processes per run (one per GPU), each run launched with torchrun (default 1)"),
+    "mnist_root": dict(help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)"),
+}
+
+
+def _add_reproduce_command(sub) -> None:
+    """``reproduce``: one paper table or figure; an option the chosen command does not take is refused."""
+    from .reproduce import COMMANDS
+    from .reproduce.commands import flag
+
+    commands = [COMMANDS.get(name) for name in COMMANDS.names()]
+    listing = "\n".join(f"  {c.name}: {c.summary}\n      options: {' '.join(flag(o) for o in c.options)}"
+                         for c in commands)
+    r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's",
+                       epilog=f"commands and the options each takes (besides --output and key=value):\n{listing}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("what", choices=COMMANDS.names())
+    r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine); "
+                        "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
+    for name, spec in REPRODUCE_OPTIONS.items():
+        takers = [c.name for c in commands if name in c.options]
+        r.add_argument(flag(name), dest=name, default=argparse.SUPPRESS,
+                       **{**spec, "help": f"{spec['help']} [taken by {', '.join(takers)}]"})
+    r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
+    r.set_defaults(func=_reproduce)
 
 
 def _download(args) -> None:
@@ -155,41 +214,7 @@ def parser() -> argparse.ArgumentParser:
                    help="processes on this machine (one per GPU), launched with torchrun (default 1)")
     t.set_defaults(func=_train)
 
-    from .reproduce.commands import COMMANDS
-
-    r = sub.add_parser("reproduce", help="re-run a paper table or figure and print ours beside the paper's")
-    r.add_argument("what", choices=COMMANDS.names())
-    r.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. train.optim.schedule=cosine); "
-                        "RUN:key=value only to one run's configs (e.g. csa:method.params.warmup_epochs=1)")
-    r.add_argument("--seeds", type=_seeds, default=list(range(5)),
-                   help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) or a list (0,3,7)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="parallel worker processes (default: one per core; table3: 1, each run takes the machine)")
-    r.add_argument("--datasets", type=_names, default=None,
-                   help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all found)")
-    r.add_argument("--methods", type=_names, default=None,
-                   help="table rows, comma-separated: table1/figure4 ce,crt,cbrs,csa,csa-uniform,csa-ensemble "
-                        "(table1 default: ce,crt,cbrs; figure4: all); table2: every row of the paper's Table 2 "
-                        "(ce,focal,cb-focal,drs,ce-drw,ldam-drw,crt,lws,bbn,mixup,remix,m2m,cam-bs,cmo,crt-mixup,"
-                        "lws-mixup,csa,csa-mixup) and cbrs,la,cb-ce,balanced-softmax,tau-norm,dual,csa-uniform,"
-                        "csa-ensemble (default: all); table10: csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl; "
-                        "table3: ce,crt,cbrs,csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)")
-    r.add_argument("--models", type=_names, default=None,
-                   help="table3: backbones, comma-separated of resnet10,resnet50 (default both)")
-    r.add_argument("--nproc", type=int, default=1,
-                   help="table3: processes per run (one per GPU), each run launched with torchrun (default 1)")
-    r.add_argument("--rhos", type=_rhos, default=(100,),
-                   help="table2, table10, table11, figure9: imbalance ratios, comma-separated (default 100); "
-                        "figure10, figure11: the first one")
-    r.add_argument("--study", default="cifar100-lt",
-                   help="ablations: the study whose CSA config is varied (default cifar100-lt, as the paper; "
-                        "fashion-lt or cfashion-lt run on a CPU)")
-    r.add_argument("--tables", type=_names, default=None,
-                   help="ablations: comma-separated of table4,table5,table6,table8,figure8 (default: all the "
-                        "study's backbone allows; table8 needs a pooled backbone)")
-    r.add_argument("--mnist-root", default=None, help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)")
-    r.add_argument("--output", default=None, help="output folder (default runs/reproduce/<what>)")
-    r.set_defaults(func=_reproduce)
+    _add_reproduce_command(sub)
 
     d = sub.add_parser("download", help="fetch a dataset's official files (needs internet; never done implicitly)")
     d.add_argument("name", choices=("fashion-mnist", "mnist", "cifar10", "cifar100"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,19 @@ def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     return build_config(read_yaml(path) if path else {}, overrides)
+
+
+def config_path(name: str) -> Path:
+    """A shipped config by name (``table1/fashion-lt_crt``) or any YAML path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    folder = Path(str(resources.files("tailshift") / "configs"))
+    shipped = folder / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+    raise ValueError(f"no config {name!r}: not a YAML file, and not a shipped config (known: {', '.join(known)})")
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -56,18 +56,12 @@ class RunCounter:
         self.lines = not self.stream.isatty()
         self.run_seconds = 0.0
 
-    def finished(self, result: dict) -> dict:
+    def finished(self, key: str, seconds: float, outcome: str) -> None:
+        """Run ``key`` ended after ``seconds`` with ``outcome`` (its reported head's score, or "diverged")."""
         self.done += 1
-        self.run_seconds += result["seconds"]
+        self.run_seconds += seconds
         if self.lines:
             left = self.total - self.done
             eta = self.run_seconds / self.done * left / self.workers
-            if result["diverged"]:
-                score = "diverged"
-            else:
-                head = result["heads"][result["head"]]
-                score = f"{result['head']} head All {_percent(head['all'])}" + \
-                    (" (head never trained)" if head.get("untrained") else "")
-            print(f"[{self.done}/{self.total}] {result['key']}  {score}  {_duration(result['seconds'])}  "
+            print(f"[{self.done}/{self.total}] {key}  {outcome}  {_duration(seconds)}  "
                   f"{left} run{'' if left == 1 else 's'} left, about {_duration(eta)} left", file=self.stream, flush=True)
-        return result

@@ -9,15 +9,15 @@ runs everywhere.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from ..models import create_model
 from ..resolve import resolve_run
-from . import table1
-from .common import (RESULT_COLUMNS, Job, aggregate, by_job, head_result, overrides_for_run, paper_numbers,
-                     resolve_config, result_cells, run_jobs, runs_note, seed_list, seeds_note, write_outputs)
+from .commands import DEFAULT_SEEDS, reproduce_command
+from .plan import Plan, Variant, overrides_for_run
+from .reports import RESULT_COLUMNS, Report, Section, paper_numbers, result_cells, runs_note, seeds_note
+from .table1 import TABLE1
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
 STUDIES = {"cifar100-lt": "table2/cifar100-lt_csa", "cifar10-lt": "table2/cifar10-lt_csa",
@@ -31,6 +31,8 @@ PAPER_STUDY = "cifar100-lt"
 
 @dataclass(frozen=True)
 class Ablation:
+    """One ablation table: its rows, each a set of switches of the study's CSA config."""
+
     title: str
     #: row label -> method.params changed from the study's CSA config ({} = the config itself)
     rows: dict[str, dict]
@@ -66,12 +68,15 @@ def _slug(params: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items()) or "base"
 
 
-def select_tables(names: list[str] | None, study: str) -> dict[str, Ablation]:
+def select_tables(names: Sequence[str] | None, study: str) -> dict[str, Ablation]:
     """The requested ablations (default: all that the study's backbone allows)."""
+    from ..config import config_path, load_config
+    from ..models import create_model
+
     unknown = sorted(set(names or ()) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"unknown ablation {unknown[0]!r}; known: {', '.join(ABLATIONS)}")
-    pooled = create_model(resolve_config(STUDIES[study]).model.name).pooled_linear
+    pooled = create_model(load_config(config_path(STUDIES[study])).model.name).pooled_linear
     chosen = {n: a for n, a in ABLATIONS.items() if names is None or n in names}
     blocked = [n for n, a in chosen.items() if a.needs_pooled_linear and not pooled]
     if names is not None and blocked:
@@ -80,67 +85,56 @@ def select_tables(names: list[str] | None, study: str) -> dict[str, Ablation]:
     return {n: a for n, a in chosen.items() if n not in blocked}
 
 
-def plan(study: str, tables: dict[str, Ablation], seeds: int | list[int], out: Path, overrides: list[str],
-         mnist_root: str | None = None):
-    """Jobs (one per distinct config and seed) and, per table row, the run folder it reads.
+def plan(study: str, tables: dict[str, Ablation], seeds, overrides: Sequence[str],
+         mnist_root: str | None = None) -> Plan:
+    """One variant per table row, keyed (table, row label), all read from the ``HEAD``.
 
-    Rows are matched to runs by config fingerprint, so a row that changes nothing
-    (or the same thing as another row) reuses that run.
+    Rows are matched to runs by config fingerprint, so a row that changes nothing (the run "base")
+    or the same thing as another row reuses that run, named after the first row's switches.
     """
+    from ..config import config_path, load_config
+
     config = STUDIES[study]
-    root = [*table1.TABLE1.data_root(study, mnist_root)]
-    user = [*root, *overrides_for_run("csa", overrides, ["csa"])]
-    runs: dict[str, str] = {}  # fingerprint -> run folder name
-    variants: list[tuple[str, list[str]]] = []
-    rows: dict[str, dict[str, str]] = {}
-    for name, ablation in {"base": Ablation("", {"base": {}}), **tables}.items():
-        rows[name] = {}
-        for label, params in ablation.rows.items():
-            extra = [*_params_overrides(params), *user]
-            fingerprint = resolve_run(resolve_config(config, extra)).fingerprint()
-            if fingerprint not in runs:
-                runs[fingerprint] = _slug(params)
-                variants.append((runs[fingerprint], extra))
-            rows[name][label] = runs[fingerprint]
-    del rows["base"]
-    jobs = [Job(study, slug, s, config,
-                (*extra, f"seed={s}", f"output={out / 'runs' / study / slug / f'seed{s}'}", "progress=false"))
-            for slug, extra in variants for s in seed_list(seeds)]
-    return jobs, rows
+    user = (*TABLE1.data_root(study, mnist_root), *overrides_for_run("csa", overrides, ["csa"]))
 
+    def fingerprint(variant: Variant) -> str:
+        return resolve_run(load_config(config_path(config), list(variant.overrides))).fingerprint()
 
-def markdown(table: dict, tables: dict[str, Ablation], paper: dict, title: str, note: str) -> str:
-    lines = [f"# {title}", "", note]
+    base = Variant(study, "base", config, HEAD, user)
+    runs = {fingerprint(base): base}  # fingerprint -> the variant whose run it is
+    variants = {}
     for name, ablation in tables.items():
-        ref = paper.get(name, {})
-        lines += ["", f"## {ablation.title}", "", f"| Variant | {RESULT_COLUMNS} |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {label} | {result_cells(agg, ref.get(label))} |" for label, agg in table[name].items()]
-    return "\n".join(lines) + "\n"
+        for label, params in ablation.rows.items():
+            variant = Variant(study, _slug(params), config, HEAD, (*_params_overrides(params), *user))
+            variants[name, label] = runs.setdefault(fingerprint(variant), variant)
+    return Plan(variants, seeds)
 
 
-def run(study: str, tables: list[str] | None, seeds: int | list[int], workers: int, out: Path, overrides: list[str],
-        mnist_root: str | None = None) -> dict:
+@reproduce_command("ablations")
+def run(output: Path, overrides: Sequence[str] = (), study: str = PAPER_STUDY, tables: Sequence[str] | None = None,
+        seeds: Sequence[int] = DEFAULT_SEEDS, workers: int | None = None, mnist_root: str | None = None) -> dict:
+    """CSA's ablations (paper App. D: Tables 4, 5, 6, 8, Figure 8): one switch of the study's CSA config per row."""
     if study not in STUDIES:
         raise ValueError(f"unknown ablation study {study!r}; known: {', '.join(STUDIES)}")
     chosen = select_tables(tables, study)
-    jobs, rows = plan(study, chosen, seeds, out, overrides, mnist_root)
-    started = time.perf_counter()
-    results = run_jobs(jobs, workers)
-    wall = time.perf_counter() - started
-    found = by_job(results)
-    table = {name: {label: aggregate([head_result(found[(study, slug, s)], HEAD) for s in seed_list(seeds)])
-                    for label, slug in by_row.items()}
-             for name, by_row in rows.items()}
+    results = plan(study, chosen, seeds, overrides, mnist_root).run(output, workers)
     paper = paper_numbers()["ablations"]
+    table = results.table()
     note = (f"Study {study}: the shipped config `{STUDIES[study]}` with one switch per row, {HEAD} head, "
-            f"mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged, collapsed and untrained "
-            f"(the head got no loss in any step) runs are counted and left out. Rows that resolve to the same config "
-            f"share its runs. Paper: {paper['source']}. {runs_note(results, workers, wall)}")
+            f"mean ± std (sample) over {seeds_note(results.plan.seeds)} of the healthy runs; diverged, collapsed and "
+            f"untrained (the head got no loss in any step) runs are counted and left out. Rows that resolve to the "
+            f"same config share its runs. Paper: {paper['source']}. {runs_note(results)}")
     if study != PAPER_STUDY:
         note += f" The paper's figures are for {PAPER_STUDY}, not this study: compare trends across rows, not values."
-    md = markdown(table, chosen, paper, "CSA ablations (paper App. D)", note)
-    write_outputs(out, "ablations", md, {"study": study, "table": table, "rows": rows, "runs": results,
-                                         "wall_seconds": wall, "seeds": seed_list(seeds), "workers": workers,
-                                         "overrides": overrides})
-    print(md)
+    sections = tuple(Section(("Variant", *RESULT_COLUMNS),
+                             tuple((label, *result_cells(agg, paper.get(name, {}).get(label)))
+                                   for label, agg in table[name].items()),
+                             heading=ablation.title)
+                     for name, ablation in chosen.items())
+    rows = {name: {label: variant.run for (t, label), variant in results.plan.variants.items() if t == name}
+            for name in chosen}
+    Report("ablations", "CSA ablations (paper App. D)", note, sections, {
+        "study": study, "table": table, "rows": rows, "runs": [r.to_json() for r in results.runs],
+        "wall_seconds": results.wall_seconds, "seeds": list(results.plan.seeds), "workers": results.workers,
+        "overrides": list(overrides)}).write(output)
     return table

@@ -1,141 +1,25 @@
-"""Figures 1, 2, 3 (with 5), 4, 7, 9, 10 and 11 (with 12) of the paper, each one function behind ``tailshift reproduce figureN``."""
+"""The figures drawn from seed-0 models trained in this process, or from the data: 2, 3 (with 5), 7, 10 and
+11 (with 12) of the paper. Their commands are ``figure_commands``; Figures 1 and 9 are ``curves``, Figure 4
+is in ``table1``."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import plots
 from ..cam import grad_cam, normalize_cam, upsample_cam
-from ..data.arrays import DataError
+from ..config import config_path, load_config
 from ..data.build import prepare_data
 from ..engine import Trainer
 from ..methods.context_shift import FIGURE3_LAMBDAS, context_shift_example
-from . import table1
 from ..io import atomic_write_json
-from .common import (Job, aggregate, by_job, command_line, data_note, fmt, head_result, overrides_for_run,
-                     resolve_config, run_jobs, seed_list, seeds_note, write_outputs)
 from .grid import Study
-from .table2 import TABLE2
-
-GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
-
-
-def _pick(datasets, mnist_root, figure: str, coloured: bool | None = None) -> list[str]:
-    """``datasets``, or every Table 1 set whose files are found; with ``coloured``, only the coloured (True) or
-    the grey (False) ones. None to pick is one line naming what to pass, as ``Grid.run`` says it."""
-    found = datasets or table1.TABLE1.available_datasets(mnist_root)
-    if not found:
-        raise DataError(f"no data found for {figure}: pass --datasets (and data.root=... or --mnist-root), "
-                        "or see `tailshift download`")
-    if coloured is not None:
-        found = [d for d in found if d.startswith("c") == coloured]
-        if not found:
-            kind = "coloured dataset (cfashion-lt or cmnist-lt)" if coloured else "grey dataset (fashion-lt or mnist-lt)"
-            raise ValueError(f"{figure} needs a {kind}, got {', '.join(datasets)}")
-    return found
-
-
-@dataclass(frozen=True)
-class GammaCurve:
-    """One curve of an accuracy-vs-gamma figure: a shipped config run at each gamma, its power
-    sampler at q = 1 - gamma set by ``sampling(q)``, read from ``head``."""
-
-    label: str  # the table's row and the plot's legend
-    study: str
-    folder: str  # runs in <out>/runs/<folder>/<run_at(gamma)>/seed<s>
-    config: str
-    head: str
-    sampling: Callable[[float], tuple[str, ...]]
-    run: str = ""  # the curve's name among the figure's runs; "RUN:key=value" overrides reach only it
-    overrides: tuple[str, ...] = ()
-
-    def run_at(self, gamma: float) -> str:
-        return f"{self.run}-gamma{gamma}" if self.run else f"gamma{gamma}"
-
-
-def _accuracy_vs_gamma(name: str, title: str, curves: list[GammaCurve], seeds, workers, out: Path, overrides,
-                       row_header: str, note: str, extra: dict | None = None) -> dict:
-    """Train every curve at every gamma (each seed), write ``name``.png / .md / .json; the table by label and gamma."""
-    runs = sorted({c.run for c in curves})
-    jobs = [Job(c.study, c.run_at(g), s, c.config,
-                (*c.sampling(1 - g), f"seed={s}", "progress=false",
-                 f"output={out / 'runs' / c.folder / c.run_at(g) / f'seed{s}'}", *c.overrides,
-                 *overrides_for_run(c.run, list(overrides), runs)))
-            for c in curves for g in GAMMAS for s in seed_list(seeds)]
-    started = time.perf_counter()
-    results = run_jobs(jobs, workers)
-    wall = time.perf_counter() - started
-    found = by_job(results)
-    table, means = {}, {}
-    for c in curves:
-        table[c.label] = {}
-        for g in GAMMAS:
-            runs_of = [found[(c.study, c.run_at(g), s)] for s in seed_list(seeds)]
-            table[c.label][g] = aggregate([head_result(r, c.head) for r in runs_of])
-        means[c.label] = {"mean": [table[c.label][g]["all"]["mean"] for g in GAMMAS],
-                          "std": [table[c.label][g]["all"]["std"] for g in GAMMAS]}
-    plots.accuracy_vs_gamma(means, GAMMAS, out / f"{name}.png", title)
-    lines = [f"# {title}", "",
-             f"{note} Mean ± std over {seeds_note(seeds)}. {len(jobs)} runs, {workers} worker processes, "
-             f"wall time {wall:.0f} s.{data_note(results)}", "",
-             f"| {row_header} | " + " | ".join(f"γ={g}" for g in GAMMAS) + " |", "|---|" + "---|" * len(GAMMAS)]
-    lines += [f"| {label} | " + " | ".join(_cell(row[g]) for g in GAMMAS) + " |" for label, row in table.items()]
-    write_outputs(out, name, "\n".join(lines) + "\n",
-                  {"table": {label: {str(g): v for g, v in row.items()} for label, row in table.items()}, **(extra or {})})
-    print("\n".join(lines))
-    return table
-
-
-def figure1(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
-    """Accuracy vs gamma, where the sampling weight of (x, y) is n_y^-gamma (q = 1 - gamma in Eq. 2)."""
-    curves = [GammaCurve(d, d, d, f"table1/{d}_ce", "main",
-                         lambda q: ("method.name=resample", f"method.params={{q: {q}}}"),
-                         overrides=table1.TABLE1.data_root(d, mnist_root))
-              for d in _pick(datasets, mnist_root, "figure1")]
-    return _accuracy_vs_gamma("figure1", "Figure 1: accuracy vs gamma", curves, seeds, workers, Path(out), overrides,
-                              "Dataset", "Power sampler, i.i.d. draws with class probability n_k^(1-gamma) / sum, "
-                                         "N draws per epoch; LeNet, the Table 1 CE config.")
-
-
-def _cifar_studies(datasets, rhos) -> list[Study]:
-    """Table 2's studies (dataset x rho) of ``datasets``, or of every CIFAR-LT set whose files are found."""
-    studies = TABLE2.studies(datasets or TABLE2.available_datasets(), rhos)
-    if not studies:
-        raise DataError("no CIFAR data found: pass --datasets and data.root=..., or see `tailshift download`")
-    return studies
-
-
-def figure9(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
-    """Re-sampling vs CSA across balance ratios (Figure 9): CE on a power sampler and CSA whose balanced
-    branch draws from the same power sampler, q = 1 - gamma, on the Table 2 configs (ResNet-32, 200 epochs)."""
-    curves = []
-    for study in _cifar_studies(datasets, rhos):
-        curves += [
-            GammaCurve(f"{study.name}: CE re-sampling", study.name, study.folder, study.config.format(run="ce"), "main",
-                       lambda q: ("method.name=resample", f"method.params={{q: {q}}}"), "resample", study.overrides),
-            GammaCurve(f"{study.name}: CSA", study.name, study.folder, study.config.format(run="csa"), "balanced",
-                       lambda q: ("method.params.balanced_stream=power", f"method.params.balanced_q={q}"), "csa",
-                       study.overrides)]
-    return _accuracy_vs_gamma(
-        "figure9", "Figure 9: re-sampling vs CSA across balance ratios gamma", curves, seeds, workers, Path(out),
-        overrides, "Study: method",
-        "Sampling weight n_y^-gamma (power sampler, q = 1 - gamma, i.i.d. draws, N per epoch): CE's one stream, CSA's "
-        "balanced branch (read from its balanced head; its uniform branch stays uniform). The paper shows Figure 9 "
-        "as a plot without printed numbers, and its text does not name the gammas (this grid is Figure 1's) nor the "
-        "dataset (App. D's other studies are CIFAR-100-LT, rho 100).", extra={"rhos": list(rhos), "overrides": list(overrides)})
-
-
-def _cell(agg: dict) -> str:
-    """mean ± std of the healthy runs, with diverged / collapsed / untrained counts when there are any."""
-    text = fmt(agg["all"])
-    if agg["diverged"] or agg["collapsed"] or agg["untrained"]:
-        text += f" ({agg['diverged']} diverged, {agg['collapsed']} collapsed, {agg['untrained']} untrained)"
-    return text
+from .plan import overrides_for_run
+from .reports import command_line
+from .table1 import TABLE1
 
 
 def _embed(trainer: Trainer, arrays, limit: int = 4000) -> tuple[np.ndarray, np.ndarray]:
@@ -150,14 +34,14 @@ def _embed(trainer: Trainer, arrays, limit: int = 4000) -> tuple[np.ndarray, np.
     return points[keep], labels[keep]
 
 
-def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
-    """2-d embeddings of train and test under uniform sampling (CE) and CB-RS."""
-    dataset = _pick(datasets, mnist_root, "figure2", coloured=False)[0]
-    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
+def draw_figure2(dataset: str, out: Path, overrides, mnist_root: str | None) -> dict:
+    """2-d embeddings of train and test under uniform sampling (CE) and CB-RS (``figure2.png``)."""
+    root = [*TABLE1.data_root(dataset, mnist_root)]
     panels, summary = {}, {}
     started = time.perf_counter()
     for method in ("ce", "cbrs"):
-        cfg = resolve_config(f"table1/{dataset}_{method}", [f"output={out / 'runs' / method}", *root, *overrides])
+        cfg = load_config(config_path(f"table1/{dataset}_{method}"),
+                          [f"output={out / 'runs' / method}", *root, *overrides])
         trainer = Trainer(cfg)
         metrics = trainer.fit()
         summary[method] = metrics["result"]["all"]
@@ -170,24 +54,10 @@ def figure2(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=
     return summary
 
 
-def figure4(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
-    """Grey vs coloured twin: CE / cRT / CB-RS / CSA bars, from the Table 1 grid (written beside)."""
-    found = _pick(datasets, mnist_root, "figure4")
-    grid = table1.TABLE1
-    table = grid.run(found, seeds, workers, out, overrides, methods or [r.name for r in grid.rows], mnist_root=mnist_root)
-    bars = ("ce", "crt", "cbrs", "csa")
-    labels = {r.name: r.label for r in grid.rows}
-    values = {d: {labels[row]: (agg["all"]["mean"] or np.nan, agg["all"]["std"] or 0.0)
-                  for row, agg in rows.items() if row in bars} for d, rows in table.items()}
-    plots.grouped_bars(values, out / "figure4.png", "Grey vs coloured context (Figure 4)")
-    return table
-
-
-def figure7(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> Path:
-    """A grid of coloured-context training samples (CMNIST-LT, or CFashion-LT without MNIST)."""
-    dataset = _pick(datasets, mnist_root, "figure7", coloured=True)[0]
-    root = [*table1.TABLE1.data_root(dataset, mnist_root)]
-    cfg = resolve_config(f"table1/{dataset}_ce", [*root, *overrides])
+def draw_figure7(dataset: str, out: Path, overrides, mnist_root: str | None) -> Path:
+    """A grid of coloured-context training samples (``figure7.png``)."""
+    root = [*TABLE1.data_root(dataset, mnist_root)]
+    cfg = load_config(config_path(f"table1/{dataset}_ce"), [*root, *overrides])
     data = prepare_data(cfg.data)
     rng = np.random.default_rng(0)
     rows = []
@@ -245,9 +115,9 @@ def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, 
     reach only that run. Returns the trainers, their test results and the data."""
     trainers, results, data, data_cfg = {}, {}, None, None
     for method in FIGURE3_MODELS:
-        cfg = resolve_config(config.format(run=method),
-                             ["seed=0", f"output={runs / method}", *extra,
-                              *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
+        cfg = load_config(config_path(config.format(run=method)),
+                          ["seed=0", f"output={runs / method}", *extra,
+                           *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
         if data is None or cfg.data != data_cfg:
             data, data_cfg = prepare_data(cfg.data), cfg.data
         trainer = Trainer(cfg, data)
@@ -356,28 +226,17 @@ def _tail_figure(csa: Trainer, path: Path, study: str, number: int) -> dict:
     return info
 
 
-def figure3(datasets, seeds, workers, out: Path, overrides, mnist_root, methods=None) -> dict:
+def draw_figure3(dataset: str, out: Path, overrides, mnist_root: str | None) -> dict:
     """Grad-CAM of the true class under CE, CB-RS and CSA on a coloured LeNet set (Figure 3's question where
-    the context is known), and one batch of CSA's context shift (Figure 5). Seed 0, trained in this process;
-    ``seeds``/``workers`` unused."""
-    coloured = [d for d in (datasets or ["cfashion-lt"]) if d.startswith("c")]
-    if not coloured:
-        raise ValueError(f"figure3 needs a coloured dataset (cfashion-lt or cmnist-lt), got {', '.join(datasets)}")
-    dataset, out = coloured[0], Path(out)
-    return _cam_figure("figure3", dataset, f"table1/{dataset}_{{run}}", table1.TABLE1.data_root(dataset, mnist_root),
+    the context is known), and one batch of CSA's context shift (Figure 5). Seed 0, trained in this process."""
+    return _cam_figure("figure3", dataset, f"table1/{dataset}_{{run}}", TABLE1.data_root(dataset, mnist_root),
                        out / "runs", out, overrides, "Figures 3, 11, 12")
 
 
-def _cifar_study(datasets, rhos) -> Study:
-    """The first of ``datasets`` (default cifar100-lt, the paper's) at the first of ``rhos``, as a Table 2 study."""
-    return TABLE2.studies([(datasets or ["cifar100-lt"])[0]], [rhos[0]])[0]
-
-
-def figure11(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
+def draw_figure11(study: Study, out: Path, overrides) -> dict:
     """Grad-CAM on CIFAR-LT under CE, CB-RS and CSA (Figure 11: head and tail training images), the tail images
     whose CSA uniform-head probability reaches delta (figure12.png, Figure 12) and one batch of CSA's context
-    shift; the Table 2 configs, seed 0, trained in this process. ``seeds``/``workers`` unused."""
-    study, out = _cifar_study(datasets, rhos), Path(out)
+    shift; the Table 2 configs, seed 0, trained in this process."""
     return _cam_figure("figure11", study.name, study.config, study.overrides, out / "runs" / study.folder, out,
                        overrides, "Figure 11", tail_figure=12)
 
@@ -388,11 +247,10 @@ def _principal_plane(points: np.ndarray) -> np.ndarray:
     return centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
 
 
-def figure10(datasets, seeds, workers, out: Path, overrides, mnist_root=None, methods=None, rhos=(100,)) -> dict:
+def draw_figure10(study: Study, out: Path, overrides) -> dict:
     """2-d representation of CIFAR-LT test features under CE, CB-RS and CSA (Figure 10): the backbone's
     embedding on its first two principal components, a colour per class, darker the more training images it
     has (as the paper). The runs are figure11's: the same --output trains them once."""
-    study, out = _cifar_study(datasets, rhos), Path(out)
     started = time.perf_counter()
     trainers, results, data = _fit_models(study.config, study.overrides, out / "runs" / study.folder, overrides)
     rank = np.argsort(np.argsort(-data.class_counts, kind="stable"), kind="stable")  # 0: the most images

@@ -1,19 +1,16 @@
-"""One kind of study for every results table: a grid of typed jobs (study x run x seed), the
-rows read from the runs' heads, aggregated over seeds, paired seed by seed and printed beside
-the paper's numbers. Table 1 (MNIST-family sets), Tables 2, 10 and 11 (CIFAR-LT, one study per
-imbalance ratio) are each a ``Grid`` value."""
+"""A results table as a ``Grid``: rows read from the heads of shipped configs' runs, for each study (a dataset,
+at one imbalance ratio where the grid sweeps them), planned as one ``Plan`` and printed beside the paper's
+numbers, with the rows it pairs compared seed by seed. Table 1 (MNIST-family sets), Tables 2, 10 and 11
+(CIFAR-LT) and Table 3 (ImageNet-LT backbones) are each a ``Grid`` value."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..data.arrays import DataError
-from ..data.sources import load_dataset
-from .common import (RESULT_COLUMNS, Job, aggregate, by_job, fmt_paired, head_result, overrides_for_run,
-                     paired_difference, paper_cells, paper_numbers, result_cells, run_jobs, run_jobs_distributed,
-                     runs_note, seed_list, seeds_note, write_outputs)
+from .plan import Plan, PlanResults, Variant, overrides_for_run
+from .reports import (RESULT_COLUMNS, Report, Section, paired_cells, paper_cells, paper_numbers, result_cells,
+                      runs_note, seeds_note)
 
 
 @dataclass(frozen=True)
@@ -86,12 +83,28 @@ class Grid:
                     for rho in rhos]
         return out
 
+    def studies_to_run(self, datasets: Sequence[str] | None, rhos: Sequence[int] = (), mnist_root: str | None = None,
+                       command: str | None = None) -> list[Study]:
+        """The studies of ``datasets``, or of every dataset whose files are found; none found is one line
+        naming what to pass (to ``command``, the grid's label by default)."""
+        studies = self.studies(datasets or self.available_datasets(mnist_root), rhos, mnist_root)
+        if not studies:
+            from ..data.arrays import DataError
+
+            mnist = " or --mnist-root" if "mnist" in self.datasets.values() else ""
+            raise DataError(f"no data found for {command or self.label}: pass --datasets (and data.root=...{mnist}), "
+                            "or see `tailshift download`")
+        return studies
+
     def data_root(self, dataset: str, mnist_root: str | None) -> tuple[str, ...]:
         """The override that points a dataset built from MNIST at ``--mnist-root`` (nothing for others)."""
         return (f"data.root={mnist_root}",) if mnist_root and self.datasets.get(dataset) == "mnist" else ()
 
     def available_datasets(self, mnist_root: str | None = None) -> list[str]:
         """The grid's datasets whose files can be found (each source read once)."""
+        from ..data.arrays import DataError
+        from ..data.sources import load_dataset
+
         present = {}
         for source in dict.fromkeys(self.datasets.values()):
             try:
@@ -101,40 +114,23 @@ class Grid:
                 present[source] = False
         return [d for d, source in self.datasets.items() if present[source]]
 
-    def jobs(self, studies: list[Study], rows: dict[str, Row], seeds, out: Path, overrides: Sequence[str]) -> list[Job]:
-        """One job per study, distinct run and seed; ``RUN:key=value`` overrides reach only that run."""
+    def plan(self, studies: list[Study], rows: dict[str, Row], seeds, overrides: Sequence[str]) -> Plan:
+        """Each (study, row) with a run reads its run's head; rows of one run share its jobs; ``RUN:key=value``
+        overrides reach only that run. The rows ``paired`` names are compared seed by seed."""
         runs = sorted({r.run for r in rows.values() if r.run is not None})
-        jobs = [Job(study.name, run, s, study.config.format(run=run),
-                    (*study.overrides, f"seed={s}", f"output={out / 'runs' / study.folder / run / f'seed{s}'}",
-                     "progress=false", *overrides_for_run(run, list(overrides), runs)))
-                for study in studies for run in runs for s in seed_list(seeds)]
-        return sorted(jobs, key=lambda j: (j.run not in self.first_runs, j.key))
+        variants = {(study.name, row.name): Variant(study.name, row.run, study.config.format(run=row.run), row.head,
+                                                    (*study.overrides, *overrides_for_run(row.run, overrides, runs)),
+                                                    f"{study.folder}/{row.run}")
+                    for study in studies for row in rows.values() if row.run is not None}
+        comparisons = tuple(((study.name, a), (study.name, b)) for study in studies
+                            for a, baselines in self.paired.items() if (study.name, a) in variants
+                            for b in baselines if (study.name, b) in variants)
+        return Plan(variants, seeds, comparisons, self.first_runs)
+
+    def check_data(self, plan: Plan, output: Path) -> None:
+        """Fail before any run starts when the data cannot be read (``available_datasets`` has looked)."""
 
     # --- what came out -------------------------------------------------------------------------
-    def row_values(self, results: list[dict], studies: list[Study], rows: dict[str, Row], seeds) -> dict:
-        """study -> row -> one result per seed ({"diverged": True} for a diverged run); rows without a run are left out."""
-        found = by_job(results)
-        values = {}
-        for study in studies:
-            values[study.name] = {}
-            for row in rows.values():
-                if row.run is None:
-                    continue
-                runs = [found[(study.name, row.run, s)] for s in seed_list(seeds)]
-                values[study.name][row.name] = [head_result(r, row.head) for r in runs]
-        return values
-
-    def collect(self, results, studies, rows, seeds) -> dict:
-        return {study: {row: aggregate(v) for row, v in by_row.items()}
-                for study, by_row in self.row_values(results, studies, rows, seeds).items()}
-
-    def pairs(self, results, studies, rows, seeds) -> dict:
-        """study -> (method row, baseline row) -> ``paired_difference`` of All, for the compared rows present."""
-        values = self.row_values(results, studies, rows, seeds)
-        return {study: {(a, b): paired_difference(by_row[a], by_row[b])
-                        for a, baselines in self.paired.items() if a in by_row for b in baselines if b in by_row}
-                for study, by_row in values.items()}
-
     def paper_rows(self, studies: list[Study]) -> dict:
         """The paper's figures per study and row as [All, Many, Med, Few] (a single number is All only)."""
         section = paper_numbers()[self.name]
@@ -147,68 +143,62 @@ class Grid:
                                for row, value in node.items()}
         return out
 
-    def markdown(self, table: dict, paper: dict, rows: dict[str, Row], note: str, pairs: dict | None = None) -> str:
-        lines = [f"# {self.title}", "", note, "", f"| Dataset | Method | {RESULT_COLUMNS} |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for study, measured in table.items():
+    def sections(self, results: PlanResults, studies: list[Study], rows: dict[str, Row]) -> tuple[Section, ...]:
+        """The table beside the paper's numbers, the seed-paired comparisons (if any) and ``appendix``."""
+        paper = self.paper_rows(studies)
+        table = []
+        for study in studies:
             for row in rows.values():
-                ref = paper.get(study, {}).get(row.name)
-                cells = (result_cells(measured[row.name], ref) if row.run is not None
-                         else f"- | - | - | - | {paper_cells(ref)} | not implemented: {row.missing}")
-                lines.append(f"| {study} | {row.label} | {cells} |")
-        if pairs and any(pairs.values()):
-            lines += ["", "## Paired by seed", "",
-                      "All accuracy of a method minus a baseline's, seed by seed (same long-tail draw and initial "
-                      "weights), over the seeds where both runs are healthy: mean ± std of the differences, the "
-                      "seeds it wins / ties / loses, and the two-sided p-value of the sign-flip test of a zero mean "
-                      "difference (exact up to 20 seeds, seeded Monte Carlo beyond).", "",
-                      "| Dataset | Comparison | Seeds | Difference (points) | Wins / ties / losses | p |",
-                      "|---|---|---|---|---|---|"]
+                ref = paper[study.name].get(row.name)
+                cells = (result_cells(results.aggregates[study.name, row.name], ref) if row.run is not None
+                         else ("-", "-", "-", "-", *paper_cells(ref), f"not implemented: {row.missing}"))
+                table.append((study.name, row.label, *cells))
+        sections = [Section(("Dataset", "Method", *RESULT_COLUMNS), tuple(table))]
+        if results.paired:
             labels = {r.name: r.label for r in self.rows}
-            for study, comparisons in pairs.items():
-                for (a, b), pair in comparisons.items():
-                    lines.append(f"| {study} | {labels[a]} − {labels[b]} | {pair['seeds']} | {fmt_paired(pair)} |")
-        return "\n".join(lines) + "\n"
+            sections.append(Section(
+                ("Dataset", "Comparison", "Seeds", "Difference (points)", "Wins / ties / losses", "p"),
+                tuple((study, f"{labels[a]} − {labels[b]}", str(pair.seeds), *paired_cells(pair))
+                      for ((study, a), (_, b)), pair in results.paired.items()),
+                heading="Paired by seed",
+                text="All accuracy of a method minus a baseline's, seed by seed (same long-tail draw and initial "
+                     "weights), over the seeds where both runs are healthy: mean ± std of the differences, the "
+                     "seeds it wins / ties / loses, and the two-sided p-value of the sign-flip test of a zero mean "
+                     "difference (exact up to 20 seeds, seeded Monte Carlo beyond)."))
+        return (*sections, *self.appendix())
 
-    def check_data(self, jobs: list[Job]) -> None:
-        """Fail before any run starts when the data cannot be read (``available_datasets`` has looked)."""
+    def appendix(self) -> tuple[Section, ...]:
+        """Sections after the table (the paper's rows not run here, say)."""
+        return ()
 
-    def appendix(self) -> str:
-        """Markdown after the table (the paper's rows not run here, say)."""
-        return ""
+    def report(self, results: PlanResults, studies: list[Study], rows: dict[str, Row], overrides: Sequence[str],
+               rhos: Sequence[int] = ()) -> Report:
+        note = (f"Mean ± std (sample) over {seeds_note(results.plan.seeds)} of the healthy runs; diverged (non-finite "
+                f"loss), collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss "
+                f"in any step) runs are counted and left out of the mean. "
+                f"Paper: {paper_numbers()[self.name]['source']}. {runs_note(results)}"
+                + (f" Each run on {results.nproc} processes (torchrun), one run after the other."
+                   if results.nproc > 1 else ""))
+        data = {"table": results.table(),
+                "paired": {study: {f"{a} - {b}": pair for ((s, a), (_, b)), pair in results.paired.items() if s == study}
+                           for study in (s.name for s in studies)},
+                "runs": [r.to_json() for r in results.runs], "wall_seconds": results.wall_seconds,
+                "seeds": list(results.plan.seeds), "workers": results.workers, "nproc": results.nproc,
+                **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides),
+                "not_implemented": {r.name: r.missing for r in rows.values() if r.run is None}}
+        return Report(self.name, self.title, note, self.sections(results, studies, rows), data)
 
     # --- the command ------------------------------------------------------------------------------
-    def run(self, datasets: Sequence[str] | None, seeds, workers: int, out: Path, overrides: Sequence[str],
+    def run(self, datasets: Sequence[str] | None, seeds, workers: int | None, output: Path, overrides: Sequence[str],
             methods: Sequence[str] | None = None, rhos: Sequence[int] = (100,), mnist_root: str | None = None,
             nproc: int = 1) -> dict:
-        """Train what is missing, write ``<name>.md`` / ``.json`` in ``out`` and return the table.
-        ``nproc`` > 1: each run on that many processes (torchrun), one run after the other."""
+        """Train what is missing on ``workers`` processes (None: one per core), write ``<name>.md`` / ``.json`` in
+        ``output`` and return the table (study -> row -> ``Aggregate``). ``nproc`` > 1: each run on that many
+        processes (torchrun), one run after the other."""
         rows = self.select_rows(methods)  # a bad method name is reported before any data is looked for
-        studies = self.studies(datasets or self.available_datasets(mnist_root), rhos, mnist_root)
-        if not studies:
-            raise DataError(f"no data found for {self.label}: pass --datasets (and data.root=... or --mnist-root), "
-                            "or see `tailshift download`")
-        jobs = self.jobs(studies, rows, seeds, out, overrides)
-        self.check_data(jobs)
-        started = time.perf_counter()
-        if nproc == 1:
-            results, used_workers = run_jobs(jobs, workers), workers
-        else:  # one run after the other, each on nproc processes: --workers does not apply
-            results, used_workers = run_jobs_distributed(jobs, nproc), 1
-        wall = time.perf_counter() - started
-        table = self.collect(results, studies, rows, seeds)
-        pairs = self.pairs(results, studies, rows, seeds)
-        source = paper_numbers()[self.name]["source"]
-        note = (f"Mean ± std (sample) over {seeds_note(seeds)} of the healthy runs; diverged (non-finite loss), "
-                f"collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss in any "
-                f"step) runs are counted and left out of the mean. "
-                f"Paper: {source}. {runs_note(results, used_workers, wall)}"
-                + (f" Each run on {nproc} processes (torchrun), one run after the other." if nproc > 1 else ""))
-        md = self.markdown(table, self.paper_rows(studies), rows, note, pairs) + self.appendix()
-        write_outputs(out, self.name, md, {
-            "table": table, "paired": {s: {f"{a} - {b}": p for (a, b), p in c.items()} for s, c in pairs.items()},
-            "runs": results, "wall_seconds": wall, "seeds": seed_list(seeds), "workers": used_workers, "nproc": nproc,
-            **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides),
-            "not_implemented": {r.name: r.missing for r in rows.values() if r.run is None}})
-        print(md)
-        return table
+        studies = self.studies_to_run(datasets, rhos, mnist_root)
+        plan = self.plan(studies, rows, seeds, overrides)
+        self.check_data(plan, output)
+        results = plan.run(output, workers, nproc)
+        self.report(results, studies, rows, overrides, rhos).write(output)
+        return results.table()

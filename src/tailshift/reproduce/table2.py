@@ -7,7 +7,14 @@ a GPU to finish in hours rather than days.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
+from .commands import DEFAULT_SEEDS, reproduce_command
 from .grid import Grid, Row
+
+#: ``--rhos`` when not given
+DEFAULT_RHOS = (100,)
 
 DATASETS = {"cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
 
@@ -78,4 +85,27 @@ TABLE11 = Grid(
     first_runs=("csa-bcl",),
 )
 
-GRIDS = {grid.name: grid for grid in (TABLE2, TABLE10, TABLE11)}
+
+
+@reproduce_command(TABLE2.name)
+def table2(output: Path, overrides: Sequence[str] = (), datasets: Sequence[str] | None = None,
+           methods: Sequence[str] | None = None, rhos: Sequence[int] = DEFAULT_RHOS, seeds: Sequence[int] = DEFAULT_SEEDS,
+           workers: int | None = None) -> dict:
+    """Table 2 (+ Table 7's heads): CIFAR-LT, ResNet-32, every row of the paper's table and this project's extras."""
+    return TABLE2.run(datasets, seeds, workers, output, overrides, methods, rhos)
+
+
+@reproduce_command(TABLE10.name)
+def table10(output: Path, overrides: Sequence[str] = (), datasets: Sequence[str] | None = None,
+            methods: Sequence[str] | None = None, rhos: Sequence[int] = DEFAULT_RHOS, seeds: Sequence[int] = DEFAULT_SEEDS,
+            workers: int | None = None) -> dict:
+    """Table 10: CSA with logit adjustment on CIFAR-100-LT."""
+    return TABLE10.run(datasets, seeds, workers, output, overrides, methods, rhos)
+
+
+@reproduce_command(TABLE11.name)
+def table11(output: Path, overrides: Sequence[str] = (), datasets: Sequence[str] | None = None,
+            methods: Sequence[str] | None = None, rhos: Sequence[int] = DEFAULT_RHOS, seeds: Sequence[int] = DEFAULT_SEEDS,
+            workers: int | None = None) -> dict:
+    """Table 11: BCL, and BCL with CSA, on CIFAR-100-LT."""
+    return TABLE11.run(datasets, seeds, workers, output, overrides, methods, rhos)

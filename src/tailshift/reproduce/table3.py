@@ -8,11 +8,13 @@ many processes, one after the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-from ..data.build import prepare_data
-from .common import Job, paper_numbers, resolve_config
+from .commands import DEFAULT_SEEDS, reproduce_command
 from .grid import Grid, Row, Study
+from .plan import Plan
+from .reports import Section, fmt_paper, paper_numbers
 
 MODELS = {"resnet10": "ResNet-10", "resnet50": "ResNet-50"}
 #: the paper's rows we do not run, as it names them
@@ -34,21 +36,22 @@ class BackboneGrid(Grid):
     def available_datasets(self, mnist_root: str | None = None) -> list[str]:
         return list(MODELS)
 
-    def check_data(self, jobs: list[Job]) -> None:
+    def check_data(self, plan: Plan, output: Path) -> None:
         """Read the lists and find every image once, before any run starts (a missing image is one line here)."""
-        prepare_data(resolve_config(jobs[0].config, jobs[0].overrides).data)
+        from ..data.build import prepare_data
 
-    def appendix(self) -> str:
+        prepare_data(plan.jobs(output)[0].resolve().data)
+
+    def appendix(self) -> tuple[Section, ...]:
         numbers = paper_numbers()["table3"]
-        lines = ["", "## The paper's other rows", "", "| Method | ResNet-10 All | ResNet-50 All | Many | Med | Few |",
-                 "|---|---|---|---|---|---|"]
-        for key, name in OTHER_ROWS.items():
-            cells = [numbers["resnet10"].get(key, [None])[0], *numbers["resnet50"].get(key, [None] * 4)]
-            lines.append(f"| {name} | " + " | ".join("-" if x is None else f"{x:.1f}" for x in cells) + " |")
-        lines += ["", "Paper Table 1, ImageNet-LT column (backbone not stated), All / Many / Med / Few: "
+        rows = tuple((name, *(fmt_paper(x) for x in [numbers["resnet10"].get(key, [None])[0],
+                                                       *numbers["resnet50"].get(key, [None] * 4)]))
+                     for key, name in OTHER_ROWS.items())
+        footer = ("Paper Table 1, ImageNet-LT column (backbone not stated), All / Many / Med / Few: "
                   + "; ".join(f"{ROW_NAMES[k]} {' / '.join(f'{x:.1f}' for x in v)}" for k, v in numbers["table1"].items())
-                  + "."]
-        return "\n".join(lines) + "\n"
+                  + ".")
+        return (Section(("Method", "ResNet-10 All", "ResNet-50 All", "Many", "Med", "Few"), rows,
+                        heading="The paper's other rows", footer=footer),)
 
 
 #: CE is stage 1 of the cRT run
@@ -62,3 +65,13 @@ TABLE3 = BackboneGrid(
     default_rows=("ce", "crt", "cbrs", "csa"),
     sweeps_rho=False,
 )
+
+
+@reproduce_command(TABLE3.name)
+def table3(output: Path, overrides: Sequence[str] = (), models: Sequence[str] | None = None,
+           methods: Sequence[str] | None = None, seeds: Sequence[int] = DEFAULT_SEEDS, workers: int = 1,
+           nproc: int = 1) -> dict:
+    """Table 3: ImageNet-LT, ResNet-10 / ResNet-50 from scratch, one run at a time unless --workers says more.
+
+    Each run takes the machine (or, with ``nproc``, its GPUs through torchrun)."""
+    return TABLE3.run(models, seeds, workers, output, overrides, methods, nproc=nproc)
