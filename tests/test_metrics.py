@@ -70,8 +70,8 @@ def test_group_accuracy_by_index_is_what_a_run_reports():
     (([0, 1], [0, 3], [5, 5]), "labels must be a 1-d sequence of class indices in [0, 2)"),
     (([0.0, 1.0], [0, 1], [5, 5]), "predictions must be a 1-d sequence of class indices in [0, 2)"),
     (([0, 1, 1], [0, 1], [5, 5]), "predictions and labels must be as many and at least one, got 3 and 2"),
-    (([0], [0], [[5, 5]]), "class_counts must be a non-empty 1-d sequence of counts >= 0"),
-    (([0], [0], [5, float("nan")]), "class_counts must be a non-empty 1-d sequence of counts >= 0"),
+    (([0], [0], [[5, 5]]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
+    (([0], [0], [5, float("nan")]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
 ])
 def test_group_accuracy_refuses_bad_input_in_one_line(args, fragment):
     with pytest.raises(ValueError) as refused:

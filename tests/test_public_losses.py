@@ -82,8 +82,8 @@ def test_drw_weights_classes_from_its_start_epoch():
     (lambda: DRWLoss(COUNTS, loss="magic"), "DRWLoss.loss must be one of"),
     (lambda: build_loss("magic", COUNTS), "unknown loss 'magic'; known: balanced-softmax"),
     (lambda: build_loss("focal", COUNTS, gama=2.0), "unknown focal loss param 'gama'; known: gamma, activation"),
-    (lambda: LOSS_CLASSES["ce"]([[50, 2]]), "class_counts must be a non-empty 1-d sequence of counts >= 0"),
-    (lambda: LOSS_CLASSES["ce"]([50, -2]), "class_counts must be a non-empty 1-d sequence of counts >= 0"),
+    (lambda: LOSS_CLASSES["ce"]([[50, 2]]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
+    (lambda: LOSS_CLASSES["ce"]([50, -2]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
 ])
 def test_bad_input_is_refused_in_one_line(make, fragment):
     with pytest.raises(ValueError) as refused:

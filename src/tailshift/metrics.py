@@ -47,9 +47,11 @@ def _as_array(values) -> np.ndarray:
 def class_counts_array(class_counts) -> np.ndarray:
     """The training images per class (a list, an array or a tensor) as a 1-d float array, refusing anything else."""
     counts = _as_array(class_counts)
-    if counts.ndim != 1 or counts.size == 0 or not np.issubdtype(counts.dtype, np.number) \
-            or not np.isfinite(counts).all() or counts.min() < 0:
-        raise ValueError(f"class_counts must be a non-empty 1-d sequence of counts >= 0 (one per class), got {counts!r}")
+    numbers = np.issubdtype(counts.dtype, np.number) and counts.size > 0
+    if counts.ndim != 1 or not numbers or not np.isfinite(counts).all() or counts.min() < 0:
+        shown = f"shape {counts.shape}, dtype {counts.dtype}" + (f", min {counts.min()}" if numbers else "")
+        raise ValueError(f"class_counts must be a non-empty 1-d sequence of finite counts >= 0 (one per class), "
+                         f"got {shown}")
     return counts.astype(np.float64)
 
 

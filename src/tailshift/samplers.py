@@ -122,7 +122,10 @@ class PowerSampler(_StreamSampler):
 
 class ReversedSampler(_StreamSampler):
     """i.i.d. draws with class probability proportional to 1 / n_c (BBN's reversed sampler,
-    Zhou et al. 2020): the tail drawn most. The engine's ``reversed`` stream (BBN's is ``0/reversed``)."""
+    Zhou et al. 2020): the tail drawn most. The engine's ``reversed`` stream.
+
+    ``epoch_length``: "dataset" (N draws), "balanced" (n_max x C draws) or an int.
+    """
 
     def __init__(self, labels, *, epoch_length: str | int = "dataset", seed: int = 0, stream: str = "0/main",
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False):
