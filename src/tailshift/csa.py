@@ -69,7 +69,8 @@ class ContextShift:
             raise ValueError(f"ContextShift lam_a, lam_b must both be > 0 for a beta lambda, got {lam_a}, {lam_b}")
         self.bank = ContextBank(capacity, device)
         self.delta, self.cam, self.mask_power = delta, cam, mask_power
-        self.lam_distribution, self.lam_a, self.lam_b, self.lam_per_sample = lam_distribution, lam_a, lam_b, lam_per_sample
+        self.lam_distribution, self.lam_a, self.lam_b = lam_distribution, lam_a, lam_b
+        self.lam_per_sample = lam_per_sample
 
     @property
     def capacity(self) -> int:
