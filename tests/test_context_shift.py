@@ -50,8 +50,8 @@ def test_the_loop_gets_what_the_csa_method_computes(model, params):
         ctx = StepContext(method.stages()[0], 0, 0, step, method_gen)
         expected, logs = method.balanced_input(uniform, balanced, fmap, logits, False, ctx)
 
-        if params.get("cam_mode") == "train":  # CAM from the training forward's own map
-            confident = shift.update(fmap, head, uniform.x, uniform.y, method.uniform_head.weight)
+        if model == "lenet2d" or params.get("cam_mode") == "train":  # the training forward's map and graph
+            confident = shift.update(fmap, head, uniform.x, uniform.y, method.uniform_head.weight, logits)
         else:  # the release: the map in eval mode (batch-norm running statistics)
             backbone.eval()
             confident = shift.update(backbone.feature_map, head, uniform.x, uniform.y, method.uniform_head.weight)

@@ -91,24 +91,29 @@ class ContextShift:
 
     def update(self, feature_map: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
                head: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-               classifier_weight: torch.Tensor | None = None) -> torch.Tensor:
+               classifier_weight: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Push the confident samples of a uniform batch ``x`` (B x C x H x W, labels ``y``) into the bank
         with their background masks; returns which samples were confident (a boolean (B,) tensor).
 
         ``feature_map``: the model's last convolutional map of ``x`` (B x C' x h x w; e.g. the training
         forward's, reused), or the function computing it from ``x``. ``head``: feature map -> logits
         (e.g. ``lambda a: fc(a.mean((2, 3)))``). The release takes the map in eval mode (batch-norm
-        running statistics): call your model's ``eval()`` around ``update`` for that. No gradient
-        reaches the model; the masks come from one batched Grad-CAM without hooks.
+        running statistics): call your model's ``eval()`` around ``update`` for that. ``logits``: the
+        training forward's logits of ``feature_map`` (autograd recording): Grad-CAM then differentiates
+        that graph, which is kept for your backward, instead of running the head again (as the CSA
+        method does with the training map). No gradient reaches the model; the masks come from one
+        batched Grad-CAM without hooks.
         """
         if self.cam == "cam" and classifier_weight is None:
             raise ValueError("ContextShift cam='cam' needs update(..., classifier_weight=the head's K x C' weight)")
         with torch.no_grad():
             fmap = feature_map(x) if callable(feature_map) else feature_map
             channels = x.shape[1] if is_channels_last(x) else 1
-            mask, logits = context_masks(fmap, head, y, x.shape[-2:], self.cam, self.mask_power, classifier_weight,
-                                         None, channels)
-            if logits is None:  # plain CAM never ran the head; the confidence filter needs its logits
+            mask, cam_logits = context_masks(fmap, head, y, x.shape[-2:], self.cam, self.mask_power,
+                                             classifier_weight, logits, channels)
+            if cam_logits is not None:
+                logits = cam_logits
+            elif logits is None:  # plain CAM never runs the head; the confidence filter needs logits
                 logits = head(fmap)
         confident = logits.softmax(dim=1).gather(1, y.view(-1, 1)).squeeze(1) >= self.delta
         self.bank.push(x, mask.to(x.dtype), confident)
