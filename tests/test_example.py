@@ -1,4 +1,5 @@
-"""examples/csa_own_loop.py runs, and README.md shows it verbatim (so the README cannot drift)."""
+"""examples/csa_own_loop.py (the public API only) runs, and README.md shows it verbatim (so the README cannot drift)."""
+import ast
 import re
 import subprocess
 import sys
@@ -12,7 +13,8 @@ START, END = "<!-- example:csa_own_loop -->", "<!-- /example -->"
 def test_example_runs_and_reports():
     done = subprocess.run([sys.executable, str(EXAMPLE)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    last = done.stdout.strip().splitlines()[-1]
+    *_, groups, last = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"balanced head, training set: all \d+\.\d, many \d+\.\d, med \d+\.\d, few \d+\.\d", groups), groups
     match = re.fullmatch(
         r"final loss (\d+\.\d+), balanced-head train accuracy (\d+\.\d)%, fused steps (\d+), bank holds (\d+) contexts",
         last,
@@ -30,3 +32,11 @@ def test_readme_shows_the_example_verbatim():
     block = re.fullmatch(r"\s*```python\n(.*?)```\s*", between, flags=re.DOTALL)
     assert block, "the example markers in README.md must enclose exactly one ```python block"
     assert block[1] == EXAMPLE.read_text(), "README.md's example differs from examples/csa_own_loop.py"
+
+
+def test_example_imports_only_the_public_api():
+    tree = ast.parse(EXAMPLE.read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    ours = {m for m in modules if m.split(".")[0] == "tailshift"}
+    assert ours <= {"tailshift.samplers", "tailshift.losses", "tailshift.csa", "tailshift.metrics"}, ours

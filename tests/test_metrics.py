@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
 from tailshift.data.arrays import DataError
 from tailshift.data.groups import class_groups
-from tailshift.metrics import per_class_accuracy, summarize
+from tailshift.metrics import group_accuracy, per_class_accuracy, summarize
 
 
 def test_index_groups_of_the_release():
@@ -39,3 +40,45 @@ def test_empty_groups_and_untested_classes_are_none():
     s = summarize(np.array([0, 1, 1]), labels, 3, {"many": np.array([], int), "med": np.array([0]), "few": np.array([2])})
     assert s["many"] is None and s["few"] is None and s["med"] == 50
     assert s["per_class"] == [50.0, 100.0, None]
+
+
+# --- the public group_accuracy -----------------------------------------------------------------
+def test_group_accuracy_by_training_count():
+    counts = [500, 101, 100, 20, 19, 5]  # many: 0, 1; medium: 2, 3; few: 4, 5
+    labels = np.array([0, 0, 1, 2, 2, 3, 4, 4, 5])
+    pred = np.array([0, 1, 1, 2, 0, 0, 4, 0, 0])
+    scores = group_accuracy(pred, labels, counts)
+    assert scores["all"] == pytest.approx(100 * 4 / 9)
+    assert scores["many"] == pytest.approx(75.0)  # class 0: 1/2, class 1: 1/1
+    assert scores["med"] == pytest.approx(25.0) and scores["few"] == pytest.approx(25.0)
+    logits = torch.nn.functional.one_hot(torch.from_numpy(pred), 6).float() * 3 - 1
+    assert group_accuracy(logits, torch.from_numpy(labels), torch.tensor(counts)) == scores
+
+
+def test_group_accuracy_by_index_is_what_a_run_reports():
+    counts = np.arange(10, 0, -1) * 30
+    labels, pred = np.arange(10).repeat(3), np.arange(10).repeat(3)
+    pred[[0, 10, 29]] = 5
+    groups = class_groups(counts, "index")
+    expected = summarize(pred, labels, 10, groups)
+    scores = group_accuracy(pred, labels, counts, rule="index")
+    assert scores == {key: expected[key] for key in ("all", "many", "med", "few")}
+    assert group_accuracy(pred, labels, counts, rule="index", bounds=(5, 5))["med"] is None  # an empty group
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (([0, 1], [0, 3], [5, 5]), "labels must be a 1-d sequence of class indices in [0, 2)"),
+    (([0.0, 1.0], [0, 1], [5, 5]), "predictions must be a 1-d sequence of class indices in [0, 2)"),
+    (([0, 1, 1], [0, 1], [5, 5]), "predictions and labels must be as many and at least one, got 3 and 2"),
+    (([0], [0], [[5, 5]]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
+    (([0], [0], [5, float("nan")]), "class_counts must be a non-empty 1-d sequence of finite counts >= 0"),
+])
+def test_group_accuracy_refuses_bad_input_in_one_line(args, fragment):
+    with pytest.raises(ValueError) as refused:
+        group_accuracy(*args)
+    assert fragment in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_group_accuracy_refuses_an_unknown_rule():
+    with pytest.raises(DataError, match="unknown group rule 'size'; known: index, count"):
+        group_accuracy([0], [0], [5, 5], rule="size")
