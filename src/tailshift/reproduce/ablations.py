@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..resolve import resolve_run
 from .commands import DEFAULT_SEEDS, reproduce_command
 from .plan import Plan, Variant, overrides_for_run
 from .reports import RESULT_COLUMNS, Report, Section, paper_numbers, result_cells, runs_note, seeds_note
@@ -93,6 +92,7 @@ def plan(study: str, tables: dict[str, Ablation], seeds, overrides: Sequence[str
     or the same thing as another row reuses that run, named after the first row's switches.
     """
     from ..config import config_path, load_config
+    from ..resolve import resolve_run  # imports the methods (torch): not while the command line is built
 
     config = STUDIES[study]
     user = (*TABLE1.data_root(study, mnist_root), *overrides_for_run("csa", overrides, ["csa"]))
