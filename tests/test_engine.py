@@ -84,6 +84,27 @@ def test_killed_run_resumes_exactly(prepared, tmp_path, method, dies_at):
     assert strip(resumed["curve"]) == strip(full["curve"])
 
 
+def test_a_checkpoint_of_another_precision_is_refused_and_the_switches_are_recorded(prepared, tmp_path):
+    """train.amp=auto is float32 here and bf16 on a GPU that has it: the same config must not resume across."""
+    metrics = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=1"), prepared)
+    assert metrics["speed"] == {"compile": "off", "amp": "off", "channels_last": True, "fused_optimizer": False}
+    assert metrics["backends"] == {"cudnn_benchmark": False, "tf32": False}
+    assert metrics["peak_gpu_memory_bytes"] is None
+    out = tmp_path / "run"
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["speed"] == metrics["speed"]
+    payload["speed"]["amp"] = "bf16"  # as written on a GPU with native bf16 under train.amp=auto
+    torch.save(payload, out / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CheckpointMismatchError, match=r"was trained with amp bf16 and this run resolves train.amp=auto "
+                                                      r"to off on cpu: a run never changes precision mid-way"):
+        train(cfg_for(tmp_path, "method.name=ce", "train.epochs=1"), prepared)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    del payload["speed"]  # written before the switches were recorded: float32, accepted here
+    torch.save(payload, out / "checkpoint.pt")
+    assert train(cfg_for(tmp_path, "method.name=ce", "train.epochs=1"), prepared)["heads"] == metrics["heads"]
+
+
 def test_checkpoint_from_another_config_is_refused_naming_the_keys_and_writing_nothing(prepared, tmp_path):
     train(cfg_for(tmp_path, "method.name=ce"), prepared)
     out = tmp_path / "run"

@@ -35,3 +35,24 @@ def test_batches_are_normalised_and_gathered_by_index():
     torch.testing.assert_close(batch.x, expected)
     seen = torch.cat([b.y for b in arrays.iterate(3)])
     assert seen.tolist() == [0, 1, 2, 3]
+
+
+def test_an_epochs_indices_reach_the_device_once_per_stream_not_once_per_step(monkeypatch):
+    """Every step's index is a slice of one copy of the epoch's indices made when the epoch starts (on a GPU,
+    one host-to-device copy per stream and epoch instead of a blocking copy from pageable memory per step)."""
+    images = np.zeros((10, 1, 2, 2), dtype=np.uint8)
+    arrays = DeviceArrays(ArrayDataset(images, np.arange(10) % 2), "cpu")
+    given = {"uniform": torch.arange(10).flip(0), "balanced": torch.arange(10)}
+    seen = []
+    original = DeviceArrays.batch
+
+    def spy(self, index, *args, **kwargs):
+        seen.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(DeviceArrays, "batch", spy)
+    batches = list(arrays.epoch(given, steps=4, batch_size=3, seed=0))
+    assert len(batches) == 4 and [b["uniform"].index.tolist() for b in batches[:1]] == [[9, 8, 7]]
+    storages = {index.untyped_storage().data_ptr() for index in seen}
+    assert len(storages) == 2  # one copy per stream, sliced by every step
+    assert not storages & {idx.untyped_storage().data_ptr() for idx in given.values()}

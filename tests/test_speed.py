@@ -198,3 +198,16 @@ def test_compiled_feature_map_keeps_one_graph_per_mode_whatever_the_batch_size()
                 assert model.feature_map(torch.randn(size, 3, 32, 32)).shape[0] == size
     assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
     torch._dynamo.reset()
+
+
+def test_backends_policy_is_set_explicitly_on_cuda_and_recorded(monkeypatch):
+    from tailshift.speed import configure_backends
+
+    for name, value in (("benchmark", False), ("allow_tf32", True)):
+        monkeypatch.setattr(torch.backends.cudnn, name, value)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert configure_backends(torch.device("cpu")) == {"cudnn_benchmark": False, "tf32": False}
+    assert torch.backends.cudnn.benchmark is False  # nothing is touched for a CPU run
+    assert configure_backends(torch.device("cuda")) == {"cudnn_benchmark": True, "tf32": False}
+    assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False

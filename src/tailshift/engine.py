@@ -37,7 +37,7 @@ from .optim import build_optimizer
 from .progress import Progress
 from .resolve import ResolvedRun, resolve_run
 from .schedules import SCHEDULES
-from .speed import resolve_speed
+from .speed import configure_backends, resolve_speed
 from .tensorboard_log import TensorBoardLog
 from .validation import ConfigError
 
@@ -174,6 +174,7 @@ class Trainer:
         if cfg.train.sync_batchnorm and self.world.size > 1:
             sync_batchnorm(self.method)
         self.speed = resolve_speed(cfg.train, self.device)
+        self.backends = configure_backends(self.device)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
         self.method.to(memory_format=self.speed.memory_format)
         # the train and test feeds: DeviceArrays (on the device) or StreamFeed (decoded by workers)
@@ -202,6 +203,7 @@ class Trainer:
             "history": state.history,
             "train_seconds": state.train_seconds,
             "cpu_seconds": state.cpu_seconds,
+            "speed": self.speed.record(),  # a run never resumes in another precision (see _check_precision)
             "method": self.method.state_dict(),
             "extra": extra[0],
             "optimizer": optimizer.state_dict(),
@@ -224,6 +226,7 @@ class Trainer:
                 "values are ever loaded from a checkpoint: delete it or use a new output folder") from None
         if not isinstance(payload, dict) or payload.get("fingerprint") not in self.run.accepted_fingerprints():
             raise CheckpointMismatchError(self._mismatch_message(payload))
+        self._check_precision(payload)
         self.method.load_state_dict(payload["method"])
         # a run resumed on as many processes as wrote it gets each rank's own state back
         ranks = payload.get("extra_ranks")
@@ -234,6 +237,17 @@ class Trainer:
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"],
                          payload.get("cpu_seconds", 0.0))
         return state, payload["optimizer"]
+
+    def _check_precision(self, payload: dict) -> None:
+        """Refuse a checkpoint trained in another precision than this run resolves to: the config's
+        fingerprint holds ``train.amp`` as written, and ``auto`` resolves per device (bf16 on a GPU that
+        has it, float32 elsewhere). Checkpoints written before the switches were recorded trained in float32."""
+        written = (payload.get("speed") or {}).get("amp", "off")
+        if written != self.speed.amp:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.checkpoint_path} was trained with amp {written} and this run resolves "
+                f"train.amp={self.cfg.train.amp} to {self.speed.amp} on {self.device}: a run never changes precision "
+                f"mid-way; resume where it resolves to {written}, or use a new output folder")
 
     def _checkpoint_identity(self) -> tuple | None:
         """Which file the checkpoint is (every write renames a new one into place); None if absent."""
@@ -430,6 +444,11 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world.size,
             "storage": self.train_arrays.storage,
+            "speed": self.speed.record(),
+            "backends": self.backends,
+            # this process's peak, over the session that finished the run (a resumed run: since it resumed)
+            "peak_gpu_memory_bytes": (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
+                                      else None),
             "data_source": {"path": self.data.source, "caveat": self.data.caveat},
             "train_seconds": round(state.train_seconds, 3),
             "cpu_seconds": round(state.cpu_seconds, 3),  # over every session of the run, like train_seconds

@@ -27,6 +27,11 @@ class Speed:
     #: C++ compiler use "aot_eager", which traces and runs the same graphs without generating code
     backend: str = "inductor"
 
+    def record(self) -> dict:
+        """The switches as resolved, for the checkpoint and ``metrics.json``."""
+        return {"compile": self.compile, "amp": self.amp, "channels_last": self.channels_last,
+                "fused_optimizer": self.fused_optimizer}
+
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format

@@ -131,6 +131,10 @@ class DeviceArrays:
         """Each step's batches, stream by stream (this process's rows); augmentation drawn from
         one generator seeded with ``seed``, in step and stream order."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        # one host-to-device copy per stream and epoch: a copy per step from pageable memory would block
+        # the host on every step until the device caught up
+        # (a copy on the CPU too, so every step's batch is a slice of this epoch's one copy)
+        indices = {name: idx.to(self.device, copy=True) for name, idx in indices.items()}
         for lo, hi, start, stop in batch_plan(epoch_length(indices), steps, batch_size, world):
             rows = None if (start, stop) == (0, hi - lo) else (start, stop)
             yield {name: self.batch(idx[lo:hi], generator, rows) for name, idx in indices.items()}
