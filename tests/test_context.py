@@ -88,7 +88,7 @@ def test_colourize_truncates_toward_zero():
 
 
 def test_palettes_hold_the_release_tab10_colours_and_seaborn_deep():
-    # the release's sns.color_palette() without a theme = matplotlib's tab10 cycle (protocol.md)
+    # the release's sns.color_palette() without a theme = matplotlib's tab10 cycle (docs/protocol-notes.md)
     tab10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
     assert [("#%02x%02x%02x" % tuple(np.round(255 * c).astype(int))) for c in PALETTES["tab10"]] == tab10
     assert PALETTES["tab10"][0].tolist() == [31 / 255, 119 / 255, 180 / 255]

@@ -160,7 +160,7 @@ RELEASE_LENET_RATES = [0.1, 0.0962, 0.0854, 0.0691, 0.05, 0.0309, 0.0146, 0.0038
 
 @pytest.mark.parametrize("dataset", ["mnist-lt", "cmnist-lt", "fashion-lt", "cfashion-lt"])
 def test_release_cosine_epoch_rates_of_both_crt_stages(dataset):
-    # protocol.md: epoch e trains at 0.05 (1 + cos(pi e / 8)); cRT's 4-epoch re-training uses divisor 8 too
+    # docs/protocol-notes.md: epoch e trains at 0.05 (1 + cos(pi e / 8)); cRT's 4-epoch re-training uses divisor 8 too
     from tailshift.config import config_path
     from tailshift.resolve import resolve_run
 

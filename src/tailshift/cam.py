@@ -83,7 +83,7 @@ def class_activation_map(
 ) -> torch.Tensor:
     """CAM (Zhou et al. 2016) for GAP + linear models: ``sum_k W[y, k] A_k``, B x h x w.
 
-    No ReLU, as in the release's CAM branch (protocol.md, Table 8): negative evidence
+    No ReLU, as in the release's CAM branch (docs/protocol-notes.md, Table 8): negative evidence
     is kept and min-max scaled with the rest. For such a model Grad-CAM is the ReLU of
     this map times 1 / (h * w), so the two masks agree exactly where the map is
     non-negative everywhere and differ wherever the weighted sum is negative.

@@ -4,7 +4,7 @@ balanced batches get the background of confidently classified uniform images pas
 One shared backbone, a uniform head trained on uniformly shuffled batches and a
 balanced head trained on re-sampled batches whose images get the background of
 confidently classified uniform images pasted in (Eq. 6-9). Defaults follow the
-release (protocol.md "CSA as released"); every point where the paper says
+release (docs/protocol-notes.md, "CSA as released"); every point where the paper says
 otherwise is a named parameter.
 """
 from __future__ import annotations
