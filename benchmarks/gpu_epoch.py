@@ -124,9 +124,10 @@ def render(results: dict, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def measure(method: str, variant: str, data: PreparedData, steps: int, warmup: int, repeats: int) -> dict:
+def measure(method: str, variant: str, data: PreparedData, steps: int, warmup: int, repeats: int,
+            overrides: list[str] = ()) -> dict:
     """One (method, variant): its warm-up, the median of its timed repeats and dynamo's graph counts."""
-    prepared = prepare([*METHODS[method], *VARIANTS[variant]], warmup, data)
+    prepared = prepare([*overrides, *METHODS[method], *VARIANTS[variant]], warmup, data)
     before = graphs()
     seconds = timed_epochs(prepared, steps, repeats)
     return {"epoch_s": statistics.median(seconds), "repeats_s": seconds, "warmup_s": prepared.warmup_s,
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the table shows their median")
     parser.add_argument("--note", default="", help="a line on the machine, written with the table")
     parser.add_argument("--out", default=None, help="results path without suffix (default: by device)")
+    parser.add_argument("overrides", nargs="*", help="key=value applied to the config of every variant "
+                                                     "(e.g. data.longtail.n_max=50 for a quick check)")
     args = parser.parse_args(argv)
     for name in ("steps", "warmup"):
         if getattr(args, name) < 0:
@@ -153,11 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     variants = args.variants.split(",")
-    data = prepare_data(config([]).data)  # read once: the methods and variants change no data setting
+    data = prepare_data(config(args.overrides).data)  # read once: the methods and variants change no data setting
     results = {}
     for method in args.methods.split(","):
         for variant in variants:
-            row = measure(method, variant, data, args.steps, args.warmup, args.repeats)
+            row = measure(method, variant, data, args.steps, args.warmup, args.repeats, args.overrides)
             results.setdefault(method, {})[variant] = row
             print(f"{method:10s} {variant:9s} {row['epoch_s']:8.2f} s ({row['timed_steps']} full batches, median of "
                   f"{args.repeats}; warm-up {row['warmup_s']:.1f} s, {row['graphs_after_warmup']} graphs, "
