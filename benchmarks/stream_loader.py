@@ -1,9 +1,10 @@
-"""Streaming loader: images per second on ImageNet-size JPEGs, and memory against dataset size.
+"""Host loader (images on the host, decoded and augmented by loader worker processes): images per
+second on ImageNet-size JPEGs, and memory against dataset size.
 
 Writes ``--images`` JPEGs of ImageNet's typical sizes (smooth synthetic scenes with noise,
 about 500 x 375, quality 90) laid out as ImageNet-LT, then times the training recipe
 (random-resized crop 224, flip, colour jitter 0.4) and the test recipe (resize 256, centre
-crop 224) through ``StreamFeed`` with 0 (in-process), 1 and 2 worker processes: images per
+crop 224) through ``HostFeed`` with 0 (in-process), 1 and 2 worker processes: images per
 second over a pass of ``--batches`` batches of 64, worker start-up included.
 
 Memory: the same number of batches drawn from a 1k-image and a 10k-image list; the 10k
@@ -30,7 +31,7 @@ from PIL import Image
 from report import load_note, write_report
 
 from tailshift.data.lists import FileDataset
-from tailshift.data.stream import FileImages, StreamFeed
+from tailshift.data.host_loader import FileImages, HostFeed
 
 BATCH = 64
 
@@ -94,27 +95,27 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def feed(data: FileDataset, recipe: str, workers: int) -> StreamFeed:
+def feed(data: FileDataset, recipe: str, workers: int) -> HostFeed:
     images = FileImages(data, recipe, 224, 256, 0.4)
-    return StreamFeed(images, torch.device("cpu"), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                      augmented=recipe != "none", workers=workers, prefetch=2)
+    return HostFeed(images, torch.device("cpu"), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                    augmented=recipe != "none", workers=workers, prefetch=2)
 
 
-def epoch_batches(stream: StreamFeed, n_images: int, batches: int, seed: int):
+def epoch_batches(loader: HostFeed, n_images: int, batches: int, seed: int):
     """``batches`` full batches of a random order of the images (cycled if there are too few)."""
     order = np.random.default_rng(seed).permutation(np.resize(np.arange(n_images), batches * BATCH))
-    return stream.epoch({"main": torch.from_numpy(order)}, batches, BATCH, seed)
+    return loader.epoch({"main": torch.from_numpy(order)}, batches, BATCH, seed)
 
 
 def throughput(data: FileDataset, recipe: str, workers: int, batches: int) -> dict:
     """Images per second over a whole pass of ``batches`` batches, worker start-up included (so
     prefetched batches cannot flatter a short pass)."""
-    stream = feed(data, recipe, workers)
+    loader = feed(data, recipe, workers)
     started = time.perf_counter()
     if recipe == "none":
-        it = stream.iterate(BATCH, 0, min(len(data), batches * BATCH))
+        it = loader.iterate(BATCH, 0, min(len(data), batches * BATCH))
     else:
-        it = (b["main"] for b in epoch_batches(stream, len(data), batches, 1))
+        it = (b["main"] for b in epoch_batches(loader, len(data), batches, 1))
     seen = sum(b.x.shape[0] for b in it)
     seconds = time.perf_counter() - started
     return {"recipe": "train" if recipe != "none" else "test", "workers": workers, "images": seen,
@@ -122,13 +123,13 @@ def throughput(data: FileDataset, recipe: str, workers: int, batches: int) -> di
 
 
 def memory(data: FileDataset, workers: int, batches: int) -> dict:
-    stream = feed(data, "resized_crop", workers)
+    loader = feed(data, "resized_crop", workers)
     peak, samples = 0, []
-    for b in epoch_batches(stream, len(data), batches, 2):
+    for b in epoch_batches(loader, len(data), batches, 2):
         kib = pss_kib(os.getpid())
         samples.append(kib)
         peak = max(peak, kib)
-    del b, stream
+    del b, loader
     return {"dataset_images": len(data), "workers": workers, "batches": batches, "peak_pss_mib": round(peak / 1024, 1),
             "median_pss_mib": round(statistics.median(samples) / 1024, 1)}
 
@@ -160,7 +161,7 @@ def main() -> None:
               for m in mem]
     note = (f"{load_note()}; JPEGs ~500 x 375 (mean {np.mean(sizes) / 1024:.0f} KiB), batch {BATCH}, one torch "
             "thread per process.")
-    write_report(args.output, "stream_loader", "Streaming loader", note, lines,
+    write_report(args.output, "stream_loader", "Host loader", note, lines,
                  {"throughput": rows, "memory": mem, "mean_jpeg_kib": float(np.mean(sizes) / 1024)})
 
 if __name__ == "__main__":

@@ -129,13 +129,13 @@ def test_large_scale_options_keep_fingerprints_and_workers_never_count():
     cfg = load_config(config_path("table1/fashion-lt_ce"), older)
     fingerprint = resolve_run(cfg).fingerprint()
     assert resolve_run(build_config(cfg.to_dict(), ["data.workers=16"])).fingerprint() == fingerprint
-    for changed in ("data.storage=stream", "data.class_order=count", "train.sync_batchnorm=true",
+    for changed in ("data.storage=host", "data.class_order=count", "train.sync_batchnorm=true",
                     "data.color_jitter=0.2", "model.pretrained=w.pth"):
         assert resolve_run(build_config(cfg.to_dict(), [changed])).fingerprint() != fingerprint, changed
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.storage=disk", "data.storage must be one of auto, device, stream; got 'disk'"),
+    ("data.storage=disk", "data.storage must be one of auto, device, host; got 'disk'"),
     ("data.class_order=alpha", "data.class_order must be one of list, count; got 'alpha'"),
     ("data.workers=-1", "data.workers must be >= 0 (0: decode in the training process), got -1"),
     ("data.resize_size=200", "data.resize_size must be >= data.crop_size (224), got 200"),
@@ -145,6 +145,14 @@ def test_large_scale_options_keep_fingerprints_and_workers_never_count():
 def test_large_scale_options_are_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config({}, [override])
+
+
+def test_the_old_storage_name_stream_is_refused_in_one_line():
+    # data.storage=host was called "stream" before: a config still saying so fails, listing the allowed values
+    for given in ({"data": {"storage": "stream"}}, ["data.storage=stream"]):
+        with pytest.raises(ConfigError) as err:
+            build_config(given, []) if isinstance(given, dict) else build_config({}, given)
+        assert str(err.value) == "data.storage must be one of auto, device, host; got 'stream'"
 
 
 def test_fingerprint_hashes_resolved_method_params():

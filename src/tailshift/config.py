@@ -69,10 +69,11 @@ class DataConfig:
     test_list: str | None = added_later(None, neutral=None)
     # list: labels as in the files | count: re-indexed by descending training count
     class_order: str = added_later(one_of("list", ("list", "count")), neutral="list")
-    # input pipeline: device (the split on the device as uint8) | stream (worker processes decode
-    # batches) | auto (image files stream, in-memory arrays stay on the device when they fit)
-    storage: str = added_later(one_of("auto", ("auto", "device", "stream")), neutral="auto")
-    # streaming: loader worker processes per training process (how many processes decode changes no pixel)
+    # input pipeline: device (the split on the device as uint8) | host (the split stays on the host, in
+    # memory or as image files; loader worker processes decode and augment batches) | auto (image files
+    # stay on the host, in-memory arrays go to the device when they fit)
+    storage: str = added_later(one_of("auto", ("auto", "device", "host")), neutral="auto")
+    # host storage: loader worker processes per training process (how many processes decode changes no pixel)
     workers: int = unhashed(bounded(4, ge=0, note="0: decode in the training process"))
     crop_size: int = added_later(bounded(224, ge=1), neutral=224)  # image files: random-resized / centre crop side
     # image files, test: shorter side before the centre crop

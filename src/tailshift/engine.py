@@ -26,7 +26,7 @@ from .config import RunConfig, save_config
 from .data.build import PreparedData, prepare_data
 from .data.pipeline import DeviceArrays, batch_plan, epoch_length
 from .data.sampling import Sampler, stream_spec
-from .data.stream import make_feeds
+from .data.host_loader import make_feeds
 from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
 from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import Method
@@ -177,7 +177,7 @@ class Trainer:
         self.backends = configure_backends(self.device)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
         self.method.to(memory_format=self.speed.memory_format)
-        # the train and test feeds: DeviceArrays (on the device) or StreamFeed (decoded by workers)
+        # the train and test feeds: DeviceArrays (on the device) or HostFeed (on the host, decoded by workers)
         self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data,
                                                          self.speed.memory_format)
         check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
@@ -268,8 +268,8 @@ class Trainer:
                 "use a new output folder or delete the checkpoint")
 
     def training_images(self) -> TrainingImages | None:
-        """The training split as the method's ``illustration`` takes it; None when it is streamed by
-        loader workers (no images on the device to gather by index)."""
+        """The training split as the method's ``illustration`` takes it; None when it stays on the host,
+        decoded by loader workers (no images on the device to gather by index)."""
         if not isinstance(self.train_arrays, DeviceArrays):
             return None
         cfg = self.cfg

@@ -19,7 +19,7 @@ from .config import RunConfig, load_config
 from .data.build import PreparedData, prepare_data
 from .data.lists import FileDataset
 from .data.pipeline import normalise
-from .data.stream import make_feeds
+from .data.host_loader import make_feeds
 from .data.transforms import eval_image
 from .engine import _load_failure, build_method, predicted_classes, resolve_device
 from .io import RunLock, atomic_open, atomic_write_json

@@ -68,7 +68,7 @@ class TensorBoardLog:
     def _illustration(self) -> None:
         """The method's illustration with the current model, if it has one (yet); training is unchanged."""
         images = self.trainer.training_images()
-        if images is None:  # streamed from loader workers: no images to gather by index
+        if images is None:  # on the host, decoded by loader workers: no images to gather by index
             return
         device = self.trainer.device
         # a crop-flipped split draws its crops from the global generator: leave it as it was

@@ -2,8 +2,8 @@
 list files, Liu et al. 2019) and iNaturalist 2018 (COCO-style JSON annotations), each
 under an image root.
 
-A ``FileDataset`` holds paths and labels only; pixels are decoded by the streaming
-input pipeline (``data/stream.py``). Every path must stay under the root (no absolute
+A ``FileDataset`` holds paths and labels only; pixels are decoded by the host
+loader's worker processes (``data/host_loader.py``). Every path must stay under the root (no absolute
 path, no ``..``; and, unless ``data.allow_outside_root``, no link leading out of it) and
 exist; a bad line is a one-line error naming the list file and its line number (for
 JSON: the entry of ``annotations``). The classes are those of the training list (its

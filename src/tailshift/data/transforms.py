@@ -1,4 +1,4 @@
-"""Per-image recipes of the streaming pipeline, with Pillow and numpy (no torchvision).
+"""Per-image recipes of the host loader (``data/host_loader.py``), with Pillow and numpy (no torchvision).
 
 The standard ImageNet recipes, drawn the way torchvision draws them:
 * train (``resized_crop``): RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3), 10 tries

@@ -1,7 +1,7 @@
 """Table 3: ImageNet-LT with ResNet-10 and ResNet-50 from scratch (CE, cRT, CB-RS, CSA).
 
 Each row is one shipped config ``table3/imagenet-lt_<run>_<model>`` and one head of that
-run; the grid's studies are the backbones. The images are streamed from ``data.root``; a
+run; the grid's studies are the backbones. The images are read from ``data.root`` by loader workers; a
 run of 90 epochs is a multi-GPU job, so ``nproc`` > 1 runs each config with torchrun on that
 many processes, one after the other.
 """

@@ -1,4 +1,5 @@
-"""Streaming input: batches decoded by worker processes, for data that does not fit on the device.
+"""Host loading: the split stays on the host (in memory or as image files) and loader worker
+processes decode and augment its batches, for data that does not fit on the device.
 
 The engine asks a feed for an epoch of batches given the samplers' index streams (the
 same call a ``DeviceArrays`` answers), so samplers and methods, CSA included, do not
@@ -12,8 +13,9 @@ stage, epoch, stream, position in the epoch), so a run is reproducible whatever 
 number of workers or processes, and resumes exactly at an epoch boundary.
 
 ``make_feeds`` picks the storage: ``device`` (the whole split as one uint8 tensor on the
-device, ``pipeline.DeviceArrays``) or ``stream``; ``auto`` keeps decoded in-memory data
-on the device when it fits there and streams image files.
+device, ``pipeline.DeviceArrays``) or ``host`` (the split on the host, batches decoded by
+loader workers, ``HostFeed``); ``auto`` keeps decoded in-memory data on the device when it
+fits there and loads image files from the host.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from .lists import FileDataset
 from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
 from .transforms import crop_flip, eval_image, train_image
 
-STORAGES = ("auto", "device", "stream")
-#: augmentations by kind of dataset (device and stream storage agree on these)
+STORAGES = ("auto", "device", "host")
+#: augmentations by kind of dataset (device and host storage agree on these)
 ARRAY_AUGMENTATIONS = ("none", "crop_flip")
 FILE_AUGMENTATIONS = ("none", "resized_crop")
 #: share of the free device memory a decoded dataset may take for ``auto`` to keep it there
@@ -127,12 +129,13 @@ class _Requests(torch.utils.data.Sampler):
         return len(self.requests)
 
 
-class StreamFeed:
-    """Batches of one split decoded by ``workers`` processes (0: in this process). ``persistent``:
+class HostFeed:
+    """Batches of one split held on the host (in memory or as image files), decoded and augmented
+    by ``workers`` loader processes (0: in this process). ``persistent``:
     the workers live as long as the feed (training); else they start for each pass (evaluation,
     so a process does not keep two idle pools)."""
 
-    storage = "stream"
+    storage = "host"
     memory_format = torch.channels_last  # of the float batches, as DeviceArrays
 
     def __init__(self, images, device: torch.device, mean=None, std=None, augmented: bool = False,
@@ -180,27 +183,28 @@ class StreamFeed:
 
 
 def choose_storage(storage: str, train, test, device: torch.device) -> str:
-    """``device`` or ``stream`` for a dataset; ``auto``: image files stream, in-memory arrays stay on
-    the device when they take less than ``DEVICE_SHARE`` of its free memory."""
+    """``device`` or ``host`` for a dataset; ``auto``: image files stay on the host (decoded by loader
+    workers), in-memory arrays go to the device when they take less than ``DEVICE_SHARE`` of its free
+    memory (else they stay on the host too)."""
     if storage not in STORAGES:
         raise DataError(f"data.storage must be one of {', '.join(STORAGES)}; got {storage!r}")
     files = isinstance(train, FileDataset)
     if storage == "device" and files:
         raise DataError("data.storage=device needs a dataset decoded in memory; this one is read from "
-                        "image files (use data.storage=stream or auto)")
+                        "image files (use data.storage=host or auto)")
     if storage != "auto":
         return storage
     if files:
-        return "stream"
+        return "host"
     if device.type != "cuda":
         return "device"
     free, _ = torch.cuda.mem_get_info(device)
-    return "device" if train.images.nbytes + test.images.nbytes < DEVICE_SHARE * free else "stream"
+    return "device" if train.images.nbytes + test.images.nbytes < DEVICE_SHARE * free else "host"
 
 
 def make_feeds(train, test, device: torch.device, data_cfg,
                memory_format: torch.memory_format = torch.channels_last) -> tuple:
-    """The train and test feeds of a run's data (``DeviceArrays`` or ``StreamFeed``), whose float
+    """The train and test feeds of a run's data (``DeviceArrays`` or ``HostFeed``), whose float
     batches are in ``memory_format``."""
     feeds = _feeds(train, test, device, data_cfg)
     for feed in feeds:
@@ -224,5 +228,5 @@ def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
         test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter)
     else:
         train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
-    return (StreamFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
-            StreamFeed(test_images, device, d.mean, d.std, False, d.workers, persistent=False))
+    return (HostFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
+            HostFeed(test_images, device, d.mean, d.std, False, d.workers, persistent=False))

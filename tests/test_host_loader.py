@@ -1,4 +1,5 @@
-"""Streaming input: the per-image recipes, feeds equal to the device pipeline, runs on generated JPEGs."""
+"""Host loading (split on the host, batches decoded by loader workers): the per-image recipes, feeds
+equal to the device pipeline, runs on generated JPEGs."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from tailshift.config import build_config
 from tailshift.data.arrays import ArrayDataset, DataError
 from tailshift.data.lists import FileDataset
 from tailshift.data.pipeline import DeviceArrays
-from tailshift.data.stream import ArrayImages, FileImages, StreamFeed, choose_storage, make_feeds
+from tailshift.data.host_loader import ArrayImages, FileImages, HostFeed, choose_storage, make_feeds
 from tailshift.data.transforms import crop_flip, eval_image, resized_crop_box, train_image
 from tailshift.distributed import World
 from tailshift.engine import Trainer, train
@@ -65,16 +66,16 @@ def test_numpy_crop_flip_matches_the_device_recipe():
     assert seen_flips == {True, False}
 
 
-def test_stream_feed_of_arrays_equals_the_device_arrays():
+def test_host_feed_of_arrays_equals_the_device_arrays():
     rng = np.random.default_rng(0)
     data = ArrayDataset(rng.integers(0, 255, size=(23, 3, 8, 8), dtype=np.uint8), rng.integers(0, 4, 23))
     device = DeviceArrays(data, "cpu", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.3))
-    stream = StreamFeed(ArrayImages(data), torch.device("cpu"), (0.5, 0.4, 0.3), (0.2, 0.2, 0.3), workers=0)
-    for a, b in zip(device.iterate(10, 3, 21), stream.iterate(10, 3, 21), strict=True):
+    host = HostFeed(ArrayImages(data), torch.device("cpu"), (0.5, 0.4, 0.3), (0.2, 0.2, 0.3), workers=0)
+    for a, b in zip(device.iterate(10, 3, 21), host.iterate(10, 3, 21), strict=True):
         assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.index, b.index)
     indices = {"u": torch.from_numpy(rng.permutation(23)), "b": torch.from_numpy(rng.integers(0, 23, 23))}
-    whole = [s for s in stream.epoch(indices, 3, 10, seed=5)]
-    halves = [[s for s in stream.epoch(indices, 3, 10, seed=5, world=World(r, 2))] for r in range(2)]
+    whole = [s for s in host.epoch(indices, 3, 10, seed=5)]
+    halves = [[s for s in host.epoch(indices, 3, 10, seed=5, world=World(r, 2))] for r in range(2)]
     for step, (one, *two) in enumerate(zip(whole, *halves)):
         for name in indices:
             joined = torch.cat([part[name].x for part in two])
@@ -82,10 +83,10 @@ def test_stream_feed_of_arrays_equals_the_device_arrays():
             assert torch.equal(one[name].index, indices[name][10 * step: 10 * step + 10])
 
 
-def test_streamed_crop_flip_is_the_same_whatever_the_split(tmp_path):
+def test_host_loaded_crop_flip_is_the_same_whatever_the_split(tmp_path):
     rng = np.random.default_rng(1)
     data = ArrayDataset(rng.integers(0, 255, size=(30, 1, 6, 6), dtype=np.uint8), rng.integers(0, 3, 30))
-    feed = StreamFeed(ArrayImages(data, "crop_flip", 2), torch.device("cpu"), augmented=True, workers=0)
+    feed = HostFeed(ArrayImages(data, "crop_flip", 2), torch.device("cpu"), augmented=True, workers=0)
     indices = {"main": torch.arange(30)}
     one = torch.cat([b["main"].x for b in feed.epoch(indices, 3, 10, seed=7)])
     two = [torch.cat([b["main"].x for b in feed.epoch(indices, 3, 10, seed=7, world=World(r, 2))]) for r in (0, 1)]
@@ -96,7 +97,7 @@ def test_streamed_crop_flip_is_the_same_whatever_the_split(tmp_path):
 def test_a_corrupt_jpeg_is_one_line_naming_the_file(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     data = FileDataset(str(tmp_path), np.array([b"bad.jpg"]), np.array([0]), 1)
-    feed = StreamFeed(FileImages(data, "none", 8, 8, 0.0), torch.device("cpu"), workers=1)
+    feed = HostFeed(FileImages(data, "none", 8, 8, 0.0), torch.device("cpu"), workers=1)
     with pytest.raises(DataError, match="cannot decode image .*bad.jpg") as err:
         next(feed.iterate(1))
     assert "\n" not in str(err.value)
@@ -107,14 +108,14 @@ def test_storage_choice_and_recipes_per_kind_of_data(tmp_path):
     files = FileDataset(str(tmp_path), np.array([b"a.jpg"]), np.array([0]), 1)
     cpu = torch.device("cpu")
     assert choose_storage("auto", arrays, arrays, cpu) == "device"
-    assert choose_storage("auto", files, files, cpu) == "stream"
+    assert choose_storage("auto", files, files, cpu) == "host"
     with pytest.raises(DataError, match="data.storage=device needs a dataset decoded in memory"):
         choose_storage("device", files, files, cpu)
     cfg = build_config({}, ["data.augment=resized_crop"]).data
     with pytest.raises(DataError, match="data.augment=resized_crop does not apply to in-memory arrays"):
         make_feeds(arrays, arrays, cpu, cfg)
-    stream_cfg = build_config({}, ["data.storage=stream", "data.augment=crop_flip", "data.workers=0"]).data
-    assert [f.storage for f in make_feeds(arrays, arrays, cpu, stream_cfg)] == ["stream", "stream"]
+    host_cfg = build_config({}, ["data.storage=host", "data.augment=crop_flip", "data.workers=0"]).data
+    assert [f.storage for f in make_feeds(arrays, arrays, cpu, host_cfg)] == ["host", "host"]
 
 
 def imagenet_cfg(root, out, *overrides):
@@ -134,7 +135,7 @@ def jpegs(tmp_path_factory):
     return write_imagenet_lt(tmp_path_factory.mktemp("imagenet-lt"))
 
 
-def test_streaming_run_resumes_exactly_whatever_the_workers(jpegs, tmp_path, monkeypatch):
+def test_host_loaded_run_resumes_exactly_whatever_the_workers(jpegs, tmp_path, monkeypatch):
     resumed = tmp_path / "resumed"
     write = Trainer._write_checkpoint
 
@@ -147,14 +148,14 @@ def test_streaming_run_resumes_exactly_whatever_the_workers(jpegs, tmp_path, mon
     monkeypatch.setattr(Trainer, "_write_checkpoint", keep_epoch_two)
     full = train(imagenet_cfg(jpegs, tmp_path / "full", "method.name=cbrs"))  # 2 workers
     monkeypatch.undo()
-    assert full["storage"] == "stream" and full["curve"][-1]["loss"] < full["curve"][0]["loss"]
+    assert full["storage"] == "host" and full["curve"][-1]["loss"] < full["curve"][0]["loss"]
     again = train(imagenet_cfg(jpegs, resumed, "method.name=cbrs", "data.workers=0"))  # its last epoch, in-process
     assert again["heads"] == full["heads"] and again["curve"][:2] == full["curve"][:2]
     for key, value in torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["method"].items():
         assert torch.equal(torch.load(resumed / "checkpoint.pt", weights_only=True)["method"][key], value)
 
 
-def test_csa_trains_on_streamed_images(jpegs, tmp_path):
+def test_csa_trains_on_host_loaded_images(jpegs, tmp_path):
     metrics = train(imagenet_cfg(jpegs, tmp_path / "csa", "method.name=csa", "train.epochs=2",
                                  "method.params={warmup_epochs: 1, delta: 0.0}"))
     curve = json.loads((tmp_path / "csa" / "curve.json").read_text())
