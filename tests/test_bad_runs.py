@@ -341,16 +341,23 @@ def test_study_workers_die_within_seconds_of_a_sigkilled_parent(tmp_path):
         import os, sys, time
         from tailshift.reproduce.jobs import worker_pool
 
+        def pid_after(seconds):
+            time.sleep(seconds)
+            return os.getpid()
+
         if __name__ == "__main__":
             pool = worker_pool(2)
-            print(" ".join(str(p.pid) for p in pool._pool), flush=True)
+            started = set()
+            while len(started) < 2:  # both workers initialised (they run tasks only after their initializer)
+                started |= set(pool.map(pid_after, [0.5, 0.5], chunksize=1))
+            print(*started, flush=True)
             pool.map(time.sleep, [600, 600], chunksize=1)
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), str(tmp_path)])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     workers = [int(pid) for pid in parent.stdout.readline().split()]
     assert len(workers) == 2
-    time.sleep(2)  # both are asleep in their 600 s task
+    time.sleep(1)  # both are asleep in their 600 s task
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
