@@ -130,12 +130,14 @@ def finished_run(out: Path, d: Path) -> None:
 
 
 def hostile_checkpoint(out: Path, d: Path) -> None:
-    out.mkdir()
+    with RunLock(out):  # a run's folder (anything else is refused before its checkpoint is read)
+        pass
     torch.save({"fingerprint": _Touch("system", d / "pwned-checkpoint")}, out / "checkpoint.pt")
 
 
 def garbage_checkpoint(out: Path, d: Path) -> None:
-    out.mkdir()
+    with RunLock(out):
+        pass
     (out / "checkpoint.pt").write_bytes(b"\x80\x02 truncated")
 
 

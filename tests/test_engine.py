@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tailshift.config import build_config, load_config
-from tailshift.engine import CheckpointMismatchError, DivergenceError, Trainer, learning_rate, train
+from tailshift.engine import CheckpointMismatchError, DamagedCheckpointError, DivergenceError, Trainer, learning_rate, train
+from tailshift.io import RunLock
 from tailshift.optim import build_optimizer
 
 
@@ -123,9 +124,9 @@ def test_checkpoint_from_another_config_is_refused_naming_the_keys_and_writing_n
 
 
 def test_corrupt_checkpoint_is_reported(prepared, tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
+    with RunLock(tmp_path / "run"):  # a run's folder
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DamagedCheckpointError, match="cannot read checkpoint .* \\(damaged: BadZipFile"):
         train(cfg_for(tmp_path, "method.name=ce"), prepared)
 
 

@@ -139,11 +139,10 @@ def test_host_loaded_run_resumes_exactly_whatever_the_workers(jpegs, tmp_path, m
     resumed = tmp_path / "resumed"
     write = Trainer._write_checkpoint
 
-    def keep_epoch_two(self, state, *args):  # a copy of the full run's checkpoint after 2 of 3 epochs
+    def keep_epoch_two(self, state, *args):  # a copy of the full run's folder after 2 of 3 epochs
         write(self, state, *args)
         if state.epoch == 2:
-            resumed.mkdir()
-            shutil.copy(self.checkpoint_path, resumed / "checkpoint.pt")
+            shutil.copytree(self.out, resumed)
 
     monkeypatch.setattr(Trainer, "_write_checkpoint", keep_epoch_two)
     full = train(imagenet_cfg(jpegs, tmp_path / "full", "method.name=cbrs"))  # 2 workers

@@ -52,13 +52,15 @@ def test_second_lock_on_a_folder_fails_at_once_naming_folder_and_pid(tmp_path):
 
 def test_taking_the_lock_removes_temp_files_of_killed_writers_only(tmp_path):
     folder = tmp_path / "run"
-    folder.mkdir()
+    with RunLock(folder):  # a run held the folder before
+        pass
     stale = folder / ".checkpoint.pt.4242.abcd1234.tmp"
     stale.write_bytes(b"half")
-    mine = folder / "notes.tmp"
-    mine.write_text("a user's file")
+    mine = [folder / "notes.tmp", folder / ".notes.1.draft.tmp", folder / ".x.tmp"]  # not tailshift's temp names
+    for path in mine:
+        path.write_text("a user's file")
     with RunLock(folder):
-        assert not stale.exists() and mine.exists() and (folder / LOCK_NAME).exists()
+        assert not stale.exists() and all(p.exists() for p in mine) and (folder / LOCK_NAME).exists()
 
 
 def test_lock_refuses_a_file_in_place_of_the_folder_and_the_probe_creates_nothing(tmp_path):

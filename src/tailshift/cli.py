@@ -145,7 +145,7 @@ def _list(args) -> None:
 def _evaluate(args) -> None:
     from .saved_run import evaluation_folder, evaluate_run, load_run, write_evaluation
 
-    run = load_run(args.run, args.overrides)
+    run = load_run(args.run, args.overrides, args.allow_unfinished)
     result = evaluate_run(run)
     data = result["data"]
     print(f"{run.folder}: {run.cfg.method.name} on {data['dataset']} test ({data['test_images']} images), "
@@ -166,7 +166,7 @@ def _evaluate(args) -> None:
 def _predict(args) -> None:
     from .saved_run import load_run, predict_images
 
-    run = load_run(args.run, args.overrides)
+    run = load_run(args.run, args.overrides, args.allow_unfinished)
     for item in predict_images(run, args.images, args.top_k):
         print(f"{item['image']} ({run.head} head): " + ", ".join(f"{name} {p:.3f}" for _, name, p in item["top"]))
 
@@ -174,7 +174,7 @@ def _predict(args) -> None:
 def _export(args) -> None:
     from .saved_run import export_run, load_run
 
-    run = load_run(args.run, args.overrides)
+    run = load_run(args.run, args.overrides, args.allow_unfinished)
     path = export_run(run, args.format, args.output)
     c, h, w = run.data.image_shape
     print(f"wrote {path}: uint8 images N x {c} x {h} x {w} (pixels 0-255, normalisation inside) -> "
@@ -200,6 +200,9 @@ def _add_run_commands(sub) -> None:
     x.add_argument("--format", required=True, help="torchscript or onnx")
     x.add_argument("--output", default=None, help="the file to write (default RUN/model.pt or RUN/model.onnx)")
     x.set_defaults(func=_export)
+    for command in (e, p, x):
+        command.add_argument("--allow-unfinished", action="store_true",
+                             help="use the run's last checkpoint although the run did not finish")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as err:  # our errors are one line: show them without a traceback
         print(f"tailshift: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: every file is whole (atomic writes); a training run says where it resumes
+        print(f"tailshift: {str(err) or 'interrupted; re-run the same command to go on'}", file=sys.stderr)
+        return 130
     return 0
 
 

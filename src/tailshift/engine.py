@@ -11,10 +11,12 @@ sharded and gathered, and rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import platform
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,27 @@ class DivergenceError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written by another configuration."""
+
+
+class DamagedCheckpointError(CheckpointMismatchError):
+    """A checkpoint's bytes are not those written (a CRC fails, or it is not a whole checkpoint)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says from which epoch the same command resumes."""
+
+
+def verify_checkpoint(path: Path, remedy: str) -> None:
+    """``torch.load`` does not check the CRC32 that a checkpoint (a zip) stores for each entry: read every
+    entry and compare, so a damaged file is never trained from or evaluated. ``remedy``: what to do."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            failed = archive.testzip()
+        reason = None if failed is None else f"entry {failed} fails its CRC check"
+    except Exception as err:  # not a zip, truncated, or a header overwritten
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"[:200]
+    if reason is not None:
+        raise DamagedCheckpointError(f"cannot read checkpoint {path} (damaged: {reason}); {remedy}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,12 +235,17 @@ class Trainer:
             payload["scaler"] = self.scaler.state_dict()
         if self.world.size > 1:
             payload["extra_ranks"] = extra
+        buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write, which names the file
+        torch.save(payload, buffer)
         with atomic_open(self.checkpoint_path) as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
+        self.saved_epochs = len(state.history)
 
     def _load(self) -> tuple[RunState, dict | None]:
         if not self.checkpoint_path.exists():
             return RunState(), None
+        verify_checkpoint(self.checkpoint_path, "it is never trained from: re-run with --fresh to start the run "
+                                                "over, or remove the file")
         try:
             payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:  # a truncated, foreign or hostile file: say which, in one line
@@ -311,6 +339,7 @@ class Trainer:
         refused, before anything is written; under the lock it is read again only if it changed."""
         seen = self._checkpoint_identity()
         loaded = self._load() if resume else (RunState(), None)
+        self.saved_epochs = len(loaded[0].history)  # what a re-run resumes from, were this one interrupted
         # the folder is rank 0's: it alone holds the lock and writes (the other ranks only read the checkpoint)
         with RunLock(self.out) if self.world.is_main else contextlib.nullcontext():
             if resume and self._checkpoint_identity() != seen:  # another writer finished in between
@@ -321,7 +350,11 @@ class Trainer:
                 observers = [self.progress]
                 if self.cfg.train.tensorboard and self.world.is_main:
                     observers.append(stack.enter_context(TensorBoardLog(self, first_epoch=len(loaded[0].history))))
-                return self._fit(*loaded, observers)
+                try:
+                    return self._fit(*loaded, observers)
+                except KeyboardInterrupt:
+                    raise RunInterrupted(f"interrupted; re-run the same command to resume from epoch "
+                                         f"{self.saved_epochs + 1}") from None
 
     def _fit(self, state: RunState, optimizer_state: dict | None, observers: list) -> dict:
         cfg = self.cfg

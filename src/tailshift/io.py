@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +20,12 @@ from typing import IO, Iterator
 
 #: the lock file inside a run folder; it holds the pid of the process that has the folder
 LOCK_NAME = ".tailshift.lock"
-#: temp files are named ``.<target>.<pid>.<random>.tmp``
+#: temp files are named ``.<target>.<pid>.<random>.tmp`` (mkstemp's 8 random characters)
 TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.[0-9]+\.[a-z0-9_]{8}\.tmp")
+#: folders a run may never be written into (besides the filesystem root and the home folder itself)
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys",
+                  "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/local", "/usr/sbin", "/var")
 #: mkstemp makes private (0600) files; written files get the usual mode, as open() would give them
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,6 +37,19 @@ class RunFolderError(RuntimeError):
 
 class RunFolderBusyError(RunFolderError):
     """Another process is writing the run folder."""
+
+
+class DiskFullError(OSError):
+    """A write ran out of space; the file it replaced is left as it was."""
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem ``path`` is on (the folder to free space in)."""
+    path = path.resolve()
+    device = path.stat().st_dev
+    while path.parent != path and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -56,9 +74,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left on {_mount_point(path.parent)} while writing {path}; "
+                                "free some space and re-run the same command (the previous file is kept)") from None
         raise
     _fsync_folder(path.parent)
 
@@ -83,18 +104,31 @@ def _holder(lock_path: Path) -> str:
     return "pid unknown"
 
 
-def _refuse_non_folder(folder: Path) -> None:
+def _refuse_foreign_folder(folder: Path) -> None:
+    """A run folder is tailshift's only if it is absent, empty or holds a run (its lock file, written with
+    the lock, is the marker); never the filesystem root, a system folder or the home folder itself."""
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"output {folder} is a file, not a folder; choose a folder for the run")
+    real = folder.resolve()
+    if real.parent == real:
+        raise RunFolderError(f"output {folder} is the filesystem root; choose a folder of its own for the run")
+    if ({str(real), os.path.abspath(folder)} & set(SYSTEM_FOLDERS) or real == Path.home().resolve()
+            or any(real.is_relative_to(virtual) for virtual in ("/proc", "/sys", "/dev"))):
+        what = "your home folder itself" if real == Path.home().resolve() else "a system folder"
+        raise RunFolderError(f"output {folder} is {what}; choose a folder of its own for the run")
+    if real.is_dir() and not (real / LOCK_NAME).exists() and any(real.iterdir()):
+        example = min((p.name for p in real.iterdir()), key=lambda name: (name.startswith("."), name))
+        raise RunFolderError(f"output {folder} holds files that are not a tailshift run (e.g. {example}); "
+                             "choose an empty or new folder for the run")
 
 
 def check_folder_free(folder: str | Path) -> None:
-    """Fail at once if another process holds ``folder``'s lock; creates nothing.
+    """Fail at once if ``folder`` is not tailshift's or another process holds its lock; creates nothing.
 
     Lets a second command stop before it reads any data; ``RunLock`` is the real guard.
     """
     folder = Path(folder)
-    _refuse_non_folder(folder)
+    _refuse_foreign_folder(folder)
     lock_path = folder / LOCK_NAME
     try:
         fd = os.open(lock_path, os.O_RDONLY)
@@ -127,7 +161,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        _refuse_non_folder(self.folder)
+        _refuse_foreign_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -149,7 +183,9 @@ class RunLock:
             self._fd = None
 
     def _remove_stale_temp_files(self) -> None:
-        """Holding the lock, no other writer exists: any temp file is a killed writer's."""
-        for tmp in self.folder.glob(f".*.[0-9]*.*{TEMP_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        """Holding the lock, no other writer exists: a file named as tailshift names its temp files is
+        a killed writer's; nothing else is touched."""
+        for tmp in self.folder.glob(f".*{TEMP_SUFFIX}"):
+            if _TEMP_NAME.fullmatch(tmp.name):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()

@@ -21,7 +21,7 @@ from .data.lists import FileDataset
 from .data.pipeline import normalise
 from .data.host_loader import make_feeds
 from .data.transforms import eval_image
-from .engine import _load_failure, build_method, predicted_classes, resolve_device
+from .engine import _load_failure, build_method, predicted_classes, resolve_device, verify_checkpoint
 from .io import RunLock, atomic_open, atomic_write_json
 from .methods import Method
 from .metrics import confusion_matrix, summarize
@@ -62,8 +62,12 @@ class SavedRun:
                 torch.tensor(d.std, device=self.device).view(1, channels, 1, 1))
 
 
-def load_run(folder: str | Path, overrides: list[str] = ()) -> SavedRun:
-    """The run in ``folder``; ``overrides`` (key=value) change its config, e.g. the data to score."""
+def load_run(folder: str | Path, overrides: list[str] = (), allow_unfinished: bool = False) -> SavedRun:
+    """The run in ``folder``; ``overrides`` (key=value) change its config, e.g. the data to score.
+
+    The folder must be consistent before anything is scored: its checkpoint whole (every CRC checked) and
+    trained with config.yaml as it stands (an edited config.yaml is refused, naming the keys), and the run
+    finished (its metrics.json is then the same run's), unless ``allow_unfinished``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"run folder {folder} does not exist")
@@ -71,9 +75,26 @@ def load_run(folder: str | Path, overrides: list[str] = ()) -> SavedRun:
         if not (folder / name).is_file():
             raise ValueError(f"run folder {folder} has no {name}: only a finished run (trained with "
                              "train.checkpoint=true) can be evaluated, used to predict or exported")
+    path = folder / "checkpoint.pt"
+    verify_checkpoint(path, "it is never evaluated: re-train the run (tailshift train ... --fresh) or remove the file")
+    stored = resolve_run(load_config(folder / "config.yaml"))
     cfg = load_config(folder / "config.yaml", overrides)
     run = resolve_run(cfg)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign file: one line saying which
+        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(err)}") from None
+    if not isinstance(payload, dict) or payload.get("fingerprint") not in stored.accepted_fingerprints():
+        trained = payload.get("config") if isinstance(payload, dict) else None
+        what = "; ".join(stored.differences(trained)) if isinstance(trained, dict) else "no config recorded"
+        raise ValueError(f"{folder / 'config.yaml'} is not the config its checkpoint was trained with (checkpoint -> "
+                         f"config.yaml: {what or 'options no longer known'}); restore config.yaml, or pass the "
+                         "change as key=value to score other data")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{folder / 'metrics.json'} is damaged ({err}); re-run the same train command to "
+                         "write it again") from None
     data = prepare_data(cfg.data)
     trained = len(metrics["class_counts"])
     if data.num_classes != trained:
@@ -81,15 +102,31 @@ def load_run(folder: str | Path, overrides: list[str] = ()) -> SavedRun:
                          f"was trained on {trained}")
     device = resolve_device(cfg.device)
     method = build_method(run, data)
-    path = folder / "checkpoint.pt"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         method.load_state_dict(payload["method"])  # the run's class counts come back with it (a buffer)
-    except Exception as err:  # a foreign file, or a model that is not the run's: one line saying which
+    except Exception as err:  # a model that is not the run's: one line saying which
         raise ValueError(f"cannot load checkpoint {path} into model.name={cfg.model.name} "
                          f"method.name={cfg.method.name}: {_load_failure(err)}") from None
+    metrics = _checked_metrics(folder, payload, metrics, method, allow_unfinished)
     method.to(device).eval()
     return SavedRun(folder, cfg, data, method, metrics, device)
+
+
+def _checked_metrics(folder: Path, payload: dict, metrics: dict, method: Method, allow_unfinished: bool) -> dict:
+    """metrics.json if it is the checkpoint's finished run; for an unfinished run that is allowed, the
+    checkpoint's training curve in its place (which heads were trained so far)."""
+    stages = method.stages()
+    history = payload["history"]
+    if payload["stage_index"] < len(stages):
+        if not allow_unfinished:
+            raise ValueError(f"the run in {folder} did not finish (its checkpoint is at epoch {len(history)} of "
+                             f"{sum(stage.epochs for stage in stages)}); finish it with the same train command, "
+                             "or pass --allow-unfinished to use it as it is")
+        return {**metrics, "curve": history}
+    if metrics.get("fingerprint") != payload["fingerprint"] or len(metrics.get("curve", ())) != len(history):
+        raise ValueError(f"{folder / 'metrics.json'} is not the finished run's (another config's, or written before "
+                         "its checkpoint); re-run the same train command to write it again")
+    return metrics
 
 
 # --- evaluate -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import multiprocessing.pool
 import os
 import signal
 import subprocess
@@ -103,10 +104,31 @@ def _run_job(job: Job) -> JobResult:
     return job_result(job, cfg, metrics, time.perf_counter() - started)
 
 
-def _init_worker() -> None:
+#: Linux prctl option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies, by any signal (kill -9 included), rather
+    than it train on until its next write; its checkpoints are atomic, so the next invocation resumes."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def _init_worker(parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        die_with_parent(parent)
     torch.set_num_threads(1)
+
+
+def worker_pool(workers: int) -> mp.pool.Pool:
+    """``workers`` single-threaded spawned processes that die with this one."""
+    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def _run_numbered_job(numbered: tuple[int, Job]) -> tuple[int, JobResult]:
@@ -147,7 +169,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[JobResult]:
         return [_finished(counter, _run_job(j)) for j in jobs]
     results = [None] * len(jobs)
     # on an exception (SIGTERM included) the pool's exit terminates the workers
-    with sigterm_raises(), mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+    with sigterm_raises(), worker_pool(workers) as pool:
         for i, result in pool.imap_unordered(_run_numbered_job, enumerate(jobs), chunksize=1):
             results[i] = _finished(counter, result)
         pool.close()  # let workers exit cleanly rather than be terminated (no leaked semaphores)
