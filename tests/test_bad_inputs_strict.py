@@ -1,0 +1,149 @@
+"""Bad inputs, second round (issue 22): YAML that is not what it looks like, data that is not what
+it claims (image modes, bombs, corrupt list images, BOMs, FIFOs, huge labels), refused pickles and
+damaged JSON, in the table style of ``test_bad_inputs.py``.
+
+Each case must be refused by ``tailshift train`` with exit status 2 and one line naming the key or
+file, before any training, leaving the run folder as it was. Ids starting with "issue-" are the
+issue's own cases.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from tailshift import cli
+from tailshift.config import MAX_CONFIG_BYTES, build_config, load_config, parse_override, save_config
+from tailshift.engine import Trainer
+from test_bad_inputs import npz, snapshot
+
+RNG = np.random.default_rng(22)
+
+BASE = ("data: {{dataset: npz, root: {d}/base.npz, groups: count,\n"
+        "       longtail: {{profile: exp, rho: 10, n_max: 12}}}}\n"
+        "model: {{name: lenet2d}}\n"
+        "method: {{name: cbrs}}\n"
+        "train: {{epochs: 1, batch_size: 32, test_batch_size: 100, eval_every: 0}}\n"
+        "threads: 1\nprogress: false\n")
+
+BOMB = ('a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad_inputs_strict")
+    npz(d / "base.npz", np.arange(120) % 10, np.arange(20) % 10)
+    base = BASE.format(d=d)
+    (d / "base.yaml").write_text(base)
+    (d / "duplicate_section.yaml").write_text(base + "method:\n  params: {sampler: balanced}\n")
+    (d / "duplicate_nested.yaml").write_text(base.replace("epochs: 1,", "epochs: 1, epochs: 2,"))
+    (d / "bomb.yaml").write_text(BOMB)
+    (d / "recursive_alias.yaml").write_text("data: &x {root: [*x]}\n")
+    (d / "too_large.yaml").write_text(base + "#" * (MAX_CONFIG_BYTES - len(base)) + "\n")
+    (d / "binary.yaml").write_text(base + "seed: !!binary aGVsbG8=\n")
+    (d / "date.yaml").write_text(base + "seed: 2024-01-01\n")
+    (d / "set.yaml").write_text(base.replace("{name: cbrs}", "!!set {cbrs}"))
+    (d / "complex_key.yaml").write_text(base + "? [seed]\n: 1\n")
+    (d / "latin1.yaml").write_bytes(base.encode() + "# caf\xe9\n".encode("latin-1"))
+    (d / "octal.yaml").write_text(base + "seed: 010\n")
+    os.mkfifo(d / "fifo.yaml")
+    return d
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    fragment: str
+    config: str = "{d}/base.yaml"
+    prepare: Callable[[Path, Path], None] | None = None
+
+
+def bad(id: str, *args: str, fragment: str, **kw) -> Case:
+    return Case(id, list(args), fragment, **kw)
+
+
+CASES = [
+    # --- YAML that is not what it looks like ------------------------------------------------
+    bad("issue-duplicate-section", fragment="duplicate_section.yaml: duplicate key method at lines 4 and 8",
+        config="{d}/duplicate_section.yaml"),
+    bad("issue-seed-octal", "seed=010", fragment="override 'seed=010': seed: 010 has a leading zero"),
+    bad("issue-seed-09", "seed=09", fragment="override 'seed=09': seed: 09 has a leading zero"),
+    bad("issue-alias-bomb", fragment="bomb.yaml: more than 100000 values once aliases are expanded",
+        config="{d}/bomb.yaml"),
+    bad("issue-config-too-large", fragment=f"too_large.yaml is {MAX_CONFIG_BYTES + 1} bytes; a config may hold at "
+        f"most {MAX_CONFIG_BYTES} (1 MiB)", config="{d}/too_large.yaml"),
+    bad("issue-date", fragment="seed must be an integer, got '2024-01-01'", config="{d}/date.yaml"),
+    bad("issue-binary", fragment="binary.yaml: the tag 'tag:yaml.org,2002:binary' at line 8, column 7 (key seed) "
+        "is not allowed", config="{d}/binary.yaml"),
+    bad("duplicate-nested-key", fragment="duplicate_nested.yaml: duplicate key train.epochs at lines 5 and 5",
+        config="{d}/duplicate_nested.yaml"),
+    bad("octal-in-file", fragment="octal.yaml: seed: 010 has a leading zero", config="{d}/octal.yaml"),
+    bad("negative-leading-zero", "train.epochs=-01", fragment="train.epochs: -01 has a leading zero"),
+    bad("recursive-alias", fragment="recursive_alias.yaml: the config is nested too deeply (or an alias holds itself)",
+        config="{d}/recursive_alias.yaml"),
+    bad("set-tag", fragment="set.yaml: the tag 'tag:yaml.org,2002:set' at line 4, column 9 (key method) "
+        "is not allowed", config="{d}/set.yaml"),
+    bad("complex-key", fragment="complex_key.yaml: the top level: a key at line 8 is not a plain name",
+        config="{d}/complex_key.yaml"),
+    bad("config-not-utf8", fragment="latin1.yaml is not UTF-8 text (invalid continuation byte at byte",
+        config="{d}/latin1.yaml"),
+    bad("config-fifo", fragment="config file {d}/fifo.yaml is not a regular file", config="{d}/fifo.yaml"),
+    bad("override-binary", "data.root=!!binary aGk=", fragment="(key data.root) is not allowed"),
+    bad("override-timestamp", "seed=!!timestamp 2024-01-01", fragment="(key seed) is not allowed"),
+    bad("override-python-tag", "seed=!!python/name:os.system", fragment="python/name:os.system' at line 1"),
+    bad("override-nested-too-deeply", "train.epochs=" + "[" * 3000 + "]" * 3000,
+        fragment="train.epochs is nested too deeply"),
+    bad("yes-is-not-true", "progress=yes", fragment="progress must be true or false, got 'yes'"),
+    bad("underscore-number", "train.epochs=1_000", fragment="train.epochs must be an integer, got '1_000'"),
+    bad("sexagesimal-number", "train.epochs=1:30", fragment="train.epochs must be an integer, got '1:30'"),
+    bad("merge-key-is-a-key", "method.params={{<<: {{q: 1}}}}", fragment="unknown method.params.<<"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_in_one_line_before_any_work(case, data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    if case.prepare:
+        case.prepare(out, data)
+    monkeypatch.setattr(Trainer, "_fit", lambda *a: pytest.fail("training started"))
+    subs = {"d": data, "out": out}
+    args = ["train", case.config.format(**subs), f"output={out}", *(a.format(**subs) for a in case.args)]
+    before = snapshot(out)
+    code = cli.main(args)
+    after = snapshot(out)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tailshift: error: ") and err.count("\n") == 1, err
+    assert case.fragment.format(**subs) in err
+    assert after == before  # nothing new, nothing changed
+
+
+# ----------------------------------------------------------------------------- what YAML 1.2 accepts
+
+def test_yaml_1_2_numbers_and_words():
+    values = build_config({}, ["seed=0o10", "train.optim.lr=1e-3", "train.optim.weight_decay=.5", "data.root=yes",
+                               "output=2024-01-01"])
+    assert values.seed == 8 and values.train.optim.lr == 1e-3 and values.train.optim.weight_decay == 0.5
+    assert values.data.root == "yes" and values.output == "2024-01-01"
+    assert parse_override("a=0x1F") == (["a"], 31)
+    assert parse_override("a=[.inf, -.Inf, ~, 0, -0, +5]") == (["a"], [float("inf"), float("-inf"), None, 0, 0, 5])
+
+
+def test_a_bom_and_aliases_within_bounds_are_fine(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + b"train: &t {epochs: 3}\nseed: 7\n")
+    cfg = load_config(path)
+    assert cfg.train.epochs == 3 and cfg.seed == 7
+
+
+def test_saved_config_quotes_strings_either_yaml_would_misread(tmp_path):
+    for root in ("1e5", "yes", "010", "2024-01-01", "0x1F"):
+        cfg = build_config({"data": {"root": root}})
+        save_config(cfg, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml").data.root == root
