@@ -15,11 +15,14 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 
 from tailshift import cli
 from tailshift.config import MAX_CONFIG_BYTES, build_config, load_config, parse_override, save_config
 from tailshift.engine import Trainer
+from tailshift.reproduce import reports
 from test_bad_inputs import npz, snapshot
+from test_sources import _Touch
 
 RNG = np.random.default_rng(22)
 
@@ -52,6 +55,8 @@ def data(tmp_path_factory) -> Path:
     (d / "latin1.yaml").write_bytes(base.encode() + "# caf\xe9\n".encode("latin-1"))
     (d / "octal.yaml").write_text(base + "seed: 010\n")
     os.mkfifo(d / "fifo.yaml")
+    torch.save({"stem.0.weight": _Touch("system", d / "pwned-pretrained")}, d / "hostile.pt")
+    (d / "truncated.pt").write_bytes(b"PK\x03\x04 cut short")
     return d
 
 
@@ -102,6 +107,11 @@ CASES = [
     bad("yes-is-not-true", "progress=yes", fragment="progress must be true or false, got 'yes'"),
     bad("underscore-number", "train.epochs=1_000", fragment="train.epochs must be an integer, got '1_000'"),
     bad("sexagesimal-number", "train.epochs=1:30", fragment="train.epochs must be an integer, got '1:30'"),
+    # --- messages: refused pickles ------------------------------------------------------------
+    bad("issue-pretrained-refused-pickle", "model.name=resnet10", "model.pretrained={d}/hostile.pt",
+        fragment="refusing to unpickle posix.system from pretrained weights {d}/hostile.pt"),
+    bad("pretrained-truncated", "model.name=resnet10", "model.pretrained={d}/truncated.pt",
+        fragment="cannot read pretrained weights {d}/truncated.pt: "),
     bad("merge-key-is-a-key", "method.params={{<<: {{q: 1}}}}", fragment="unknown method.params.<<"),
 ]
 
@@ -121,7 +131,16 @@ def test_bad_input_is_refused_in_one_line_before_any_work(case, data, tmp_path, 
     assert code == 2, err
     assert err.startswith("tailshift: error: ") and err.count("\n") == 1, err
     assert case.fragment.format(**subs) in err
+    assert "weights_only" not in err  # never the advice to switch the pickle guard off
     assert after == before  # nothing new, nothing changed
+    assert not list(data.glob("pwned*"))  # no hostile file ran
+
+
+def test_a_damaged_paper_yaml_is_named(tmp_path, monkeypatch):
+    (tmp_path / "paper.yaml").write_text("table2: {cifar10-lt: [1, 2\n")
+    monkeypatch.setattr(reports.resources, "files", lambda package: tmp_path)
+    with pytest.raises(ValueError, match=f"cannot read {tmp_path}/paper.yaml: while parsing a flow sequence"):
+        reports.paper_numbers()
 
 
 # ----------------------------------------------------------------------------- what YAML 1.2 accepts
