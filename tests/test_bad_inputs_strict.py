@@ -16,12 +16,14 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import write_imagenet_lt
+from PIL import Image
 
 from tailshift import cli
 from tailshift.config import MAX_CONFIG_BYTES, build_config, load_config, parse_override, save_config
 from tailshift.engine import Trainer
 from tailshift.reproduce import reports
-from test_bad_inputs import npz, snapshot
+from test_bad_inputs import image_folder, npz, snapshot
 from test_sources import _Touch
 
 RNG = np.random.default_rng(22)
@@ -57,6 +59,19 @@ def data(tmp_path_factory) -> Path:
     os.mkfifo(d / "fifo.yaml")
     torch.save({"stem.0.weight": _Touch("system", d / "pwned-pretrained")}, d / "hostile.pt")
     (d / "truncated.pt").write_bytes(b"PK\x03\x04 cut short")
+
+    npz(d / "huge_label.npz", [*(np.arange(119) % 10), 2**40], np.arange(20) % 10)
+    os.mkfifo(d / "fifo")
+    image_folder(d / "folder")
+    for name in ("inet", "inet_corrupt", "inet_fifo", "inet_huge_label", "inet_not_image"):
+        write_imagenet_lt(d / name, counts=(3, 2), test_per_class=1)
+    first = (d / "inet" / "ImageNet_LT_train.txt").read_text().split()[0]
+    (d / "inet_corrupt" / first).write_bytes((d / "inet_corrupt" / first).read_bytes()[:10])
+    (d / "inet_fifo" / first).unlink()
+    os.mkfifo(d / "inet_fifo" / first)
+    (d / "inet_not_image" / first).write_text("just text\n")
+    lines = (d / "inet_huge_label" / "ImageNet_LT_train.txt").read_text()
+    (d / "inet_huge_label" / "train.txt").write_text(lines.replace(" 0\n", f" {2**40}\n", 1))
     return d
 
 
@@ -67,6 +82,7 @@ class Case:
     fragment: str
     config: str = "{d}/base.yaml"
     prepare: Callable[[Path, Path], None] | None = None
+    pixel_limit: int | None = None  # Pillow's decompression-bomb limit during the command
 
 
 def bad(id: str, *args: str, fragment: str, **kw) -> Case:
@@ -107,6 +123,33 @@ CASES = [
     bad("yes-is-not-true", "progress=yes", fragment="progress must be true or false, got 'yes'"),
     bad("underscore-number", "train.epochs=1_000", fragment="train.epochs must be an integer, got '1_000'"),
     bad("sexagesimal-number", "train.epochs=1:30", fragment="train.epochs must be an integer, got '1:30'"),
+    # --- data that is not what it claims ---------------------------------------------------------
+    bad("issue-data-root-fifo", "data.root={d}/fifo",
+        fragment="data.root {d}/fifo is a named pipe (FIFO), not a file or folder"),
+    bad("issue-label-2-to-the-40-npz", "data.root={d}/huge_label.npz",
+        fragment="huge_label.npz: training split: label 1099511627776 is beyond the 1,000,000 classes"),
+    bad("issue-label-2-to-the-40-list", "data.dataset=filelist", "data.root={d}/inet_huge_label",
+        "data.train_list={d}/inet_huge_label/train.txt", "data.test_list={d}/inet_huge_label/ImageNet_LT_test.txt",
+        fragment="train.txt:1: label 1099511627776 is out of range (0..999999, the classes tailshift takes)"),
+    bad("issue-list-corrupt-image", "data.dataset=imagenet-lt", "data.root={d}/inet_corrupt",
+        fragment="ImageNet_LT_train.txt:1: image 'train/n00000000/n00000000_0.JPEG' is not a readable image"),
+    bad("issue-folder-bomb", "data.dataset=folder", "data.root={d}/folder", pixel_limit=500,
+        fragment="cannot read image {d}/folder/train/a/0.png: Image size (784 pixels) exceeds limit of 500 pixels"),
+    bad("folder-bomb-twice-the-limit", "data.dataset=folder", "data.root={d}/folder", pixel_limit=300,
+        fragment="cannot read image {d}/folder/train/a/0.png: Image size (784 pixels) exceeds limit of 600 pixels"),
+    bad("issue-list-bomb", "data.dataset=imagenet-lt", "data.root={d}/inet", pixel_limit=1000,
+        fragment="ImageNet_LT_train.txt:1: image 'train/n00000000/n00000000_0.JPEG' is refused: Image size (1920 "
+        "pixels) exceeds limit of 1000 pixels"),
+    bad("list-entry-fifo", "data.dataset=imagenet-lt", "data.root={d}/inet_fifo",
+        fragment="ImageNet_LT_train.txt:1: 'train/n00000000/n00000000_0.JPEG' under {d}/inet_fifo is a named pipe "
+        "(FIFO), not an image"),
+    bad("list-entry-not-an-image", "data.dataset=imagenet-lt", "data.root={d}/inet_not_image",
+        fragment="ImageNet_LT_train.txt:1: image 'train/n00000000/n00000000_0.JPEG' is not a readable image"),
+    bad("data-root-device", "data.root=/dev/null", fragment="data.root /dev/null is a character device"),
+    bad("list-root-fifo", "data.dataset=imagenet-lt", "data.root={d}/fifo",
+        fragment="data.root {d}/fifo is a named pipe (FIFO), not a file or folder"),
+    bad("train-list-fifo", "data.dataset=filelist", "data.root={d}/inet", "data.train_list={d}/fifo",
+        "data.test_list={d}/inet/ImageNet_LT_test.txt", fragment="data.train_list {d}/fifo is not a file"),
     # --- messages: refused pickles ------------------------------------------------------------
     bad("issue-pretrained-refused-pickle", "model.name=resnet10", "model.pretrained={d}/hostile.pt",
         fragment="refusing to unpickle posix.system from pretrained weights {d}/hostile.pt"),
@@ -122,6 +165,8 @@ def test_bad_input_is_refused_in_one_line_before_any_work(case, data, tmp_path, 
     if case.prepare:
         case.prepare(out, data)
     monkeypatch.setattr(Trainer, "_fit", lambda *a: pytest.fail("training started"))
+    if case.pixel_limit:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", case.pixel_limit)
     subs = {"d": data, "out": out}
     args = ["train", case.config.format(**subs), f"output={out}", *(a.format(**subs) for a in case.args)]
     before = snapshot(out)
