@@ -211,3 +211,57 @@ def test_saved_config_quotes_strings_either_yaml_would_misread(tmp_path):
         cfg = build_config({"data": {"root": root}})
         save_config(cfg, tmp_path / "config.yaml")
         assert load_config(tmp_path / "config.yaml").data.root == root
+
+
+# ----------------------------------------------------------------------------- reproduce: refused before the first run
+
+REPRODUCE = "table1 --datasets fashion-lt --seeds 1"
+
+REPRODUCE_CASES = [
+    bad("issue-scoped-override-invalid", *REPRODUCE.split(), "crt:method.params.retrain_epochs=0",
+        fragment="run fashion-lt/crt/seed0: method.params.retrain_epochs must be >= 1, got 0"),
+    bad("issue-seed-range-past-the-maximum", "table1", "--datasets", "fashion-lt", "--seeds", "4294967290-4294967299",
+        fragment="seeds must be in [0, 4294967295], got 4294967290 .. 4294967299"),
+    bad("issue-workers-minus-2", *REPRODUCE.split(), "--workers", "-2",
+        fragment="--workers must be >= 1 (or left out: one per core), got -2"),
+    bad("workers-0", *REPRODUCE.split(), "--workers", "0", fragment="--workers must be >= 1"),
+    bad("scoped-override-unknown-param", *REPRODUCE.split(), "crt:method.params.volume=3",
+        fragment="run fashion-lt/crt/seed0: unknown method.params.volume for"),
+    bad("scoped-override-leading-zero", *REPRODUCE.split(), "cbrs:train.epochs=010",
+        fragment="run fashion-lt/cbrs/seed0: override 'train.epochs=010': train.epochs: 010 has a leading zero"),
+    bad("global-override-invalid", *REPRODUCE.split(), "train.epochs=0",
+        fragment="run fashion-lt/cbrs/seed0: train.epochs must be >= 1, got 0"),
+    bad("ablation-workers-0", "ablations", "--study", "fashion-lt", "--seeds", "1", "--workers", "0",
+        fragment="--workers must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("case", REPRODUCE_CASES, ids=[c.id for c in REPRODUCE_CASES])
+def test_reproduce_refuses_before_the_first_run(case, tmp_path, capsys, monkeypatch):
+    import tailshift.reproduce.jobs as jobs
+
+    monkeypatch.setattr(jobs, "run_jobs", lambda *a: pytest.fail("a run started"))
+    out = tmp_path / "study"
+    code = cli.main(["reproduce", *case.args, "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tailshift: error: ") and err.count("\n") == 1, err
+    assert case.fragment in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("seeds", ["1000000000", "0-1000000000"])
+def test_a_huge_seed_count_is_refused_before_a_list_is_made(seeds, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "table1", "--seeds", seeds])
+    assert "a study takes at most 10000" in capsys.readouterr().err
+
+
+def test_nproc_0_is_refused_before_the_first_run(tmp_path, monkeypatch):
+    import tailshift.reproduce.jobs as jobs
+    from tailshift.reproduce.table1 import TABLE1
+
+    monkeypatch.setattr(jobs, "run_jobs_distributed", lambda *a: pytest.fail("a run started"))
+    with pytest.raises(ValueError, match=r"--nproc must be >= 1 \(processes per run\), got 0"):
+        TABLE1.run(["fashion-lt"], 1, None, tmp_path / "study", [], nproc=0)
+    assert not (tmp_path / "study").exists()
