@@ -3,6 +3,13 @@
 Every check fails with one line naming the key, the bad value and what is allowed. What this
 module cannot know (which datasets, models and methods are registered, a method's params) is
 checked by ``resolve.resolve_run``, which the engine calls before any data is read.
+
+Config files and override values are read strictly (``_load_yaml``): YAML 1.2's core schema, so
+``yes``/``on`` and dates are strings and ``1e-4`` is a number; an integer with a leading zero
+(``010``, ``09``) is refused, since YAML 1.1 reads ``010`` as 8; a duplicate key is refused with
+both lines; only strings, numbers, true/false, null, lists and mappings are taken (no tags such
+as ``!!binary``); aliases may not expand past ``MAX_CONFIG_VALUES`` values; a file may hold at
+most ``MAX_CONFIG_BYTES``.
 """
 from __future__ import annotations
 
