@@ -335,8 +335,8 @@ CASES = [
         fragment="method.params.cam=cam needs a backbone whose embed is global average pooling; LeNet2d is not"),
     # --- files that cannot be what they claim ----------------------------------------------
     bad("config-missing", fragment="no config '{d}/nowhere.yaml': not a YAML file", config="{d}/nowhere.yaml"),
-    bad("config-hostile-yaml", fragment="hostile.yaml is not valid YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:python/object/apply:os.system' at line 1, column 1", config="{d}/hostile.yaml"),
+    bad("config-hostile-yaml", fragment="hostile.yaml: the tag 'tag:yaml.org,2002:python/object/apply:os.system' "
+        "at line 1, column 1 is not allowed", config="{d}/hostile.yaml"),
     bad("config-not-mapping", fragment="list.yaml must hold a mapping at the top level", config="{d}/list.yaml"),
     bad("hostile-cifar-pickle", "data.dataset=cifar10", "data.root={d}/cifar_hostile",
         fragment="refusing to unpickle posix.system from {d}/cifar_hostile/cifar-10-batches-py/data_batch_1"),

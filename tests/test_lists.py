@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from conftest import write_imagenet_lt
 
 from tailshift.config import build_config
@@ -111,6 +112,13 @@ def test_bad_list_lines_name_the_file_and_line(tmp_path, line, message):
     assert f"{path}:3:" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_bom_at_the_start_of_a_list_file_is_dropped(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_bytes("\ufefftrain/a.jpg 0\ntrain/b.jpg 1\n".encode("utf-8"))
+    paths, labels, _ = read_list_file(path)
+    assert paths == ["train/a.jpg", "train/b.jpg"] and labels.tolist() == [0, 1]
+
+
 def test_missing_image_names_the_list_line(tmp_path):
     root = write_imagenet_lt(tmp_path, counts=(3, 2), test_per_class=1)
     lines = (root / "ImageNet_LT_train.txt").read_text().splitlines()
@@ -152,7 +160,7 @@ def test_inaturalist_json_labels_follow_category_ids(tmp_path):
         read_coco_json(test, categories)
     for _, file in images:
         (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / file).write_bytes(b"")
+        Image.new("RGB", (4, 4)).save(tmp_path / file)
     inat_json(tmp_path / "train2018.json", images, [(10, 9), (11, 5), (12, 5), (13, 2)], [9, 2, 5])
     inat_json(tmp_path / "val2018.json", images[3:], [(13, 2)], [2, 5, 9])
     split = load_dataset("inat2018", str(tmp_path), lists=ListOptions(class_order="count"))

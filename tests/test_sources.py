@@ -21,6 +21,7 @@ from tailshift.data.sources import (
     read_idx,
     verify_sha256,
 )
+from tailshift.data.transforms import to_8bit
 from tailshift.registry import UnknownNameError
 
 RNG = np.random.default_rng(0)
@@ -261,3 +262,18 @@ def test_links_outside_the_data_root_are_refused_unless_allowed(tmp_path):
         load_dataset("folder", str(root))
     data = load_dataset("folder", str(root), allow_outside_root=True)
     assert len(data.train) == 5 and data.train.images[2, 1].min() == 255
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped_and_named_in_the_caveat(tmp_path):
+    ramp = (np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) * 83).astype(np.uint16)  # 0 .. 65,000
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(ramp).save(tmp_path / split / name / "0.png")  # Pillow reads it as I;16
+            Image.fromarray(ramp.astype(np.float32) / 65535).save(tmp_path / split / name / "1.tif")
+    split = load_image_folder(tmp_path)
+    assert split.caveat == "4 images of mode I;16 scaled from 0..65535 to 8 bits"  # .tif is not an image extension
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    assert np.array_equal(split.train.images[0, 0], expected) and (expected == 255).mean() < 0.01
+    floats = to_8bit(Image.open(tmp_path / "train" / "a" / "1.tif"), "RGB")
+    assert floats.mode == "RGB" and np.abs(np.asarray(floats)[..., 0].astype(int) - expected).max() <= 1

@@ -59,19 +59,23 @@ def parse_seeds(text: str) -> list[int]:
     bad = argparse.ArgumentTypeError(
         f"--seeds must be a count (5), an inclusive range (5-19) or a comma-separated list (0,3,7) "
         f"of non-negative integers, got {text!r}")
+    from .reproduce.plan import MAX_SEEDS
+
     try:
         if "-" in text:
             first, last = (int(x) for x in text.split("-"))
-            seeds = list(range(first, last + 1))
+            seeds = range(first, last + 1)
         elif "," in text:
             seeds = [int(x) for x in text.split(",")]
         else:
-            seeds = list(range(int(text)))
+            seeds = range(int(text))
     except ValueError:
         raise bad from None
+    if len(seeds) > MAX_SEEDS:  # before a list of them is made
+        raise argparse.ArgumentTypeError(f"--seeds {text} gives {len(seeds)} seeds; a study takes at most {MAX_SEEDS}")
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise bad
-    return seeds
+    return list(seeds)
 
 
 #: the options a reproduce command may take, by the name of the command's parameter (``--mnist-root``:

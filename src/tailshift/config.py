@@ -3,11 +3,19 @@
 Every check fails with one line naming the key, the bad value and what is allowed. What this
 module cannot know (which datasets, models and methods are registered, a method's params) is
 checked by ``resolve.resolve_run``, which the engine calls before any data is read.
+
+Config files and override values are read strictly (``_load_yaml``): YAML 1.2's core schema, so
+``yes``/``on`` and dates are strings and ``1e-4`` is a number; an integer with a leading zero
+(``010``, ``09``) is refused, since YAML 1.1 reads ``010`` as 8; a duplicate key is refused with
+both lines; only strings, numbers, true/false, null, lists and mappings are taken (no tags such
+as ``!!binary``); aliases may not expand past ``MAX_CONFIG_VALUES`` values; a file may hold at
+most ``MAX_CONFIG_BYTES``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -236,15 +244,137 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(str(getattr(err, "problem", None) or err).split()) + where
 
 
+#: a config file larger than this is refused before it is read (the largest shipped one is a few KiB)
+MAX_CONFIG_BYTES = 1 << 20
+#: values a config may hold once its aliases are expanded (an alias "bomb" grows exponentially)
+MAX_CONFIG_VALUES = 100_000
+
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+class _Yaml12Resolver(yaml.resolver.Resolver):
+    """YAML 1.2's core schema for plain scalars: integers (no 1.1 octal, ``_`` or ``1:30``), floats
+    (``1e-4`` too), true/false and null only; a date or ``yes`` is a string."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers
+                if tag.rsplit(":", 1)[1] not in ("int", "float", "bool", "timestamp", "merge", "value")]
+        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+
+
+_Yaml12Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Yaml12Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
+_RESOLVER_12 = _Yaml12Resolver()
+
+
+class _Yaml12Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer,
+                    yaml.constructor.SafeConstructor, _Yaml12Resolver):
+    """Composes only (``_plain`` builds the values), with YAML 1.2's scalar rules."""
+
+    def __init__(self, stream):
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        _Yaml12Resolver.__init__(self)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes a string that YAML 1.1 or 1.2 would read as something else (``yes``, ``1e5``, ``010``)."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+            return _RESOLVER_12.resolve(kind, value, implicit)
+        return tag
+
+
+def _scalar(node: yaml.ScalarNode, key: str) -> Any:
+    """A scalar by YAML 1.2's core rules; a leading zero (``010``: 8 in YAML 1.1, 10 in 1.2) is refused."""
+    kind, text = node.tag.rsplit(":", 1)[1], node.value
+    digits = text.lstrip("+-")
+    if kind == "int" and len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        raise ConfigError(f"{key}: {text} has a leading zero (YAML 1.1 reads 010 as octal 8, YAML 1.2 as 10); "
+                          f"write it without (or 0o... for octal)")
+    try:
+        if kind == "int":
+            sign = -1 if text.startswith("-") else 1
+            return sign * int(digits, 0) if digits.startswith(("0x", "0o")) else int(text)
+        if kind == "float":
+            low = text.lower()
+            return float(low.replace(".inf", "inf").replace(".nan", "nan"))
+        if kind == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if kind == "null":
+            if text not in ("", "~", "null", "Null", "NULL"):
+                raise ValueError
+            return None
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a YAML 1.2 {kind}") from None
+    return text
+
+
+def _plain(node: yaml.Node, key: str, budget: list[int]) -> Any:
+    """The node as plain JSON-like data, refusing what a config cannot hold: other tags (dates,
+    binary, python objects), duplicate keys (naming both lines) and too many values once aliases
+    are expanded (counted before they are, so a bomb stops at once)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"more than {MAX_CONFIG_VALUES} values once aliases are expanded (at {key or 'the top'}, "
+                          f"line {node.start_mark.line + 1}); aliases may not multiply a config")
+    if node.tag not in _PLAIN_TAGS:
+        where = f" (key {key})" if key else ""
+        raise ConfigError(f"the tag {node.tag!r} at line {node.start_mark.line + 1}, column "
+                          f"{node.start_mark.column + 1}{where} is not allowed; config values are strings, numbers, "
+                          "true/false, null, lists and mappings")
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, key or "the value")
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(item, f"{key}[{i}]", budget) for i, item in enumerate(node.value)]
+    out: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
+            raise ConfigError(f"{key or 'the top level'}: a key at line {key_node.start_mark.line + 1} is not a "
+                              "plain name")
+        name = key_node.value
+        path = f"{key}.{name}" if key else name
+        line = key_node.start_mark.line + 1
+        if name in out:
+            raise ConfigError(f"duplicate key {path} at lines {lines[name]} and {line}")
+        out[name], lines[name] = _plain(value_node, path, budget), line
+    return out
+
+
+def _load_yaml(text: str, key: str = "") -> Any:
+    """``text`` as plain data (``_plain``'s rules); YAML syntax errors as ``yaml.YAMLError``."""
+    try:
+        node = yaml.compose(text, Loader=_Yaml12Loader)
+        return None if node is None else _plain(node, key, [MAX_CONFIG_VALUES])
+    except RecursionError:
+        raise ConfigError(f"{key or 'the config'} is nested too deeply (or an alias holds itself)") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` with the value parsed as YAML (so 0.1, true, [1, 2] and null work)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. train.epochs=4)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _load_yaml(raw, key.strip()) if raw != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({_yaml_problem(err)})") from None
+    except ConfigError as err:
+        raise ConfigError(f"override {text!r}: {err}") from None
     return key.strip().split("."), value
 
 
@@ -259,13 +389,24 @@ def merge(base: dict, path: list[str], value: Any) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file as plain data by ``_load_yaml``'s rules (YAML 1.2, strict), at most ``MAX_CONFIG_BYTES``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {size} bytes; a config may hold at most {MAX_CONFIG_BYTES} "
+                          f"({MAX_CONFIG_BYTES >> 20} MiB)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:  # safe_load: a python/... tag is refused here, never run
+        data = _load_yaml(path.read_bytes().decode("utf-8-sig")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:  # composed only: a python/... tag is refused by _plain, never run
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -301,4 +442,4 @@ def config_path(name: str) -> Path:
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     """``config.yaml``: the config as given (plain lists), loadable by ``load_config``."""
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False))

@@ -6,9 +6,29 @@ silently, growing the model by phantom classes, or crashing after training.
 """
 from __future__ import annotations
 
+import stat
+
 import numpy as np
 
 from .arrays import ArrayDataset, DataError, SplitDataset
+
+
+#: labels at or beyond this are refused before anything is sized by them (a label of 2**40 would ask
+#: for terabytes); the largest long-tail benchmarks have about 10,000 classes
+MAX_CLASSES = 1_000_000
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a ``stat`` mode is when it is neither a regular file nor a folder (reading one could hang)."""
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+
+
+def check_label_bound(largest: int, where: str) -> None:
+    if largest >= MAX_CLASSES:
+        raise DataError(f"{where}: label {largest} is beyond the {MAX_CLASSES:,} classes tailshift takes")
 
 
 def _class_list(indices: np.ndarray, names: tuple[str, ...] | None, limit: int = 5) -> str:
@@ -38,6 +58,8 @@ def check_split(split: SplitDataset) -> None:
         shape = lambda part: "x".join(map(str, part.images.shape[1:]))  # noqa: E731
         raise DataError(f"{source}: test images are {shape(test)} (CxHxW) but training images are {shape(train)}; "
                         f"all {len(test)} test images must match")
+    for which, part in (("training", train), ("test", test)):
+        check_label_bound(int(part.labels.max()), f"{source}: {which} split")
     names = train.class_names
     if names is not None:
         num_classes, allowed = len(names), f"the {len(names)} named classes"

@@ -31,7 +31,7 @@ from ..distributed import World
 from .arrays import ArrayDataset, DataError
 from .lists import FileDataset
 from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
-from .transforms import crop_flip, eval_image, train_image
+from .transforms import crop_flip, eval_image, to_8bit, train_image
 
 STORAGES = ("auto", "device", "host")
 #: augmentations by kind of dataset (device and host storage agree on these)
@@ -77,7 +77,7 @@ class FileImages:
         path = self.data.path(i)
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = to_8bit(img, "RGB")
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"cannot decode image {path}: {e}") from None
         if self.augment == "resized_crop":

@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .arrays import DataError, SplitDataset
+from .checks import MAX_CLASSES, special_kind
 
 CLASS_ORDERS = ("list", "count")
 
@@ -84,18 +87,19 @@ def _check_relative(rel: str, where: str) -> str:
 
 
 def _check_label(label: int, num_classes: int | None, where: str) -> int:
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        allowed = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+    bound = MAX_CLASSES if num_classes is None else num_classes
+    if label < 0 or label >= bound:
+        allowed = f"0..{bound - 1}" + ("" if num_classes is not None else ", the classes tailshift takes")
         raise DataError(f"{where}: label {label} is out of range ({allowed})")
     return label
 
 
 def read_list_file(path: str | Path, num_classes: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Parse "relative/path label" lines: (paths, int64 labels, 1-based line numbers). Blank lines are skipped;
-    a path may contain spaces (the label is the last field)."""
+    a path may contain spaces (the label is the last field); a UTF-8 BOM (Windows editors) is dropped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read list file {path}: {e}") from None
     paths, labels, lines = [], [], []
@@ -164,10 +168,24 @@ def read_coco_json(path: str | Path, categories: list[int] | None = None
     return paths, np.asarray(labels, dtype=np.int64), np.asarray(numbers, dtype=np.int64), categories, class_names
 
 
+def _image_problem(full: str, rel: str) -> str | None:
+    """Why the file cannot be an image, from its header (the pixels are decoded in training): not an
+    image format Pillow knows, or more pixels than Pillow's decompression-bomb limit."""
+    try:
+        with Image.open(full) as img:
+            img.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        return f"image {rel!r} is refused: {e}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"image {rel!r} is not a readable image ({e})"
+    return None
+
+
 def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path, entry: str = "line",
                 allow_outside_root: bool = False) -> None:
-    """Every image exists and, unless allowed, resolves inside ``root`` (a linked folder or
-    file may lead out of it): else a one-line error naming ``source`` and the entry's number.
+    """Every image exists, is a regular file with an image header within Pillow's pixel limit and,
+    unless allowed, resolves inside ``root`` (a linked folder or file may lead out of it): else a
+    one-line error naming ``source`` and the entry's number.
     One ``lstat`` per image (plus a resolution per folder, and per linked file) on a few
     threads: they release the GIL, and on network file systems their latency is what costs."""
     real_root = os.path.realpath(root)
@@ -183,7 +201,8 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
         except OSError:
             return f"image {paths[i]!r} not found under {root}"
         if not os.path.isfile(full):
-            return f"{paths[i]!r} under {root} is not a file"
+            kind = special_kind(os.stat(full).st_mode) if os.path.exists(full) else None
+            return f"{paths[i]!r} under {root} is {'a ' + kind if kind else 'not a file'}, not an image"
         if not allow_outside_root:
             folder = os.path.dirname(paths[i])
             if folder not in folders:
@@ -192,7 +211,7 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
             if outside(real):
                 return (f"image {paths[i]!r} resolves to {real}, outside the data root {root}; "
                         "set data.allow_outside_root=true to read it anyway")
-        return None
+        return _image_problem(full, paths[i])
 
     def first_problem(chunk: range) -> tuple[int, str] | None:
         for i in chunk:
@@ -203,7 +222,8 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
 
     size = 4096
     chunks = [range(s, min(s + size, len(paths))) for s in range(0, len(paths), size)]
-    with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # set here, once: the filters are global
         for bad in pool.map(first_problem, chunks):
             if bad is not None:
                 i, what = bad

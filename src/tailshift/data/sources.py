@@ -28,8 +28,9 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
 
 from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
-from tailshift.data.checks import check_split
+from tailshift.data.checks import check_split, special_kind
 from tailshift.data.lists import LAYOUTS, ListLoader, ListOptions
+from tailshift.data.transforms import CONVERSIONS, to_8bit
 from tailshift.registry import Registry
 
 FASHION_MNIST_CLASSES = (
@@ -281,7 +282,7 @@ def load_npz(path: str | Path, verify: bool = False,
 
 # ----------------------------------------------------------------------------- image folders
 
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def _list_images(split_dir: Path, root: Path, allow_outside_root: bool) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -324,11 +325,15 @@ def load_image_folder(root: str | Path, image_size: int | None = None,
         try:
             with Image.open(path) as img:
                 return img.mode, img.size
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path}: {e}") from None
 
-    headers = [header(p) for p, _ in train_files + test_files]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not a warning
+        headers = [header(p) for p, _ in train_files + test_files]
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
+    wide = sorted({m for m, _ in headers if m in CONVERSIONS})
+    caveat = "; ".join(f"{sum(m == w for m, _ in headers)} images of mode {CONVERSIONS[w]}" for w in wide)
     if image_size is None:
         sized = [(path, size) for (path, _), (_, size) in zip(train_files + test_files, headers)]
         (first, (w0, h0)), odd = sized[0], [(path, size) for path, size in sized if size != sized[0][1]]
@@ -340,7 +345,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None,
     def decode(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as img:
-                img = img.convert(mode)
+                img = to_8bit(img, mode)
                 if image_size is not None:
                     img = img.resize((image_size, image_size), Image.BILINEAR)
                 return np.asarray(img, dtype=np.uint8)
@@ -352,7 +357,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None,
         labels = np.array([label for _, label in files], dtype=np.int64)
         return ArrayDataset(to_nchw(np.stack(images)), labels, tuple(classes))
 
-    return SplitDataset(load(train_files), load(test_files), source=str(root))
+    return SplitDataset(load(train_files), load(test_files), source=str(root), caveat=caveat)
 
 
 # ----------------------------------------------------------------------------- defaults and registry
@@ -374,6 +379,9 @@ def load_dataset(name: str, root: str | None = None, allow_outside_root: bool = 
     data that cannot be what it claims (``checks.check_split``). ``lists`` (split files,
     class order) applies to the list datasets only."""
     loader = DATASETS.get(name)
+    kind = special_kind(os.stat(root).st_mode) if root is not None and os.path.exists(root) else None
+    if kind:  # reading a named pipe would wait for a writer forever
+        raise DataError(f"data.root {root} is a {kind}, not a file or folder")
     if getattr(loader, "reads_lists", False):
         split = loader(root, allow_outside_root, lists)
     elif lists is not None and not lists.is_default:

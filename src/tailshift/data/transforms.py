@@ -20,6 +20,12 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
+#: Pillow modes with more than 8 bits per channel and the value each scales to 255 (never clipped
+#: to 255 the way ``Image.convert`` does: a 16-bit PNG would turn almost white); "F" is read as 0..1
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+#: how a mode is named in a dataset's note (``SplitDataset.caveat``)
+CONVERSIONS = {mode: f"{mode} scaled from 0..{top:g} to 8 bits" for mode, top in WIDE_MODES.items()}
+
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -56,6 +62,17 @@ def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) ->
     for k in rng.permutation(3):
         img = enhancers[k](img).enhance(factors[k])
     return img
+
+
+def to_8bit(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode`` (L or RGB) at 8 bits per channel: a ``WIDE_MODES`` image scaled by its
+    range (values beyond it clipped), any other mode (palette, CMYK, alpha...) by Pillow."""
+    top = WIDE_MODES.get(img.mode)
+    if top is None:
+        return img.convert(mode)  # a copy, decoded: the file may be closed after
+    values = np.asarray(img, dtype=np.float64) * (255.0 / top)
+    grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return grey if mode == "L" else grey.convert(mode)
 
 
 def to_chw(img: Image.Image) -> np.ndarray:

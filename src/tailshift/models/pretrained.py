@@ -2,6 +2,8 @@
 a bare state dict of the backbone, or a tailshift run's checkpoint."""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -43,6 +45,11 @@ def load_pretrained(target: nn.Module, path: str | Path, ignored: tuple[str, ...
         raise ValueError(f"model.pretrained {path} is not a file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: name what was refused instead
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = found.group(1) if found else "an object that is not a tensor or a plain container"
+        raise ValueError(f"refusing to unpickle {what} from pretrained weights {path}: only tensors and plain "
+                         "containers are loaded") from None
     except Exception as err:  # a truncated or foreign file: say which and why, on one line
         raise ValueError(f"cannot read pretrained weights {path}: {str(err).splitlines()[0]}") from None
     state = {k: v for k, v in _state_dict(payload, path).items() if not k.startswith(ignored)}

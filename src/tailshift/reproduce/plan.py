@@ -34,9 +34,24 @@ class Variant:
         return self.folder or f"{self.study}/{self.run}"
 
 
+#: the most seeds one study takes: ``--seeds 1000000000`` is refused before any list of them is made
+MAX_SEEDS = 10_000
+
+
 def seed_list(seeds: int | Sequence[int]) -> tuple[int, ...]:
-    """The training seeds of a study: a count n means seeds 0 .. n-1."""
-    return tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    """The training seeds of a study: a count n means seeds 0 .. n-1; at most ``MAX_SEEDS`` of them,
+    distinct, each one a run's ``seed`` may be."""
+    from ..config import MAX_SEED
+
+    count = seeds if isinstance(seeds, int) else len(seeds)
+    if not 1 <= count <= MAX_SEEDS:
+        raise ValueError(f"a study takes 1 to {MAX_SEEDS} seeds, got {count}")
+    out = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    if not 0 <= min(out) <= max(out) <= MAX_SEED:
+        raise ValueError(f"seeds must be in [0, {MAX_SEED}], got {min(out)} .. {max(out)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct, got {len(out) - len(set(out))} repeated in {list(out)}")
+    return out
 
 
 def overrides_for_run(run: str, overrides: Sequence[str], runs: Sequence[str]) -> list[str]:
@@ -97,6 +112,7 @@ class Plan:
         from .jobs import default_workers, run_jobs, run_jobs_distributed
 
         jobs = self.jobs(output)
+        self.check(jobs, workers, nproc)
         started = time.perf_counter()
         if nproc == 1:
             workers = workers or default_workers()
@@ -104,6 +120,26 @@ class Plan:
         else:
             results, workers = run_jobs_distributed(jobs, nproc), 1
         return self.results(results, time.perf_counter() - started, workers, nproc)
+
+    @staticmethod
+    def check(jobs: list, workers: int | None, nproc: int) -> None:
+        """Refuse, before the first run starts, a bad ``workers`` or ``nproc`` and any run whose config (its
+        scoped overrides included) does not resolve, method params too: one line naming the run. One seed
+        per run is enough: the seeds are checked by ``seed_list``."""
+        from ..resolve import resolve_run
+
+        if workers is not None and (isinstance(workers, bool) or workers < 1):
+            raise ValueError(f"--workers must be >= 1 (or left out: one per core), got {workers}")
+        if isinstance(nproc, bool) or nproc < 1:
+            raise ValueError(f"--nproc must be >= 1 (processes per run), got {nproc}")
+        checked = set()
+        for job in jobs:
+            if (job.study, job.run) not in checked:
+                checked.add((job.study, job.run))
+                try:
+                    resolve_run(job.resolve())
+                except ValueError as err:
+                    raise ValueError(f"run {job.key}: {err}") from None
 
     def results(self, runs: list, wall_seconds: float = 0.0, workers: int = 1, nproc: int = 1) -> PlanResults:
         """``runs`` (``JobResult``, one per job) read per variant and seed, aggregated and compared."""

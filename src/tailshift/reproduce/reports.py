@@ -21,7 +21,11 @@ RESULT_COLUMNS = ("All", "Many", "Med", "Few", "Paper All", "Paper Many / Med / 
 
 def paper_numbers() -> dict:
     """The paper's printed numbers by table (``paper.yaml``)."""
-    return yaml.safe_load((resources.files("tailshift.reproduce") / "paper.yaml").read_text())
+    path = resources.files("tailshift.reproduce") / "paper.yaml"
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:  # a damaged install or an edit gone wrong: name the file, in one line
+        raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from None
 
 
 @dataclass(frozen=True)
