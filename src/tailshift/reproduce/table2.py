@@ -7,6 +7,9 @@ a GPU to finish in hours rather than days.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +55,54 @@ EXTRA_ROWS = (
     Row("csa-uniform", "CSA (uniform head)", "csa", "uniform"),
     Row("csa-ensemble", "CSA (ensemble)", "csa", "ensemble"),
 )
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe by name: its base under ``configs/_base_/recipes/`` (the optimiser and schedule) and,
+    for the decoupled runs, its stage-2 base per dataset (none: the row keeps the csa-release stage 2).
+    Each file cites the line of its authors' code it reproduces."""
+
+    name: str
+    base: str
+    stage2: dict = field(default_factory=dict)  # dataset -> stage-2 base
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("csa-release", "csa-release"),
+    Recipe("ldam", "ldam"),
+    Recipe("bbn", "bbn"),
+    Recipe("mislas", "mislas", {"cifar10-lt": "mislas-stage2-cifar10-lt", "cifar100-lt": "mislas-stage2-cifar100-lt"}),
+    Recipe("kang", "csa-release", {"cifar10-lt": "kang", "cifar100-lt": "kang"}),
+)}
+#: the runs that re-train a classifier in a second stage (a recipe's stage 2 applies to them only)
+STAGE2_RUNS = ("crt", "lws", "crt-mixup", "lws-mixup")
+
+
+def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
+    """``key=value`` overrides that put a shipped row (``<dataset>_<run>``, on the csa-release recipe) on
+    ``recipe``: its base's keys, then its stage-2 base's for a decoupled run."""
+    from ..config import compose_yaml
+
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: paper, shared, {', '.join(RECIPES)}")
+    folder = Path(str(resources.files("tailshift") / "configs" / "_base_" / "recipes"))
+    chosen = RECIPES[recipe]
+    files = [chosen.base] + ([chosen.stage2[dataset]] if run in STAGE2_RUNS and dataset in chosen.stage2 else [])
+    out: list[str] = []
+    for name in files:
+        out += _flattened(compose_yaml(folder / f"{name}.yaml"))
+    return tuple(out)
+
+
+def _flattened(values: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out += _flattened(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
 #: the slowest runs (two branches, or ~4x the steps of a uniform epoch), started first
 SLOW_RUNS = ("cbrs", "csa", "csa-mixup", "dual", "bbn")
 
