@@ -138,3 +138,20 @@ def test_kang_stage2_follows_the_authors_code():
 def test_a_recipe_without_stage2_keeps_the_rows_and_stage1_rows_ignore_stage2():
     assert config("ldam", run="crt").method.params["retrain_lr"] == 0.2
     assert "retrain_lr" not in config("mislas", run="ce").method.params
+
+
+def test_recipe_paper_puts_each_row_on_its_authors_recipe_in_its_own_folder():
+    from tailshift.reproduce.table2 import TABLE2, recipe_choice
+
+    studies = TABLE2.studies(["cifar10-lt"], [100])
+    rows = TABLE2.select_rows(["ldam-drw", "bbn", "crt", "csa"])
+    shared = TABLE2.plan(studies, rows, (0,), (), recipe_choice("shared")).variants
+    paper = TABLE2.plan(studies, rows, (0,), (), recipe_choice("paper")).variants
+    assert shared == TABLE2.plan(studies, rows, (0,), ()).variants  # shared: today's runs, folders and configs
+    key = ("cifar10-lt rho 100", "ldam-drw")
+    assert paper[key].folder == "cifar10-lt-rho100/ldam/ldam-drw" and "train.optim.gamma=0.01" in paper[key].overrides
+    assert paper["cifar10-lt rho 100", "bbn"].folder == "cifar10-lt-rho100/bbn/bbn"
+    assert paper["cifar10-lt rho 100", "crt"].folder == "cifar10-lt-rho100/kang/crt"
+    assert paper["cifar10-lt rho 100", "csa"] == shared["cifar10-lt rho 100", "csa"]
+    with pytest.raises(ValueError, match="unknown recipe 'adam'; known: paper, shared, csa-release, ldam"):
+        recipe_choice("adam")
