@@ -238,7 +238,7 @@ CASES = [
     bad("lr-negative", "train.optim.lr=-0.1", fragment="train.optim.lr must be > 0, got -0.1"),
     bad("lr-word", "train.optim.lr=fast", fragment="train.optim.lr must be a number, got 'fast'"),
     bad("schedule-unknown", "train.optim.schedule=linear",
-        fragment="train.optim.schedule must be one of constant, cosine, cosine_epoch, step; got 'linear'"),
+        fragment="train.optim.schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, step; got 'linear'"),
     bad("cosine-period-0", "train.optim.cosine_period=0",
         fragment="train.optim.cosine_period must be >= 1 (or null: train.epochs), got 0"),
     bad("warmup-reaches-epochs", "train.optim.warmup_epochs=1", fragment="train.optim.warmup_epochs must be in [0, epochs), got 1"),

@@ -12,7 +12,7 @@ def test_list_shows_registries(capsys):
     out = capsys.readouterr().out
     assert "methods: bbn, bcl, cbrs, ce, cmo, crt, csa, drs, dual" in out and "lenet2d" in out and "fashion-mnist" in out
     assert "losses: balanced-softmax, ce, class-balanced, drw, focal, la, ldam" in out and "optimizers: adamw, sgd" in out
-    assert "schedules: constant, cosine, cosine_epoch, step" in out
+    assert "schedules: bbn_multistep, constant, cosine, cosine_epoch, step" in out
 
 
 def test_errors_are_one_line_without_traceback(capsys):

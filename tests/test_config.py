@@ -26,7 +26,7 @@ def test_shipped_table1_configs_load():
     [
         ("data.longtail.rho=0.5", "data.longtail.rho must be >= 1, got 0.5"),
         ("train.epochs=0", "train.epochs must be >= 1, got 0"),
-        ("train.optim.schedule=linear", "train.optim.schedule must be one of constant, cosine, cosine_epoch, step; got 'linear'"),
+        ("train.optim.schedule=linear", "train.optim.schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, step; got 'linear'"),
         ("data.context.palette=viridis", "data.context.palette must be one of tab10, deep; got 'viridis'"),
         ("train.optim.cosine_period=0", r"train.optim.cosine_period must be >= 1 \(or null: train.epochs\), got 0"),
         ("train.epochs=two", "train.epochs must be an integer, got 'two'"),

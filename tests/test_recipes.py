@@ -73,8 +73,6 @@ def kang_stage2(epoch, lr=0.2, num_epochs=10, eta_min=0.0):
 
 
 STAGE1 = {"csa-release": csa_release, "ldam": ldam, "mislas": mislas, "bbn": bbn}
-#: BBN's warm-up starts at lr / 3 and lasts 4 epochs, ours rises from 0 over 5: only epoch 0 of the list differs
-NOT_REPRODUCED = {"bbn": {0}}
 
 
 def config(recipe, dataset="cifar10-lt", run="ce", extra=()):
@@ -100,13 +98,16 @@ def test_every_recipe_is_tested():
 def test_stage1_learning_rate_follows_the_authors_code(recipe):
     cfg = config(recipe)
     for epoch in EPOCHS:
-        if epoch not in NOT_REPRODUCED.get(recipe, ()):
-            assert ours_stage1(cfg, epoch) == pytest.approx(STAGE1[recipe](epoch), rel=1e-6), (recipe, epoch)
+        assert ours_stage1(cfg, epoch) == pytest.approx(STAGE1[recipe](epoch), rel=1e-6), (recipe, epoch)
 
 
-def test_bbn_warm_up_differs_only_where_declared():
+def test_bbn_sets_its_rate_once_an_epoch_from_a_third_of_it():
     cfg = config("bbn")
-    assert ours_stage1(cfg, 0) == pytest.approx(0.02) and bbn(0) == pytest.approx(0.1 * 7 / 15)
+    for epoch in (0, 1, 3, 4, 118, 119, 158, 159):
+        for into in (0.0, 0.5):
+            o = cfg.train.optim
+            assert learning_rate(o, o.lr, o.schedule, 200, epoch + into) == pytest.approx(bbn(epoch), rel=1e-12)
+    assert bbn(0) == pytest.approx(0.1 * 7 / 15)
 
 
 @pytest.mark.parametrize("recipe", sorted(STAGE1))

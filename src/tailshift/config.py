@@ -112,7 +112,7 @@ class OptimConfig:
     momentum: float = bounded(0.0, ge=0)
     weight_decay: float = bounded(0.0, ge=0)
     nesterov: bool = False
-    # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
+    # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step | bbn_multistep (BBN's)
     schedule: str = one_of("constant", SCHEDULES)
     # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
     cosine_period: int | None = added_later(bounded(None, ge=1, note="or null: train.epochs"), neutral=None)
