@@ -121,19 +121,23 @@ def test_a_changed_factor_or_milestone_is_caught(recipe, change):
     assert any(ours_stage1(cfg, e) != pytest.approx(STAGE1[recipe](e), rel=1e-6) for e in EPOCHS)
 
 
-@pytest.mark.parametrize("dataset, lr_factor", [("cifar10-lt", 0.5), ("cifar100-lt", 0.2)])
-@pytest.mark.parametrize("run", ["crt", "lws-mixup"])
-def test_mislas_stage2_follows_the_authors_code(dataset, lr_factor, run):
+# cRT re-trains the classifier, MiSLAS's first group (lr_factor x lr); LWS the scales, its second (1.00 x lr)
+@pytest.mark.parametrize("dataset, run, lr_factor", [("cifar10-lt", "crt", 0.5), ("cifar100-lt", "crt-mixup", 0.2),
+                                                     ("cifar10-lt", "lws-mixup", 1.0), ("cifar100-lt", "lws", 1.0)])
+def test_mislas_stage2_follows_the_authors_code(dataset, run, lr_factor):
     cfg = config("mislas", dataset, run)
+    assert cfg.method.params["retrain_epochs"] == 10
     for epoch in range(10):
         assert ours_stage2(cfg, epoch) == pytest.approx(mislas_stage2(epoch, lr_factor=lr_factor), rel=1e-9)
 
 
-def test_kang_stage2_follows_the_authors_code():
-    cfg = config("kang", "cifar100-lt", "crt")
-    assert cfg.train.optim == config("csa-release", "cifar100-lt", "crt").train.optim  # stage 1 unchanged
-    for epoch in range(10):
-        assert ours_stage2(cfg, epoch) == pytest.approx(kang_stage2(epoch), rel=1e-6, abs=1e-12)
+@pytest.mark.parametrize("run, epochs", [("crt", 10), ("lws-mixup", 5)])  # cls_crt.yaml: 10 epochs; cls_lws.yaml: 5
+def test_kang_stage2_follows_the_authors_code(run, epochs):
+    cfg = config("kang", "cifar100-lt", run)
+    assert cfg.train.optim == config("csa-release", "cifar100-lt", run).train.optim  # stage 1 unchanged
+    assert cfg.method.params["retrain_epochs"] == epochs
+    for epoch in range(epochs):
+        assert ours_stage2(cfg, epoch) == pytest.approx(kang_stage2(epoch, num_epochs=epochs), rel=1e-6, abs=1e-12)
 
 
 def test_a_recipe_without_stage2_keeps_the_rows_and_stage1_rows_ignore_stage2():

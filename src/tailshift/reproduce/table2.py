@@ -58,23 +58,25 @@ EXTRA_ROWS = (
 @dataclass(frozen=True)
 class Recipe:
     """A training recipe by name: its base under ``configs/_base_/recipes/`` (the optimiser and schedule) and,
-    for the decoupled runs, its stage-2 base per dataset (none: the row keeps the csa-release stage 2).
-    Each file cites the line of its authors' code it reproduces."""
+    for the decoupled runs, its stage-2 bases (none: the row keeps the csa-release stage 2). Each file cites
+    the lines of its authors' code it reproduces."""
 
     name: str
     base: str
-    stage2: dict = field(default_factory=dict)  # dataset -> stage-2 base
+    stage2: dict = field(default_factory=dict)  # (dataset, "crt" | "lws") -> stage-2 base
 
 
 RECIPES = {r.name: r for r in (
     Recipe("csa-release", "csa-release"),
     Recipe("ldam", "ldam"),
     Recipe("bbn", "bbn"),
-    Recipe("mislas", "mislas", {"cifar10-lt": "mislas-stage2-cifar10-lt", "cifar100-lt": "mislas-stage2-cifar100-lt"}),
-    Recipe("kang", "csa-release", {"cifar10-lt": "kang", "cifar100-lt": "kang"}),
+    Recipe("mislas", "mislas", {("cifar10-lt", "crt"): "mislas-stage2-crt-cifar10-lt",
+                                ("cifar100-lt", "crt"): "mislas-stage2-crt-cifar100-lt",
+                                ("cifar10-lt", "lws"): "mislas-stage2-lws", ("cifar100-lt", "lws"): "mislas-stage2-lws"}),
+    Recipe("kang", "csa-release", {(d, kind): f"kang-{kind}" for d in DATASETS for kind in ("crt", "lws")}),
 )}
-#: the runs that re-train a classifier in a second stage (a recipe's stage 2 applies to them only)
-STAGE2_RUNS = ("crt", "lws", "crt-mixup", "lws-mixup")
+#: the runs with a decoupled stage 2, and what it re-trains (a recipe's stage 2 applies to them only)
+STAGE2_RUNS = {"crt": "crt", "crt-mixup": "crt", "lws": "lws", "lws-mixup": "lws"}
 
 
 def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
@@ -86,7 +88,8 @@ def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
         raise ValueError(f"unknown recipe {recipe!r}; known: paper, shared, {', '.join(RECIPES)}")
     folder = Path(str(resources.files("tailshift") / "configs" / "_base_" / "recipes"))
     chosen = RECIPES[recipe]
-    files = [chosen.base] + ([chosen.stage2[dataset]] if run in STAGE2_RUNS and dataset in chosen.stage2 else [])
+    stage2 = chosen.stage2.get((dataset, STAGE2_RUNS.get(run)))
+    files = [chosen.base] + ([stage2] if stage2 else [])
     out: list[str] = []
     for name in files:
         out += _flattened(compose_yaml(folder / f"{name}.yaml"))
