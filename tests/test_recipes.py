@@ -158,5 +158,8 @@ def test_recipe_paper_puts_each_row_on_its_authors_recipe_in_its_own_folder():
     assert paper["cifar10-lt rho 100", "bbn"].folder == "cifar10-lt-rho100/bbn/bbn"
     assert paper["cifar10-lt rho 100", "crt"].folder == "cifar10-lt-rho100/kang/crt"
     assert paper["cifar10-lt rho 100", "csa"] == shared["cifar10-lt rho 100", "csa"]
+    kang = TABLE2.plan(studies, rows, (0,), (), recipe_choice("kang")).variants  # kang's stage 1 is csa-release's
+    assert kang["cifar10-lt rho 100", "bbn"] == shared["cifar10-lt rho 100", "bbn"]
+    assert kang["cifar10-lt rho 100", "crt"].folder == "cifar10-lt-rho100/kang/crt"
     with pytest.raises(ValueError, match="unknown recipe 'adam'; known: paper, shared, csa-release, ldam"):
         recipe_choice("adam")

@@ -121,14 +121,20 @@ SHARED_RECIPE = "csa-release"
 
 def recipe_choice(recipe: str):
     """``--recipe``: paper (each run on PAPER_RECIPES), shared (every run on the CSA release's recipe) or a
-    recipe name for every run, as (dataset, run) -> (recipe, overrides); a bad name is refused here."""
+    recipe name for every run, as (dataset, run) -> (recipe, overrides); no overrides where the recipe trains
+    the run as shipped (kang's stage 1, say), so such runs share the shipped runs' folders. A bad name is
+    refused here."""
+    from ..config import config_path, load_config
+
     if recipe not in ("paper", "shared", *RECIPES):
         raise ValueError(f"unknown recipe {recipe!r}; known: paper, shared, {', '.join(RECIPES)}")
 
     def choose(dataset: str, run: str) -> tuple[str, tuple[str, ...]]:
         name = (PAPER_RECIPES.get(run, SHARED_RECIPE) if recipe == "paper"
                 else SHARED_RECIPE if recipe == "shared" else recipe)
-        return name, (() if name == SHARED_RECIPE else recipe_overrides(name, dataset, run))
+        changes = recipe_overrides(name, dataset, run)
+        shipped = config_path(f"{TABLE2.configs}/{dataset}_{run}")
+        return name, (changes if load_config(shipped, list(changes)) != load_config(shipped) else ())
     return choose
 
 
