@@ -55,6 +55,8 @@ EXTRA_ROWS = (
     Row("csa-uniform", "CSA (uniform head)", "csa", "uniform"),
     Row("csa-ensemble", "CSA (ensemble)", "csa", "ensemble"),
 )
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A training recipe by name: its base under ``configs/_base_/recipes/`` (the optimiser and schedule) and,
@@ -84,8 +86,6 @@ def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
     ``recipe``: its base's keys, then its stage-2 base's for a decoupled run."""
     from ..config import compose_yaml
 
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: paper, shared, {', '.join(RECIPES)}")
     folder = Path(str(resources.files("tailshift") / "configs" / "_base_" / "recipes"))
     chosen = RECIPES[recipe]
     stage2 = chosen.stage2.get((dataset, STAGE2_RUNS.get(run)))
@@ -97,6 +97,7 @@ def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
 
 
 def _flattened(values: dict, prefix: str = "") -> list[str]:
+    """Nested config data as ``a.b.c=value`` overrides (values as JSON, which the override parser reads)."""
     out = []
     for key, value in values.items():
         if isinstance(value, dict) and value:
