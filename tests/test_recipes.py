@@ -38,7 +38,7 @@ def mislas(epoch, lr=0.1):
 
 
 def csa_release(epoch, lr=0.2):
-    """The CSA release (paper App. B): lr 0.2, 5 warm-up epochs, x0.1 at 160 and 180, set as cifar_train.py does."""
+    """The CSA release's settings (paper App. B: lr 0.2, 5 warm-up epochs, x0.1 at 160 and 180) in cifar_train.py's form."""
     epoch = epoch + 1
     if epoch <= 5:
         return lr * epoch / 5

@@ -110,13 +110,14 @@ def _flattened(values: dict, prefix: str = "") -> list[str]:
 #: ``--recipe paper``: each Table 2 run on the recipe of the code its quoted number came from
 PAPER_RECIPES = {
     # Cao et al.'s cifar_train.py (LDAM-DRW, CE-DRW, DRS), Cui et al.'s multipliers (Focal, CB-Focal, CB-CE),
-    # CMO's and Remix's (both built on cifar_train.py)
-    **dict.fromkeys(("focal", "cb-focal", "cb-ce", "drs", "ce-drw", "ldam-drw", "cmo", "remix"), "ldam"),
+    # CMO's cifar_train.py (built on Cao et al.'s)
+    **dict.fromkeys(("focal", "cb-focal", "cb-ce", "drs", "ce-drw", "ldam-drw", "cmo"), "ldam"),
     "bbn": "bbn",  # BBN's configs/cifar10.yaml
     **dict.fromkeys(("crt-mixup", "lws-mixup"), "mislas"),  # the +mixup rows come from MiSLAS (stages 1 and 2)
     **dict.fromkeys(("crt", "lws"), "kang"),  # decoupling's stage 2 (Kang et al.)
 }
-#: runs not in PAPER_RECIPES (CSA's, the dual branch, tau-norm and this project's extras) stay on the CSA release's
+#: runs not in PAPER_RECIPES (CSA's, the dual branch, tau-norm, this project's extras, and Remix, whose authors' code
+#: was not checked) stay on the CSA release's
 SHARED_RECIPE = "csa-release"
 
 
