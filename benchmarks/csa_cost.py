@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tailshift.config import build_config, config_path, read_yaml
+from tailshift.config import config_path, load_config
 from tailshift.engine import Trainer, versions
 
 STUDIES = {
@@ -47,8 +47,8 @@ METHODS = {
 
 def prepare(config: str, overrides: list[str], warmup: int):
     """A trainer with its stage, samplers and optimizer, warmed up (bank full for CSA)."""
-    cfg = build_config(read_yaml(config_path(config)), [*overrides, "progress=false", "train.checkpoint=false",
-                                                         "output=/tmp/tailshift-bench"])
+    cfg = load_config(config_path(config), [*overrides, "progress=false", "train.checkpoint=false",
+                                            "output=/tmp/tailshift-bench"])
     trainer = Trainer(cfg)
     stage = trainer.method.stages()[0]
     trainer.method.begin_stage(stage, True)

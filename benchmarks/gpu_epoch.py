@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-from tailshift.config import build_config, config_path, read_yaml
+from tailshift.config import config_path, load_config
 from tailshift.data.build import PreparedData, prepare_data
 from tailshift.engine import Trainer, versions
 from tailshift.optim import build_optimizer
@@ -50,8 +50,8 @@ VARIANTS = {
 
 
 def config(overrides: list[str]):
-    return build_config(read_yaml(config_path(CONFIG)), [*overrides, "progress=false", "train.checkpoint=false",
-                                                         "output=/tmp/tailshift-gpu-epoch"])
+    return load_config(config_path(CONFIG), [*overrides, "progress=false", "train.checkpoint=false",
+                                             "output=/tmp/tailshift-gpu-epoch"])
 
 
 @dataclass

@@ -41,7 +41,8 @@ DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median
 
 def reproduce_command(runs_dir: Path, rows: list[str]) -> list[str]:
     return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
-            "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--output", str(runs_dir)]
+            "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--recipe", "shared",
+            "--output", str(runs_dir)]
 
 
 def run_folder(runs_dir: Path, run: str) -> Path:

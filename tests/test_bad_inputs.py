@@ -113,6 +113,10 @@ def data(tmp_path_factory) -> Path:
 
     (d / "hostile.yaml").write_text(f'!!python/object/apply:os.system ["touch {d / "pwned-yaml"}"]\n')
     (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "cycle_a.yaml").write_text("_base_: [cycle_b.yaml]\n")
+    (d / "cycle_b.yaml").write_text("_base_: [cycle_a.yaml]\n")
+    (d / "base_missing.yaml").write_text("_base_: [nowhere_base.yaml]\n")
+    (d / "base_not_list.yaml").write_text("_base_: base.yaml\n")
     (d / "base.yaml").write_text(
         f"data: {{dataset: npz, root: {d / 'base.npz'}, groups: count,\n"
         "       longtail: {profile: exp, rho: 10, n_max: 12}}\n"
@@ -236,7 +240,7 @@ CASES = [
     bad("lr-negative", "train.optim.lr=-0.1", fragment="train.optim.lr must be > 0, got -0.1"),
     bad("lr-word", "train.optim.lr=fast", fragment="train.optim.lr must be a number, got 'fast'"),
     bad("schedule-unknown", "train.optim.schedule=linear",
-        fragment="train.optim.schedule must be one of constant, cosine, cosine_epoch, step; got 'linear'"),
+        fragment="train.optim.schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, step; got 'linear'"),
     bad("cosine-period-0", "train.optim.cosine_period=0",
         fragment="train.optim.cosine_period must be >= 1 (or null: train.epochs), got 0"),
     bad("warmup-reaches-epochs", "train.optim.warmup_epochs=1", fragment="train.optim.warmup_epochs must be in [0, epochs), got 1"),
@@ -338,6 +342,14 @@ CASES = [
     bad("config-hostile-yaml", fragment="hostile.yaml: the tag 'tag:yaml.org,2002:python/object/apply:os.system' "
         "at line 1, column 1 is not allowed", config="{d}/hostile.yaml"),
     bad("config-not-mapping", fragment="list.yaml must hold a mapping at the top level", config="{d}/list.yaml"),
+    bad("config-base-cycle", fragment="cycle_a.yaml: its _base_ files include themselves "
+        "(cycle_a.yaml -> cycle_b.yaml -> cycle_a.yaml)", config="{d}/cycle_a.yaml"),
+    bad("config-base-missing", fragment="base_missing.yaml: _base_ file 'nowhere_base.yaml' does not exist",
+        config="{d}/base_missing.yaml"),
+    bad("config-base-not-list", fragment="base_not_list.yaml: _base_ must be a list of YAML file paths relative to "
+        "it, got 'base.yaml'", config="{d}/base_not_list.yaml"),
+    bad("config-base-by-name", fragment="no config '_base_/recipes/csa-release': not a YAML file, and not a shipped "
+        "config", config="_base_/recipes/csa-release"),
     bad("hostile-cifar-pickle", "data.dataset=cifar10", "data.root={d}/cifar_hostile",
         fragment="refusing to unpickle posix.system from {d}/cifar_hostile/cifar-10-batches-py/data_batch_1"),
     bad("garbage-checkpoint", fragment="cannot read checkpoint {out}/checkpoint.pt (", prepare=garbage_checkpoint),

@@ -12,7 +12,7 @@ def test_list_shows_registries(capsys):
     out = capsys.readouterr().out
     assert "methods: bbn, bcl, cbrs, ce, cmo, crt, csa, drs, dual" in out and "lenet2d" in out and "fashion-mnist" in out
     assert "losses: balanced-softmax, ce, class-balanced, drw, focal, la, ldam" in out and "optimizers: adamw, sgd" in out
-    assert "schedules: constant, cosine, cosine_epoch, step" in out
+    assert "schedules: bbn_multistep, constant, cosine, cosine_epoch, step" in out
 
 
 def test_errors_are_one_line_without_traceback(capsys):
@@ -111,7 +111,7 @@ def test_a_command_must_take_an_output_and_overrides():
 REFUSED = [
     (["table1", "--rhos", "100"], "--rhos", "--datasets, --methods, --seeds, --workers, --mnist-root, --output"),
     (["figure3", "--seeds", "2"], "--seeds", "--datasets, --mnist-root, --output"),
-    (["table2", "--study", "fashion-lt"], "--study", "--datasets, --methods, --rhos, --seeds, --workers, --output"),
+    (["table2", "--study", "fashion-lt"], "--study", "--datasets, --methods, --rhos, --seeds, --workers, --recipe, --output"),
     (["table2", "--mnist-root", "/data/mnist"], "--mnist-root", "--datasets, --methods, --rhos, --seeds, --workers"),
     (["ablations", "--methods", "csa"], "--methods", "--study, --tables, --seeds, --workers, --mnist-root, --output"),
     (["figure10", "--workers", "2"], "--workers", "--datasets, --rhos, --output"),

@@ -26,7 +26,7 @@ def test_shipped_table1_configs_load():
     [
         ("data.longtail.rho=0.5", "data.longtail.rho must be >= 1, got 0.5"),
         ("train.epochs=0", "train.epochs must be >= 1, got 0"),
-        ("train.optim.schedule=linear", "train.optim.schedule must be one of constant, cosine, cosine_epoch, step; got 'linear'"),
+        ("train.optim.schedule=linear", "train.optim.schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, step; got 'linear'"),
         ("data.context.palette=viridis", "data.context.palette must be one of tab10, deep; got 'viridis'"),
         ("train.optim.cosine_period=0", r"train.optim.cosine_period must be >= 1 \(or null: train.epochs\), got 0"),
         ("train.epochs=two", "train.epochs must be an integer, got 'two'"),
@@ -206,3 +206,33 @@ def test_a_list_rule_names_the_list():
         build_config({}, ["data.mean=[0.5, 0.5]", "data.std=[0.5, -1]"])
     with pytest.raises(ConfigError, match=re.escape("data.group_bounds must be [b1, b2] with b1 <= b2, got [5, 2]")):
         build_config({}, ["data.group_bounds=[5, 2]"])
+
+
+def test_bases_merge_in_order_deeply_under_the_file_and_the_overrides(tmp_path):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "data.yaml").write_text("data: {dataset: cifar10, longtail: {rho: 50, n_max: 5000}}\n")
+    (tmp_path / "_base_" / "recipe.yaml").write_text(
+        "train: {epochs: 20, optim: {lr: 0.1, momentum: 0.9, milestones: [5]}}\n")
+    (tmp_path / "_base_" / "later.yaml").write_text("_base_: [recipe.yaml]\ntrain: {optim: {lr: 0.3}}\n")
+    row = tmp_path / "rows" / "row.yaml"
+    row.parent.mkdir()
+    row.write_text("_base_: [../_base_/data.yaml, ../_base_/later.yaml]\ndata: {longtail: {rho: 10}}\n"
+                   "train: {epochs: 30}\n")
+    cfg = load_config(row, ["train.optim.momentum=0.5"])
+    assert (cfg.data.dataset, cfg.data.longtail.rho, cfg.data.longtail.n_max) == ("cifar10", 10, 5000)
+    assert (cfg.train.epochs, cfg.train.optim.lr, cfg.train.optim.momentum) == (30, 0.3, 0.5)
+    assert cfg.train.optim.milestones == (5,)
+    assert "_base_" not in cfg.to_dict()
+    spelled_out = tmp_path / "flat.yaml"
+    spelled_out.write_text("data: {dataset: cifar10, longtail: {rho: 10, n_max: 5000}}\n"
+                           "train: {epochs: 30, optim: {lr: 0.3, momentum: 0.5, milestones: [5]}}\n")
+    assert load_config(spelled_out) == cfg
+
+
+def test_base_files_are_not_runnable_configs_by_name():
+    from tailshift.config import shipped_configs
+
+    assert config_path("table2/cifar10-lt_ce").name == "cifar10-lt_ce.yaml"
+    assert not [name for name in shipped_configs() if name.startswith("_")]
+    with pytest.raises(ValueError, match="not a shipped config"):
+        config_path("_base_/recipes/csa-release")

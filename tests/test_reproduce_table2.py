@@ -96,6 +96,31 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     assert metrics["data_source"] == {"path": str(path), "caveat": KNOWN_CAVEATS["cifar10-jpeg.npz"]}
 
 
+def test_table2_recipe_paper_end_to_end_names_each_rows_recipe(tmp_path):
+    """``--recipe paper``: cRT on Kang et al.'s stage 2 and LDAM-DRW on Cao et al.'s recipe, each in its
+    recipe's folder, the table naming the recipe; CSA stays where the shipped (csa-release) runs live."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 12)
+    x = rng.integers(0, 255, (len(y), 32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x[::4], y_test=y[::4])
+    out = tmp_path / "out"
+    table2.table2(out, [f"data.root={path}", "data.longtail.n_max=12", "train.epochs=1", "train.optim.warmup_epochs=0",
+                        "train.batch_size=16", "crt:method.params.retrain_epochs=1"],
+                  datasets=["cifar10-lt"], methods=["crt", "ldam-drw", "csa"], rhos=[10], seeds=1, workers=1)
+    md = (out / "table2.md").read_text()
+    assert "| cifar10-lt rho 10 | cRT [kang recipe] |" in md and "| cifar10-lt rho 10 | LDAM-DRW [ldam recipe] |" in md
+    assert "| cifar10-lt rho 10 | CSA [csa-release recipe] |" in md
+    runs = out / "runs" / "cifar10-lt-rho10"
+    crt = json.loads((runs / "kang" / "crt" / "seed0" / "metrics.json").read_text())["config"]
+    ldam = json.loads((runs / "ldam" / "ldam-drw" / "seed0" / "metrics.json").read_text())["config"]
+    assert crt["method"]["params"]["retrain_schedule"] == "cosine" and crt["train"]["optim"]["lr"] == 0.2
+    assert (ldam["train"]["optim"]["lr"], ldam["train"]["optim"]["gamma"]) == (0.1, 0.01)
+    assert (runs / "csa" / "seed0" / "metrics.json").exists()
+    assert json.loads((out / "table2.json").read_text())["recipes"]["cifar10-lt rho 10"] == {
+        "crt": "kang", "ldam-drw": "ldam", "csa": "csa-release"}
+
+
 def test_table10_grid_uses_its_configs_and_the_papers_four_columns(tmp_path):
     rows = TABLE10.select_rows(None)
     assert list(rows) == ["csa-cbrs", "csa-la", "csa-both"]

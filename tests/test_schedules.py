@@ -12,6 +12,9 @@ BY_HAND = {
     "cosine": [(0.0, 0.2), (2.5, 0.1 * (1 + 0.7071067811865476)), (5.0, 0.1), (10.0, 0.0), (12.0, 0.0)],
     # 0.1 * (1 + cos(pi * floor(progress) / 10)): 2.7 trains as epoch 2, cos(pi / 5) = 0.8090169943749475
     "cosine_epoch": [(0.0, 0.2), (0.9, 0.2), (2.7, 0.1 * (1 + 0.8090169943749475)), (5.5, 0.1)],
+    # BBN's: 1-based epoch k = floor(progress) + 1, x0.1 per milestone <= k, times 1/3 (1 - k/5) + k/5 while k < 5
+    "bbn_multistep": [(0.0, 0.2 * (1 / 3 * 0.8 + 0.2)), (2.5, 0.2 * (1 / 3 * 0.4 + 0.6)),
+                      (3.0, 0.02 * (1 / 3 * 0.2 + 0.8)), (4.0, 0.02), (6.9, 0.02), (7.0, 0.002), (9.9, 0.002)],
     # x0.1 from epoch 4 on, x0.01 from epoch 8 on
     "step": [(0.0, 0.2), (3.99, 0.2), (4.0, 0.02), (7.5, 0.02), (8.0, 0.002), (9.9, 0.002)],
 }
@@ -39,6 +42,6 @@ def test_schedules_start_after_the_warmup():
 
 def test_the_config_takes_only_registered_schedules():
     assert build_config({}, ["train.optim.schedule=cosine_epoch"]).train.optim.schedule == "cosine_epoch"
-    with pytest.raises(ValueError, match="train.optim.schedule must be one of constant, cosine, cosine_epoch, step; "
-                                         "got 'linear'"):
+    with pytest.raises(ValueError, match="train.optim.schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, "
+                                         "step; got 'linear'"):
         build_config({}, ["train.optim.schedule=linear"])

@@ -91,6 +91,8 @@ REPRODUCE_OPTIONS = {
                                       "csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl; table3: ce,crt,cbrs,"
                                       "csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)"),
     "models": dict(type=_names, help="backbones, comma-separated of resnet10,resnet50 (default both)"),
+    "recipe": dict(help="table2: paper (default: each row on its authors' recipe), shared (every row on the CSA "
+                        "release's) or one recipe for every row: csa-release, ldam, bbn, mislas, kang"),
     "rhos": dict(type=_rhos, help="imbalance ratios, comma-separated (default 100); figure10, figure11: the first one"),
     "study": dict(help="the study whose CSA config is varied (default cifar100-lt, as the paper; fashion-lt or "
                        "cfashion-lt run on a CPU)"),

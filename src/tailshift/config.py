@@ -120,7 +120,7 @@ class OptimConfig:
     momentum: float = bounded(0.0, ge=0)
     weight_decay: float = bounded(0.0, ge=0)
     nesterov: bool = False
-    # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step
+    # constant | cosine (smooth, per step) | cosine_epoch (the release's) | step | bbn_multistep (BBN's)
     schedule: str = one_of("constant", SCHEDULES)
     # cosine_epoch's divisor in epochs; None: train.epochs (for every stage)
     cosine_period: int | None = added_later(bounded(None, ge=1, note="or null: train.epochs"), neutral=None)
@@ -423,8 +423,56 @@ def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
     return cfg
 
 
+#: the key naming a config file's bases: ``_base_: [../_base_/datasets/cifar10-lt.yaml, ...]``
+BASE_KEY = "_base_"
+
+
+def merged(below: dict, above: dict) -> dict:
+    """``above`` over ``below``: mappings merged key by key (deeply), any other value replaced."""
+    out = dict(below)
+    for key, value in above.items():
+        out[key] = merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+def compose_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's data with its ``_base_`` files (paths relative to the file, composed the same way)
+    merged in order under it, later over earlier, the file's own keys last: shared recipes, datasets and
+    models are written once under ``configs/_base_/``."""
+    path = Path(path)
+    here = path.resolve()
+    if here in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain[_chain.index(here):], here))
+        raise ConfigError(f"config file {path}: its _base_ files include themselves ({cycle})")
+    data = read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f"config file {path}: {BASE_KEY} must be a list of YAML file paths relative to it, "
+                          f"got {bases!r}")
+    below: dict = {}
+    for base in bases:
+        if not (path.parent / base).is_file():
+            raise ConfigError(f"config file {path}: {BASE_KEY} file {base!r} does not exist "
+                              f"(looked for {path.parent / base})")
+        below = merged(below, compose_yaml(path.parent / base, (*_chain, here)))
+    return merged(below, data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    return build_config(read_yaml(path) if path else {}, overrides)
+    """A config file (its bases merged under it) plus ``key=value`` overrides; None: the defaults."""
+    return build_config(compose_yaml(path) if path else {}, overrides)
+
+
+def is_base(relative: Path) -> bool:
+    """Whether a file under ``configs/`` is a base (``_base_/...``: part of configs, not a runnable one)."""
+    return relative.parts[0].startswith("_")
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped runnable configs (``table2/cifar10-lt_ce``), bases left out."""
+    folder = Path(str(resources.files("tailshift") / "configs"))
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")
+                  if not is_base(p.relative_to(folder)))
 
 
 def config_path(name: str) -> Path:
@@ -434,9 +482,9 @@ def config_path(name: str) -> Path:
         return path
     folder = Path(str(resources.files("tailshift") / "configs"))
     shipped = folder / f"{name}.yaml"
-    if shipped.exists():
+    if shipped.exists() and not is_base(shipped.relative_to(folder)):
         return shipped
-    known = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+    known = shipped_configs()
     raise ValueError(f"no config {name!r}: not a YAML file, and not a shipped config (known: {', '.join(known)})")
 
 

@@ -38,3 +38,21 @@ def step(base_lr: float, progress: float, epochs: int, warmup: float, period: in
     """The base rate times ``cfg.gamma`` for every milestone (an epoch) passed."""
     passed = sum(progress >= m for m in cfg.milestones)
     return base_lr * cfg.gamma**passed
+
+
+#: BBN's warm-up as its configs/cifar10.yaml sets up WarmupMultiStepLR: WARM_EPOCH 5, warmup_factor its default 1/3
+BBN_WARMUP_EPOCHS, BBN_WARMUP_FACTOR = 5, 1.0 / 3
+
+
+@SCHEDULES.register("bbn_multistep")
+def bbn_multistep(base_lr: float, progress: float, epochs: int, warmup: float, period: int | None, cfg) -> float:
+    """BBN's release (Megvii-Nanjing/BBN lib/utils/lr_scheduler.py, WarmupMultiStepLR, stepped before each
+    1-based epoch k = e + 1 by main/train.py): set once an epoch, the base rate times ``cfg.gamma`` for every
+    milestone <= k (milestones count 1-based epochs), times its own warm-up while k < 5, from 1/3 of the rate
+    linearly (the engine's warm-up, from 0, stays off: ``warmup_epochs`` 0)."""
+    k = math.floor(progress) + 1
+    factor = 1.0
+    if k < BBN_WARMUP_EPOCHS:
+        alpha = k / BBN_WARMUP_EPOCHS
+        factor = BBN_WARMUP_FACTOR * (1 - alpha) + alpha
+    return base_lr * factor * cfg.gamma ** sum(m <= k for m in cfg.milestones)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .plan import Plan, PlanResults, Variant, overrides_for_run
 from .reports import (RESULT_COLUMNS, Report, Section, paired_cells, paper_cells, paper_numbers, result_cells,
@@ -114,14 +114,23 @@ class Grid:
                 present[source] = False
         return [d for d, source in self.datasets.items() if present[source]]
 
-    def plan(self, studies: list[Study], rows: dict[str, Row], seeds, overrides: Sequence[str]) -> Plan:
+    def plan(self, studies: list[Study], rows: dict[str, Row], seeds, overrides: Sequence[str],
+             recipe: Callable | None = None) -> Plan:
         """Each (study, row) with a run reads its run's head; rows of one run share its jobs; ``RUN:key=value``
-        overrides reach only that run. The rows ``paired`` names are compared seed by seed."""
+        overrides reach only that run. The rows ``paired`` names are compared seed by seed. ``recipe``:
+        (dataset, run) -> (recipe name, its overrides); a run off the shipped configs' recipe (no overrides)
+        lives in ``<folder>/<recipe>/<run>``, apart from the shipped recipe's runs."""
         runs = sorted({r.run for r in rows.values() if r.run is not None})
-        variants = {(study.name, row.name): Variant(study.name, row.run, study.config.format(run=row.run), row.head,
-                                                    (*study.overrides, *overrides_for_run(row.run, overrides, runs)),
-                                                    f"{study.folder}/{row.run}")
-                    for study in studies for row in rows.values() if row.run is not None}
+        variants = {}
+        for study in studies:
+            for row in rows.values():
+                if row.run is None:
+                    continue
+                name, changes = recipe(study.paper_path[0], row.run) if recipe else ("", ())
+                folder = f"{study.folder}/{name}/{row.run}" if changes else f"{study.folder}/{row.run}"
+                variants[study.name, row.name] = Variant(
+                    study.name, row.run, study.config.format(run=row.run), row.head,
+                    (*study.overrides, *changes, *overrides_for_run(row.run, overrides, runs)), folder)
         comparisons = tuple(((study.name, a), (study.name, b)) for study in studies
                             for a, baselines in self.paired.items() if (study.name, a) in variants
                             for b in baselines if (study.name, b) in variants)
@@ -143,8 +152,10 @@ class Grid:
                                for row, value in node.items()}
         return out
 
-    def sections(self, results: PlanResults, studies: list[Study], rows: dict[str, Row]) -> tuple[Section, ...]:
-        """The table beside the paper's numbers, the seed-paired comparisons (if any) and ``appendix``."""
+    def sections(self, results: PlanResults, studies: list[Study], rows: dict[str, Row],
+                 recipe: Callable | None = None) -> tuple[Section, ...]:
+        """The table beside the paper's numbers (each row's recipe named when ``recipe`` is given), the
+        seed-paired comparisons (if any) and ``appendix``."""
         paper = self.paper_rows(studies)
         table = []
         for study in studies:
@@ -152,7 +163,9 @@ class Grid:
                 ref = paper[study.name].get(row.name)
                 cells = (result_cells(results.aggregates[study.name, row.name], ref) if row.run is not None
                          else ("-", "-", "-", "-", *paper_cells(ref), f"not implemented: {row.missing}"))
-                table.append((study.name, row.label, *cells))
+                label = (f"{row.label} [{recipe(study.paper_path[0], row.run)[0]} recipe]"
+                         if recipe and row.run is not None else row.label)
+                table.append((study.name, label, *cells))
         sections = [Section(("Dataset", "Method", *RESULT_COLUMNS), tuple(table))]
         if results.paired:
             labels = {r.name: r.label for r in self.rows}
@@ -172,7 +185,7 @@ class Grid:
         return ()
 
     def report(self, results: PlanResults, studies: list[Study], rows: dict[str, Row], overrides: Sequence[str],
-               rhos: Sequence[int] = ()) -> Report:
+               rhos: Sequence[int] = (), recipe: Callable | None = None) -> Report:
         note = (f"Mean ± std (sample) over {seeds_note(results.plan.seeds)} of the healthy runs; diverged (non-finite "
                 f"loss), collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss "
                 f"in any step) runs are counted and left out of the mean. "
@@ -186,19 +199,22 @@ class Grid:
                 "seeds": list(results.plan.seeds), "workers": results.workers, "nproc": results.nproc,
                 **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides),
                 "not_implemented": {r.name: r.missing for r in rows.values() if r.run is None}}
-        return Report(self.name, self.title, note, self.sections(results, studies, rows), data)
+        if recipe:
+            data["recipes"] = {study.name: {row.name: recipe(study.paper_path[0], row.run)[0] for row in rows.values()
+                                            if row.run is not None} for study in studies}
+        return Report(self.name, self.title, note, self.sections(results, studies, rows, recipe), data)
 
     # --- the command ------------------------------------------------------------------------------
     def run(self, datasets: Sequence[str] | None, seeds, workers: int | None, output: Path, overrides: Sequence[str],
             methods: Sequence[str] | None = None, rhos: Sequence[int] = (100,), mnist_root: str | None = None,
-            nproc: int = 1) -> dict:
+            nproc: int = 1, recipe: Callable | None = None) -> dict:
         """Train what is missing on ``workers`` processes (None: one per core), write ``<name>.md`` / ``.json`` in
         ``output`` and return the table (study -> row -> ``Aggregate``). ``nproc`` > 1: each run on that many
-        processes (torchrun), one run after the other."""
+        processes (torchrun), one run after the other. ``recipe``: see ``plan``."""
         rows = self.select_rows(methods)  # a bad method name is reported before any data is looked for
         studies = self.studies_to_run(datasets, rhos, mnist_root)
-        plan = self.plan(studies, rows, seeds, overrides)
+        plan = self.plan(studies, rows, seeds, overrides, recipe)
         self.check_data(plan, output)
         results = plan.run(output, workers, nproc)
-        self.report(results, studies, rows, overrides, rhos).write(output)
+        self.report(results, studies, rows, overrides, rhos, recipe).write(output)
         return results.table()

@@ -7,6 +7,9 @@ a GPU to finish in hours rather than days.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +55,91 @@ EXTRA_ROWS = (
     Row("csa-uniform", "CSA (uniform head)", "csa", "uniform"),
     Row("csa-ensemble", "CSA (ensemble)", "csa", "ensemble"),
 )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe by name: its base under ``configs/_base_/recipes/`` (the optimiser and schedule) and,
+    for the decoupled runs, its stage-2 bases (none: the row keeps the csa-release stage 2). Each file cites
+    the lines of its authors' code it reproduces."""
+
+    name: str
+    base: str
+    stage2: dict = field(default_factory=dict)  # (dataset, "crt" | "lws") -> stage-2 base
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("csa-release", "csa-release"),
+    Recipe("ldam", "ldam"),
+    Recipe("bbn", "bbn"),
+    Recipe("mislas", "mislas", {("cifar10-lt", "crt"): "mislas-stage2-crt-cifar10-lt",
+                                ("cifar100-lt", "crt"): "mislas-stage2-crt-cifar100-lt",
+                                ("cifar10-lt", "lws"): "mislas-stage2-lws", ("cifar100-lt", "lws"): "mislas-stage2-lws"}),
+    Recipe("kang", "csa-release", {(d, kind): f"kang-{kind}" for d in DATASETS for kind in ("crt", "lws")}),
+)}
+#: the runs with a decoupled stage 2, and what it re-trains (a recipe's stage 2 applies to them only)
+STAGE2_RUNS = {"crt": "crt", "crt-mixup": "crt", "lws": "lws", "lws-mixup": "lws"}
+
+
+def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
+    """``key=value`` overrides that put a shipped row (``<dataset>_<run>``, on the csa-release recipe) on
+    ``recipe``: its base's keys, then its stage-2 base's for a decoupled run."""
+    from ..config import compose_yaml
+
+    folder = Path(str(resources.files("tailshift") / "configs" / "_base_" / "recipes"))
+    chosen = RECIPES[recipe]
+    stage2 = chosen.stage2.get((dataset, STAGE2_RUNS.get(run)))
+    files = [chosen.base] + ([stage2] if stage2 else [])
+    out: list[str] = []
+    for name in files:
+        out += _flattened(compose_yaml(folder / f"{name}.yaml"))
+    return tuple(out)
+
+
+def _flattened(values: dict, prefix: str = "") -> list[str]:
+    """Nested config data as ``a.b.c=value`` overrides (values as JSON, which the override parser reads)."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out += _flattened(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+#: ``--recipe paper``: each Table 2 run on the recipe of the code its quoted number came from
+PAPER_RECIPES = {
+    # Cao et al.'s cifar_train.py (LDAM-DRW, CE-DRW, DRS), Cui et al.'s multipliers (Focal, CB-Focal, CB-CE),
+    # CMO's cifar_train.py (built on Cao et al.'s)
+    **dict.fromkeys(("focal", "cb-focal", "cb-ce", "drs", "ce-drw", "ldam-drw", "cmo"), "ldam"),
+    "bbn": "bbn",  # BBN's configs/cifar10.yaml
+    **dict.fromkeys(("crt-mixup", "lws-mixup"), "mislas"),  # the +mixup rows come from MiSLAS (stages 1 and 2)
+    **dict.fromkeys(("crt", "lws"), "kang"),  # decoupling's stage 2 (Kang et al.)
+}
+#: runs not in PAPER_RECIPES (CSA's, the dual branch, tau-norm, this project's extras, and Remix, whose authors' code
+#: was not checked) stay on the CSA release's
+SHARED_RECIPE = "csa-release"
+
+
+def recipe_choice(recipe: str):
+    """``--recipe``: paper (each run on PAPER_RECIPES), shared (every run on the CSA release's recipe) or a
+    recipe name for every run, as (dataset, run) -> (recipe, overrides); no overrides where the recipe trains
+    the run as shipped (kang's stage 1, say), so such runs share the shipped runs' folders. A bad name is
+    refused here."""
+    from ..config import config_path, load_config
+
+    if recipe not in ("paper", "shared", *RECIPES):
+        raise ValueError(f"unknown recipe {recipe!r}; known: paper, shared, {', '.join(RECIPES)}")
+
+    def choose(dataset: str, run: str) -> tuple[str, tuple[str, ...]]:
+        name = (PAPER_RECIPES.get(run, SHARED_RECIPE) if recipe == "paper"
+                else SHARED_RECIPE if recipe == "shared" else recipe)
+        changes = recipe_overrides(name, dataset, run)
+        shipped = config_path(f"{TABLE2.configs}/{dataset}_{run}")
+        return name, (changes if load_config(shipped, list(changes)) != load_config(shipped) else ())
+    return choose
+
+
 #: the slowest runs (two branches, or ~4x the steps of a uniform epoch), started first
 SLOW_RUNS = ("cbrs", "csa", "csa-mixup", "dual", "bbn")
 
@@ -90,9 +178,10 @@ TABLE11 = Grid(
 @reproduce_command(TABLE2.name)
 def table2(output: Path, overrides: Sequence[str] = (), datasets: Sequence[str] | None = None,
            methods: Sequence[str] | None = None, rhos: Sequence[int] = DEFAULT_RHOS, seeds: Sequence[int] = DEFAULT_SEEDS,
-           workers: int | None = None) -> dict:
-    """Table 2 (+ Table 7's heads): CIFAR-LT, ResNet-32, every row of the paper's table and this project's extras."""
-    return TABLE2.run(datasets, seeds, workers, output, overrides, methods, rhos)
+           workers: int | None = None, recipe: str = "paper") -> dict:
+    """Table 2 (+ Table 7's heads): CIFAR-LT, ResNet-32, every row of the paper's table and this project's extras,
+    each row on its authors' recipe (``paper``), all on the CSA release's (``shared``) or on one named recipe."""
+    return TABLE2.run(datasets, seeds, workers, output, overrides, methods, rhos, recipe=recipe_choice(recipe))
 
 
 @reproduce_command(TABLE10.name)
