@@ -170,3 +170,20 @@ def test_inaturalist_json_labels_follow_category_ids(tmp_path):
     bad = inat_json(tmp_path / "bad.json", [(1, "../x.jpg")], [(1, 2)], [2])
     with pytest.raises(DataError, match=r"bad.json: annotations\[0\]: path '../x.jpg' is not inside"):
         read_coco_json(bad)
+
+
+def test_16_bit_list_images_are_named_in_the_caveat_and_decoded_scaled(tmp_path):
+    from tailshift.data.host_loader import FileImages
+
+    ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 63).astype(np.uint16)  # 0 .. 64,449
+    lines = []
+    for i in range(4):
+        Image.fromarray(ramp).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png {i % 2}")
+    write_list(tmp_path / "list.txt", lines)
+    split = load_dataset("filelist", str(tmp_path), lists=ListOptions(str(tmp_path / "list.txt"),
+                                                                      str(tmp_path / "list.txt")))
+    assert split.caveat == "8 images of mode I;16 scaled from 0..65535 to 8 bits"  # 4 in each split
+    decoded = FileImages(split.train, "none", 32, 32, 0.0).image(0, None)
+    assert decoded.shape == (3, 32, 32) and (decoded == 255).mean() < 0.01
+    assert np.abs(decoded[0].astype(int) - np.rint(ramp / 257.0)).max() <= 1

@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .arrays import DataError, SplitDataset
 from .checks import MAX_CLASSES, special_kind
+from .transforms import CONVERSIONS
 
 CLASS_ORDERS = ("list", "count")
 
@@ -168,12 +170,14 @@ def read_coco_json(path: str | Path, categories: list[int] | None = None
     return paths, np.asarray(labels, dtype=np.int64), np.asarray(numbers, dtype=np.int64), categories, class_names
 
 
-def _image_problem(full: str, rel: str) -> str | None:
+def _image_problem(full: str, rel: str, wide: Counter) -> str | None:
     """Why the file cannot be an image, from its header (the pixels are decoded in training): not an
-    image format Pillow knows, or more pixels than Pillow's decompression-bomb limit."""
+    image format Pillow knows, or more pixels than Pillow's decompression-bomb limit. A mode that
+    training scales to 8 bits (``transforms.WIDE_MODES``) is counted in ``wide``."""
     try:
         with Image.open(full) as img:
-            img.size
+            if img.mode in CONVERSIONS:
+                wide[img.mode] += 1
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         return f"image {rel!r} is refused: {e}"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -182,10 +186,11 @@ def _image_problem(full: str, rel: str) -> str | None:
 
 
 def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path, entry: str = "line",
-                allow_outside_root: bool = False) -> None:
+                allow_outside_root: bool = False) -> Counter:
     """Every image exists, is a regular file with an image header within Pillow's pixel limit and,
     unless allowed, resolves inside ``root`` (a linked folder or file may lead out of it): else a
-    one-line error naming ``source`` and the entry's number.
+    one-line error naming ``source`` and the entry's number. Returns how many images have each mode
+    that training scales to 8 bits.
     One ``lstat`` per image (plus a resolution per folder, and per linked file) on a few
     threads: they release the GIL, and on network file systems their latency is what costs."""
     real_root = os.path.realpath(root)
@@ -194,7 +199,7 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
     def outside(real: str) -> bool:
         return not (real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep))
 
-    def problem(i: int) -> str | None:
+    def problem(i: int, wide: Counter) -> str | None:
         full = os.path.join(root, paths[i])
         try:
             linked = stat.S_ISLNK(os.lstat(full).st_mode)
@@ -211,24 +216,28 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
             if outside(real):
                 return (f"image {paths[i]!r} resolves to {real}, outside the data root {root}; "
                         "set data.allow_outside_root=true to read it anyway")
-        return _image_problem(full, paths[i])
+        return _image_problem(full, paths[i], wide)
 
-    def first_problem(chunk: range) -> tuple[int, str] | None:
+    def first_problem(chunk: range) -> tuple[tuple[int, str] | None, Counter]:
+        wide: Counter = Counter()
         for i in chunk:
-            found = problem(i)
+            found = problem(i, wide)
             if found:
-                return i, found
-        return None
+                return (i, found), wide
+        return None, wide
 
     size = 4096
     chunks = [range(s, min(s + size, len(paths))) for s in range(0, len(paths), size)]
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # set here, once: the filters are global
-        for bad in pool.map(first_problem, chunks):
+        wide: Counter = Counter()
+        for bad, chunk_wide in pool.map(first_problem, chunks):
             if bad is not None:
                 i, what = bad
                 where = f"{source}:{numbers[i]}" if entry == "line" else f"{source}: annotations[{numbers[i]}]"
                 raise DataError(f"{where}: {what}")
+            wide += chunk_wide
+    return wide
 
 
 def count_order(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -297,8 +306,8 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
         num_classes = int(train_labels.max()) + 1
         test_paths, test_labels, test_numbers = read_list_file(test_file, num_classes)
         names, entry = None, "line"
-    check_files(image_root, train_paths, train_numbers, train_file, entry, allow_outside_root)
-    check_files(image_root, test_paths, test_numbers, test_file, entry, allow_outside_root)
+    wide = (check_files(image_root, train_paths, train_numbers, train_file, entry, allow_outside_root)
+            + check_files(image_root, test_paths, test_numbers, test_file, entry, allow_outside_root))
     if options.class_order == "count":
         new_of_old = count_order(train_labels, num_classes)
         train_labels, test_labels = new_of_old[train_labels], new_of_old[test_labels]
@@ -311,7 +320,8 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
                            num_classes, names)
 
     return SplitDataset(split(train_paths, train_labels), split(test_paths, test_labels),
-                        source=f"{image_root} (lists {train_file}, {test_file})")
+                        source=f"{image_root} (lists {train_file}, {test_file})",
+                        caveat="; ".join(f"{wide[mode]} images of mode {CONVERSIONS[mode]}" for mode in sorted(wide)))
 
 
 class ListLoader:
