@@ -1,5 +1,6 @@
 """A study's jobs and how they run: in parallel single-threaded worker processes, or one after the other each on
-several processes (torchrun); SIGTERM stops what a study started. Each finished job is a ``JobResult``."""
+several processes (torchrun); SIGTERM stops what a study started, and its worker processes die with it (any
+signal). Each finished job is a ``JobResult``."""
 from __future__ import annotations
 
 import contextlib
@@ -113,16 +114,16 @@ def die_with_parent(parent: int) -> None:
     than it train on until its next write; its checkpoints are atomic, so the next invocation resumes."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request was made
         os._exit(1)
 
 
 def _init_worker(parent: int | None = None) -> None:
+    if parent is not None:  # first: importing torch takes seconds
+        die_with_parent(parent)
     import torch
 
-    if parent is not None:
-        die_with_parent(parent)
     torch.set_num_threads(1)
 
 
