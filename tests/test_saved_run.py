@@ -118,3 +118,16 @@ def test_bad_input_is_one_line_naming_it(run_folder, tmp_path, capsys, argv, mes
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tailshift: error: " + message.format(tmp=tmp_path, run=run_folder))
+
+
+def test_predict_scales_a_16_bit_image_as_training_does(run_folder, tmp_path):
+    """A 16-bit PNG read by predict is the 8-bit image scaled by 255/65535, never clipped to white."""
+    from tailshift.saved_run import read_image
+
+    run = load_run(run_folder)
+    grey = run.data.test.images[0, 0]  # H x W uint8: one channel as a greyscale file, read as the run's images
+    eight, wide = tmp_path / "eight.png", tmp_path / "wide.png"
+    Image.fromarray(grey).save(eight)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(wide)  # 16-bit: v * 257 is v on 0..65535
+    assert Image.open(wide).mode.startswith("I")
+    np.testing.assert_array_equal(read_image(wide, run), read_image(eight, run))

@@ -20,7 +20,7 @@ from .data.build import PreparedData, prepare_data
 from .data.lists import FileDataset
 from .data.pipeline import normalise
 from .data.host_loader import make_feeds
-from .data.transforms import eval_image
+from .data.transforms import eval_image, to_8bit
 from .engine import _load_failure, build_method, predicted_classes, resolve_device, verify_checkpoint
 from .io import RunLock, atomic_open, atomic_write_json
 from .methods import Method
@@ -180,7 +180,7 @@ def read_image(path: str | Path, run: SavedRun) -> np.ndarray:
     channels, height, width = run.data.image_shape
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = to_8bit(img, "L" if channels == 1 else "RGB")  # 16-bit and float images scaled, not clipped
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     if isinstance(run.data.train, FileDataset):
