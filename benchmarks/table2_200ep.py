@@ -23,8 +23,7 @@ from pathlib import Path
 
 from report import cpu_model
 
-#: run -> the Table 2 rows read from it, in the issue's order of priority (LDAM-DRW last until it
-#: trains on its authors' recipe)
+#: run -> the Table 2 rows read from it, in the issue's order of priority
 RUNS = {
     "crt": ("ce", "crt"),
     "csa": ("csa", "csa-uniform", "csa-ensemble"),
@@ -32,6 +31,9 @@ RUNS = {
     "la": ("la",),
     "ldam-drw": ("ldam-drw",),
 }
+#: the runs trained off the shipped configs' recipe (the CSA release's), on their authors' (``--recipe``);
+#: such a run lives in a folder of its recipe
+RECIPES = {"ldam-drw": "ldam"}
 STUDY = "cifar10-lt-rho100"
 SEED = 0
 DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median PSNR 30.5 dB against the "
@@ -39,14 +41,15 @@ DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median
                "not only their levels.")
 
 
-def reproduce_command(runs_dir: Path, rows: list[str]) -> list[str]:
+def reproduce_command(runs_dir: Path, rows: list[str], recipe: str = "shared") -> list[str]:
     return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
-            "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--recipe", "shared",
+            "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--recipe", recipe,
             "--output", str(runs_dir)]
 
 
 def run_folder(runs_dir: Path, run: str) -> Path:
-    return runs_dir / "runs" / STUDY / run / f"seed{SEED}"
+    recipe = (RECIPES[run],) if run in RECIPES else ()
+    return runs_dir.joinpath("runs", STUDY, *recipe, run, f"seed{SEED}")
 
 
 def finished(runs_dir: Path, run: str) -> bool:
@@ -54,11 +57,17 @@ def finished(runs_dir: Path, run: str) -> bool:
 
 
 def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
-    """Re-score the finished runs into one ``table2.md`` / ``.json`` (nothing is trained)."""
-    done = [r for r in runs if finished(runs_dir, r)]
-    if done:
-        rows = [row for r in done for row in RUNS[r]]
-        subprocess.run(reproduce_command(runs_dir, rows), check=True, stdout=subprocess.DEVNULL)
+    """Re-score the finished runs (nothing is trained): those on the shipped recipe into ``table2.md`` /
+    ``.json``, those on another recipe into ``table2_<recipe>.md`` / ``.json`` (``--recipe`` is one per table)."""
+    by_recipe: dict[str, list[str]] = {}
+    for run in runs:
+        if finished(runs_dir, run):
+            by_recipe.setdefault(RECIPES.get(run, "shared"), []).extend(RUNS[run])
+    for recipe, rows in by_recipe.items():
+        subprocess.run(reproduce_command(runs_dir, rows, recipe), check=True, stdout=subprocess.DEVNULL)
+        if recipe != "shared":
+            for suffix in (".md", ".json"):
+                (runs_dir / f"table2{suffix}").replace(runs_dir / f"table2_{recipe}{suffix}")
 
 
 def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log: Path) -> None:
@@ -77,7 +86,8 @@ def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log
                 while waiting and len(running) < slots:
                     run = waiting.pop(0)
                     note(f"start {run}")
-                    running[run] = subprocess.Popen(reproduce_command(runs_dir, list(RUNS[run])), stdout=out,
+                    running[run] = subprocess.Popen(reproduce_command(runs_dir, list(RUNS[run]),
+                                                                      RECIPES.get(run, "shared")), stdout=out,
                                                     stderr=out)
                 time.sleep(30)
                 for run, process in list(running.items()):
@@ -123,9 +133,9 @@ def run_status(runs_dir: Path, run: str) -> dict:
 def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
     """Copy the table and every run's curve into ``dest`` and write ``study.md`` / ``study.json``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("table2.md", "table2.json"):
-        if (runs_dir / name).exists():
-            shutil.copyfile(runs_dir / name, dest / name)
+    for table in [*runs_dir.glob("table2.md"), *runs_dir.glob("table2.json"), *runs_dir.glob("table2_*.md"),
+                  *runs_dir.glob("table2_*.json")]:
+        shutil.copyfile(table, dest / table.name)
     statuses = [run_status(runs_dir, r) for r in runs]
     for run in runs:
         folder = run_folder(runs_dir, run)
@@ -133,7 +143,8 @@ def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
         if source.exists():
             shutil.copyfile(source, dest / f"{run}_{source.name}")
     command = "python benchmarks/table2_200ep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    record = {"command": command, "per_run_command": shlex.join(["tailshift", *reproduce_command(Path("RUNS_DIR"), ["ROWS"])[3:]]),
+    per_run = shlex.join(["tailshift", *reproduce_command(Path("RUNS_DIR"), ["ROWS"], "RECIPE")[3:]])
+    record = {"command": command, "per_run_command": per_run, "recipes": {r: RECIPES.get(r, "shared") for r in runs},
               "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads_per_run": 1,
               "data_caveat": DATA_CAVEAT, "runs": statuses}
     (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -141,7 +152,8 @@ def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
              f"ResNet-32, the shipped `table2/cifar10-lt_*` configs unchanged, seed {SEED}, each run on one thread "
              f"of a {os.cpu_count()}-core `{record['cpu_model']}` at `nice 19` beside other work: wall time "
              "includes waiting for the CPU, CPU time does not. " + DATA_CAVEAT, "",
-             "The results table (ours beside the paper's) is `table2.md`, written by `tailshift reproduce table2` "
+             "The results table (ours beside the paper's) is `table2.md` (LDAM-DRW, on its authors' recipe: "
+             "`table2_ldam.md`), written by `tailshift reproduce table2` "
              "from the finished runs; each run's per-epoch curve is `<run>_metrics.json` (finished) or "
              "`<run>_curve.json` (still training).", "",
              "| Run | Rows | State | Epochs done | Wall (h) | CPU (h) | Last test All (head: value) |",
