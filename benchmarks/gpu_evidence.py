@@ -42,7 +42,7 @@ RUNS = {"crt": {"ce": "CE", "crt": "cRT"}, "csa": {"balanced": "CSA"}, "cbrs": {
 PAPER = {"CE": 70.4, "cRT": 75.7, "CSA": 80.6, "LDAM-DRW": 77.0}
 #: the tiny setting (--tiny): a small long-tailed draw in small batches, for the speed table and the runs
 TINY_DATA = ("data.longtail.rho=10", "data.longtail.n_max=40", "train.batch_size=32")
-TINY_OVERRIDES = (*TINY_DATA, "train.epochs=2", "train.eval_every=0", "train.compile=off",
+TINY_OVERRIDES = (*TINY_DATA, "train.epochs=2", "train.eval_every=0", "train.compile=off", "threads=1",
                   "train.optim.warmup_epochs=1", "train.optim.milestones=[1]")
 TINY_RUN_OVERRIDES = {"crt": ("method.params.retrain_epochs=1",), "csa": ("method.params.warmup_epochs=1",),
                       "ldam-drw": ("method.params.loss_params.start_epoch=1",)}
