@@ -200,14 +200,16 @@ def test_compiled_feature_map_keeps_one_graph_per_mode_whatever_the_batch_size()
     torch._dynamo.reset()
 
 
-def test_backends_policy_is_set_explicitly_on_cuda_and_recorded(monkeypatch):
+def test_backends_policy_is_set_explicitly_on_cuda_and_recorded():
     from tailshift.speed import configure_backends
 
-    for name, value in (("benchmark", False), ("allow_tf32", True)):
-        monkeypatch.setattr(torch.backends.cudnn, name, value)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert configure_backends(torch.device("cpu")) == {"cudnn_benchmark": False, "tf32": False}
-    assert torch.backends.cudnn.benchmark is False  # nothing is touched for a CPU run
-    assert configure_backends(torch.device("cuda")) == {"cudnn_benchmark": True, "tf32": False}
-    assert torch.backends.cudnn.benchmark is True
-    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)  # process-wide switches: put back as found
+    try:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = False, True, True
+        assert configure_backends(torch.device("cpu")) == {"cudnn_benchmark": False, "tf32": False}
+        assert cudnn.benchmark is False  # nothing is touched for a CPU run
+        assert configure_backends(torch.device("cuda")) == {"cudnn_benchmark": True, "tf32": False}
+        assert cudnn.benchmark is True and cudnn.allow_tf32 is False and matmul.allow_tf32 is False
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
