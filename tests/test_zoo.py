@@ -143,6 +143,14 @@ def test_the_sigmoid_prior_bias_is_exempt_from_weight_decay_and_no_other_paramet
         == [len(decayed["params"]) + 1]
 
 
+@pytest.mark.parametrize("name", ["table2/cifar100-lt_cb-focal", "table2/cifar100-lt_cb-ce"])
+def test_cifar100_class_balanced_rows_use_cui_et_al_best_rho100_setting(name):
+    loss = load_config(config_path(name)).method.params["loss_params"]
+    assert loss["beta"] == 0.9
+    if loss["loss"] == "focal":
+        assert loss["loss_params"]["gamma"] == 1.0
+
+
 @pytest.mark.parametrize("name", ["table2/cifar10-lt_focal", "table2/cifar10-lt_cb-focal", "table2/cifar100-lt_focal",
                                   "table2/cifar100-lt_cb-focal"])
 def test_shipped_focal_rows_start_every_class_at_probability_one_over_c_as_cui_et_al(name):
