@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tailshift.config import build_config, load_config
-from tailshift.engine import CheckpointMismatchError, DamagedCheckpointError, DivergenceError, Trainer, learning_rate, train
+from tailshift.engine import (CheckpointMismatchError, DamagedCheckpointError, DivergenceError, Trainer, best_epochs,
+                              learning_rate, train)
 from tailshift.io import RunLock
 from tailshift.optim import build_optimizer
 
@@ -26,6 +27,25 @@ def test_end_to_end_run_writes_its_folder(prepared, tmp_path):
     assert len(r["per_class"]) == 10
     assert len(saved["curve"]) == 2 and saved["curve"][-1]["test"]["main"]["all"] == r["all"]
     assert metrics["result"]["all"] > 20  # the tiny set is separable: training does something
+
+
+def test_metrics_keep_the_best_test_epoch_beside_the_final_one(prepared, tmp_path):
+    metrics = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=3", "train.eval_every=1"), prepared)
+    evaluated = [e for e in metrics["curve"] if "test" in e]
+    best = max(evaluated, key=lambda e: e["test"]["main"]["all"])
+    assert len(evaluated) == 3
+    assert metrics["best_epoch"]["main"] == {"stage": best["stage"], "epoch": best["epoch"], **best["test"]["main"]}
+    assert metrics["result"]["all"] == evaluated[-1]["test"]["main"]["all"]  # the final epoch stays the headline
+
+
+def test_the_best_epoch_is_chosen_per_head_on_all_the_earliest_on_a_tie():
+    scores = lambda a: {"all": a, "many": a + 1, "med": a, "few": a - 1}  # noqa: E731
+    curve = [{"stage": "s", "epoch": 1, "loss": 1.0},
+             {"stage": "s", "epoch": 2, "test": {"a": scores(50.0), "b": scores(10.0)}},
+             {"stage": "t", "epoch": 1, "test": {"a": scores(40.0), "b": scores(30.0)}},
+             {"stage": "t", "epoch": 2, "test": {"a": scores(50.0), "b": scores(20.0)}}]
+    assert best_epochs(curve) == {"a": {"stage": "s", "epoch": 2, **scores(50.0)},
+                                  "b": {"stage": "t", "epoch": 1, **scores(30.0)}}
 
 
 def test_crt_reports_ce_head_identical_to_a_ce_run(prepared, tmp_path):

@@ -150,6 +150,15 @@ def test_loss_state_never_enters_a_checkpoint():
     assert set(method.state_dict()) == set(plain.state_dict())
 
 
+def test_cosine_class_vectors_start_at_unit_norm_as_ldams_normedlinear():
+    from tailshift.methods.heads import CosineClassifier
+
+    torch.manual_seed(0)
+    head = CosineClassifier(64, 100)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(100))
+    assert head.weight.std() > 0.05  # directions still drawn at random, not a constant
+
+
 def test_cosine_logits_and_ldam_margins_stay_float32_under_bf16_autocast():
     """Cosines scaled by 30 in bf16 would carry errors of about 0.1: both are computed in float32."""
     from tailshift.methods.heads import CosineClassifier

@@ -85,7 +85,7 @@ def test_table2_end_to_end_on_a_generated_cifar_file(tmp_path):
     assert set(table["cifar10-lt rho 10"]) == {"ce", "crt", "csa", "csa-uniform"}
     md = (out / "table2.md").read_text()
     assert "| cifar10-lt rho 10 | CSA (uniform head) |" in md and "| 89.8 |" in md
-    assert "| cifar10-lt rho 10 | M2m | - | - | - | - | 87.5 | - / - / - | not implemented: needs a CE-trained" in md
+    assert "| cifar10-lt rho 10 | M2m | - | - | - | - | - | 87.5 | - / - / - | not implemented: needs a CE-trained" in md
     assert f"Data: {path} (**a JPEG-decoded copy of CIFAR-10" in md
     # CSA paired with the baselines in the table only (CB-RS, LA and dual were not run); one seed: no p-value
     # (a tiny one-epoch run may collapse, and then has no pair at all)

@@ -128,6 +128,36 @@ def test_sigmoid_prior_sets_the_head_bias():
         _method("erm", sigmoid_prior=0.1, classifier="cosine")
 
 
+def test_the_sigmoid_prior_bias_is_exempt_from_weight_decay_and_no_other_parameter():
+    from tailshift.optim import build_optimizer
+
+    method = _method("erm", sigmoid_prior=0.1, loss="focal", loss_params={"activation": "sigmoid"})
+    stage = method.stages()[0]
+    optim = load_config(config_path("table2/cifar10-lt_focal")).train.optim
+    decayed, exempt = build_optimizer(method.trainable_parameters(stage), 0.1, optim).param_groups
+    assert exempt["params"] == [method.head.bias] and exempt["weight_decay"] == 0.0
+    assert decayed["weight_decay"] == optim.weight_decay > 0
+    assert len(decayed["params"]) + 1 == len([p for p in method.parameters() if p.requires_grad])
+    plain = _method("erm", loss="focal", loss_params={"activation": "sigmoid"})
+    assert [len(g["params"]) for g in build_optimizer(plain.trainable_parameters(stage), 0.1, optim).param_groups] \
+        == [len(decayed["params"]) + 1]
+
+
+@pytest.mark.parametrize("name", ["table2/cifar100-lt_cb-focal", "table2/cifar100-lt_cb-ce"])
+def test_cifar100_class_balanced_rows_use_cui_et_al_best_rho100_setting(name):
+    loss = load_config(config_path(name)).method.params["loss_params"]
+    assert loss["beta"] == 0.9
+    if loss["loss"] == "focal":
+        assert loss["loss_params"]["gamma"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["table2/cifar10-lt_focal", "table2/cifar10-lt_cb-focal", "table2/cifar100-lt_focal",
+                                  "table2/cifar100-lt_cb-focal"])
+def test_shipped_focal_rows_start_every_class_at_probability_one_over_c_as_cui_et_al(name):
+    cfg = load_config(config_path(name))
+    assert cfg.method.params["sigmoid_prior"] == 1 / {"cifar10": 10, "cifar100": 100}[cfg.data.dataset]
+
+
 def test_drs_switches_stream_at_its_epoch():
     method = _method("drs", start_epoch=3)
     stage = method.stages()[0]

@@ -490,11 +490,24 @@ class Trainer:
             "default_head": default,
             "result": results[default],
             "heads": results,
+            "best_epoch": best_epochs(state.history),
             "curve": state.history,
         }
         if self.world.is_main:
             atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
+
+
+def best_epochs(curve: list[dict]) -> dict:
+    """Per head, the evaluation of the curve with the best All (the earliest on a tie): its stage, epoch and
+    All / Many / Med / Few. Chosen on the test set, as LDAM, BBN, CMO and MiSLAS report; the final epoch
+    (``heads``) stays the headline."""
+    best = {}
+    for record in curve:
+        for head, scores in record.get("test", {}).items():
+            if head not in best or scores["all"] > best[head]["all"]:
+                best[head] = {"stage": record["stage"], "epoch": record["epoch"], **scores}
+    return best
 
 
 def train(cfg: RunConfig | ResolvedRun, data: PreparedData | None = None, resume: bool = True) -> dict:

@@ -17,7 +17,9 @@ class SingleHead(Method):
     """One head and one loss; subclasses say which streams feed it (``stages``).
     ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine;
     ``sigmoid_prior`` pi: the linear head's bias starts at -log((1 - pi) / pi), so every class
-    starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1; Cui et al. 2019: 0.1)."""
+    starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1). Cui et al. use pi = 1 / C
+    (richardaecn/class-balanced-loss src/model_base.py line 196: bias -log(C - 1)) and exempt that bias
+    from weight decay, which would pull it back to 0 (src/cifar_main.py lines 349-351)."""
 
     @dataclass
     class Params(LossOptions):
@@ -40,6 +42,13 @@ class SingleHead(Method):
         if self.params.sigmoid_prior is not None:
             with torch.no_grad():
                 self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
+
+    def trainable_parameters(self, stage: Stage) -> list:
+        parameters = super().trainable_parameters(stage)
+        if self.params.sigmoid_prior is None:
+            return parameters
+        bias = self.head.bias
+        return [{"params": [p for p in parameters if p is not bias]}, {"params": [bias], "weight_decay": 0.0}]
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]

@@ -10,11 +10,17 @@ CLASSIFIERS = ("linear", "cosine")
 
 class CosineClassifier(nn.Module):
     """z_j = <x / |x|, w_j / |w_j|>: logits are cosines in [-1, 1], no bias (the normalised
-    classifier LDAM is trained with, Cao et al. 2019, Sec. 3.3). ``weight`` is C x D, as nn.Linear's."""
+    classifier LDAM is trained with, Cao et al. 2019, Sec. 3.3). ``weight`` is C x D, as nn.Linear's.
+
+    Class vectors start uniform in [-1, 1] and rescaled to norm 1, as the official NormedLinear
+    (kaidic/LDAM-DRW models/resnet_cifar.py line 42, which renormalises its D x C weight's columns): the
+    normalisation's gradient scales with 1 / |w_j|, so rows of norm ~sqrt(D / 3) (4.6 for D = 64) would
+    turn |w_j|^2 (about 20) times slower than the original's at first."""
 
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
+        weight = torch.empty(num_classes, in_features).uniform_(-1, 1)
+        self.weight = nn.Parameter(weight / weight.norm(dim=1, keepdim=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in float32 also under autocast: losses scale cosines by up to 30 (LDAM), which would multiply

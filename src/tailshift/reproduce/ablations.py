@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .commands import DEFAULT_SEEDS, reproduce_command
 from .plan import Plan, Variant, overrides_for_run
-from .reports import RESULT_COLUMNS, Report, Section, paper_numbers, result_cells, runs_note, seeds_note
+from .reports import BEST_EPOCH_NOTE, RESULT_COLUMNS, Report, Section, paper_numbers, result_cells, runs_note, seeds_note
 from .table1 import TABLE1
 
 #: study -> its shipped CSA config (the paper's ablations use cifar100-lt)
@@ -123,7 +123,7 @@ def run(output: Path, overrides: Sequence[str] = (), study: str = PAPER_STUDY, t
     note = (f"Study {study}: the shipped config `{STUDIES[study]}` with one switch per row, {HEAD} head, "
             f"mean ± std (sample) over {seeds_note(results.plan.seeds)} of the healthy runs; diverged, collapsed and "
             f"untrained (the head got no loss in any step) runs are counted and left out. Rows that resolve to the "
-            f"same config share its runs. Paper: {paper['source']}. {runs_note(results)}")
+            f"same config share its runs. {BEST_EPOCH_NOTE} Paper: {paper['source']}. {runs_note(results)}")
     if study != PAPER_STUDY:
         note += f" The paper's figures are for {PAPER_STUDY}, not this study: compare trends across rows, not values."
     sections = tuple(Section(("Variant", *RESULT_COLUMNS),

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .plan import Plan, PlanResults, Variant, overrides_for_run
-from .reports import (RESULT_COLUMNS, Report, Section, paired_cells, paper_cells, paper_numbers, result_cells,
-                      runs_note, seeds_note)
+from .reports import (BEST_EPOCH_NOTE, RESULT_COLUMNS, Report, Section, paired_cells, paper_cells, paper_numbers,
+                      result_cells, runs_note, seeds_note)
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Grid:
             for row in rows.values():
                 ref = paper[study.name].get(row.name)
                 cells = (result_cells(results.aggregates[study.name, row.name], ref) if row.run is not None
-                         else ("-", "-", "-", "-", *paper_cells(ref), f"not implemented: {row.missing}"))
+                         else ("-", "-", "-", "-", "-", *paper_cells(ref), f"not implemented: {row.missing}"))
                 label = (f"{row.label} [{recipe(study.paper_path[0], row.run)[0]} recipe]"
                          if recipe and row.run is not None else row.label)
                 table.append((study.name, label, *cells))
@@ -188,7 +188,7 @@ class Grid:
                rhos: Sequence[int] = (), recipe: Callable | None = None) -> Report:
         note = (f"Mean ± std (sample) over {seeds_note(results.plan.seeds)} of the healthy runs; diverged (non-finite "
                 f"loss), collapsed (>90% of test predictions in one class) and untrained (the reported head got no loss "
-                f"in any step) runs are counted and left out of the mean. "
+                f"in any step) runs are counted and left out of the mean. {BEST_EPOCH_NOTE} "
                 f"Paper: {paper_numbers()[self.name]['source']}. {runs_note(results)}"
                 + (f" Each run on {results.nproc} processes (torchrun), one run after the other."
                    if results.nproc > 1 else ""))

@@ -80,13 +80,15 @@ class JobResult:
             return {**identity, "diverged": True, "error": self.error, "seconds": self.seconds}
         return {**identity, "diverged": False, "seconds": self.seconds, "head": self.head,
                 "train_seconds": self.train_seconds, "cpu_seconds": self.cpu_seconds,
-                "heads": {name: {k: getattr(s, k) for k in HEAD_KEYS} for name, s in self.heads.items()},
+                "heads": {name: {k: getattr(s, k) for k in (*HEAD_KEYS, "best_all")} for name, s in self.heads.items()},
                 "output": self.output, "data_source": self.data_source}
 
 
 def job_result(job: Job, cfg: RunConfig, metrics: dict, seconds: float) -> JobResult:
     """A finished run's ``metrics.json`` content as a ``JobResult``."""
-    heads = {name: HeadScores(**{k: r[k] for k in HEAD_KEYS if k != "per_class"}, per_class=tuple(r["per_class"]))
+    best = metrics.get("best_epoch", {})  # absent from runs finished before it was recorded
+    heads = {name: HeadScores(**{k: r[k] for k in HEAD_KEYS if k != "per_class"}, per_class=tuple(r["per_class"]),
+                              best_all=best.get(name, {}).get("all"))
              for name, r in metrics["heads"].items()}
     return JobResult(job, diverged=False, seconds=round(seconds, 2), head=metrics["default_head"],
                      train_seconds=metrics["train_seconds"], cpu_seconds=metrics.get("cpu_seconds"), heads=heads,

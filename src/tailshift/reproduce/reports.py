@@ -15,8 +15,12 @@ import yaml
 from ..io import atomic_write_json, atomic_write_text
 
 #: the measured and paper columns every results table ends with (see ``result_cells``)
-RESULT_COLUMNS = ("All", "Many", "Med", "Few", "Paper All", "Paper Many / Med / Few",
+RESULT_COLUMNS = ("All", "Many", "Med", "Few", "All, best epoch*", "Paper All", "Paper Many / Med / Few",
                   "runs (diverged, collapsed, untrained)")
+
+#: what the starred column is: LDAM, BBN, CMO and MiSLAS report their best test epoch, this project the final one
+BEST_EPOCH_NOTE = ("*All, best epoch: each run's All at its evaluation with the best All (best epoch, chosen on the "
+                   "test set, as the original papers report); the final epoch's columns are the headline.")
 
 
 def paper_numbers() -> dict:
@@ -96,7 +100,7 @@ def command_line() -> str:
 # --- cells ---------------------------------------------------------------------------------------
 def result_cells(agg, paper_row: list | None) -> tuple[str, ...]:
     """One row's ``RESULT_COLUMNS``: an ``Aggregate`` beside the paper's [All, Many, Med, Few]."""
-    return (fmt(agg.all), fmt(agg.many), fmt(agg.med), fmt(agg.few), *paper_cells(paper_row),
+    return (fmt(agg.all), fmt(agg.many), fmt(agg.med), fmt(agg.few), fmt(agg.best_all), *paper_cells(paper_row),
             f"{agg.runs} ({agg.diverged}, {agg.collapsed}, {agg.untrained})")
 
 

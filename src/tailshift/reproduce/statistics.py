@@ -25,6 +25,7 @@ class HeadScores:
     max_pred_share: float | None = None
     per_class: tuple[float | None, ...] = ()
     diverged: bool = False
+    best_all: float | None = None  # All at the run's best test epoch (metrics.json's best_epoch); None: not recorded
 
     @property
     def healthy(self) -> bool:
@@ -48,7 +49,7 @@ class Stat:
 @dataclass(frozen=True)
 class Aggregate:
     """A row's runs: how many, how many diverged / collapsed / untrained, each group's ``Stat`` over the healthy
-    ones, and every run's All (None: diverged) in seed order."""
+    ones (and that of the All at each run's best test epoch), and every run's All (None: diverged) in seed order."""
 
     runs: int
     diverged: int
@@ -58,6 +59,7 @@ class Aggregate:
     many: Stat
     med: Stat
     few: Stat
+    best_all: Stat
     all_runs: tuple[float | None, ...]
 
 
@@ -81,7 +83,7 @@ def aggregate(scores: list[HeadScores]) -> Aggregate:
     healthy = [s for s in scores if s.healthy]
     trained = [s for s in scores if not s.diverged and not s.untrained]
     stats = {}
-    for key in GROUP_KEYS:
+    for key in (*GROUP_KEYS, "best_all"):
         xs = np.array([getattr(s, key) for s in healthy if getattr(s, key) is not None], dtype=np.float64)
         stats[key] = Stat(mean=float(xs.mean()) if len(xs) else None,
                           std=float(xs.std(ddof=1)) if len(xs) > 1 else 0.0 if len(xs) else None,
