@@ -13,40 +13,32 @@ from tailshift.reproduce.table2 import RECIPES, recipe_overrides
 EPOCHS = (0, 4, 5, 119, 120, 159, 160, 179, 180, 199)
 
 
-def ldam(epoch, lr=0.1):
-    """kaidic/LDAM-DRW cifar_train.py adjust_learning_rate (lines 366-376), args.lr = 0.1."""
+def warmup_then_steps(epoch, lr, after_160, after_180):
+    """The adjust_learning_rate form shared by LDAM-DRW's and MiSLAS's cifar code: on 1-based epoch e, lr * e / 5
+    for e <= 5, lr * after_180 past epoch 180, lr * after_160 past 160, else lr."""
     epoch = epoch + 1
     if epoch <= 5:
         return lr * epoch / 5
     if epoch > 180:
-        return lr * 0.0001
+        return lr * after_180
     if epoch > 160:
-        return lr * 0.01
+        return lr * after_160
     return lr
+
+
+def ldam(epoch, lr=0.1):
+    """kaidic/LDAM-DRW cifar_train.py adjust_learning_rate (lines 366-376), args.lr = 0.1."""
+    return warmup_then_steps(epoch, lr, 0.01, 0.0001)
 
 
 def mislas(epoch, lr=0.1):
     """dvlab-research/MiSLAS train_stage1.py adjust_learning_rate (lines 433-451), cos False, lr 0.1."""
-    epoch = epoch + 1
-    if epoch <= 5:
-        return lr * epoch / 5
-    if epoch > 180:
-        return lr * 0.01
-    if epoch > 160:
-        return lr * 0.1
-    return lr
+    return warmup_then_steps(epoch, lr, 0.1, 0.01)
 
 
 def csa_release(epoch, lr=0.2):
     """The CSA release's settings (paper App. B: lr 0.2, 5 warm-up epochs, x0.1 at 160 and 180) in cifar_train.py's form."""
-    epoch = epoch + 1
-    if epoch <= 5:
-        return lr * epoch / 5
-    if epoch > 180:
-        return lr * 0.01
-    if epoch > 160:
-        return lr * 0.1
-    return lr
+    return warmup_then_steps(epoch, lr, 0.1, 0.01)
 
 
 def bbn(epoch, lr=0.1):
