@@ -117,12 +117,7 @@ def data(tmp_path_factory) -> Path:
     (d / "cycle_b.yaml").write_text("_base_: [cycle_a.yaml]\n")
     (d / "base_missing.yaml").write_text("_base_: [nowhere_base.yaml]\n")
     (d / "base_not_list.yaml").write_text("_base_: base.yaml\n")
-    (d / "base.yaml").write_text(
-        f"data: {{dataset: npz, root: {d / 'base.npz'}, groups: count,\n"
-        "       longtail: {profile: exp, rho: 10, n_max: 12}}\n"
-        "model: {name: lenet2d}\nmethod: {name: ce}\n"
-        "train: {epochs: 1, batch_size: 32, test_batch_size: 100, eval_every: 0}\n"
-        "threads: 1\nprogress: false\n")
+    write_base_config(d)
     assert cli.main(["train", str(d / "base.yaml"), f"output={d / 'finished'}"]) == 0
     return d
 
@@ -384,6 +379,16 @@ CASES = [
     bad("folder-index-groups-two-classes", "data.dataset=folder", "data.root={d}/folder_ok", "data.groups=index",
         fragment="no default index bounds for 2 classes"),
 ]
+
+
+def write_base_config(d: Path) -> None:
+    """``d``/base.yaml: a 1-epoch LeNet run on ``d``/base.npz, one thread, no progress bars."""
+    (d / "base.yaml").write_text(
+        f"data: {{dataset: npz, root: {d / 'base.npz'}, groups: count,\n"
+        "       longtail: {profile: exp, rho: 10, n_max: 12}}\n"
+        "model: {name: lenet2d}\nmethod: {name: ce}\n"
+        "train: {epochs: 1, batch_size: 32, test_batch_size: 100, eval_every: 0}\n"
+        "threads: 1\nprogress: false\n")
 
 
 def snapshot(path: Path):

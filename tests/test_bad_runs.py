@@ -25,7 +25,7 @@ import pytest
 
 from tailshift import cli
 from tailshift.engine import Trainer
-from test_bad_inputs import npz, snapshot
+from test_bad_inputs import npz, snapshot, write_base_config
 
 TWO_EPOCHS = ["train.epochs=2", "train.eval_every=0"]
 
@@ -52,12 +52,7 @@ def data(tmp_path_factory) -> Path:
     --fresh over the finished one and killed in its second epoch (the old metrics.json stays)."""
     d = tmp_path_factory.mktemp("bad_runs")
     npz(d / "base.npz", np.arange(120) % 10, np.arange(20) % 10)
-    (d / "base.yaml").write_text(
-        f"data: {{dataset: npz, root: {d / 'base.npz'}, groups: count,\n"
-        "       longtail: {profile: exp, rho: 10, n_max: 12}}\n"
-        "model: {name: lenet2d}\nmethod: {name: ce}\n"
-        "train: {epochs: 1, batch_size: 32, test_batch_size: 100, eval_every: 0}\n"
-        "threads: 1\nprogress: false\n")
+    write_base_config(d)
     assert train(d, d / "finished") == 0
     assert train(d, d / "finished_seed1", "seed=1") == 0
     shutil.copytree(d / "finished", d / "fresh_killed")
