@@ -16,7 +16,10 @@ from tailshift.data.arrays import ArrayDataset, DataError
 from tailshift.data.lists import FileDataset
 from tailshift.data.pipeline import DeviceArrays
 from tailshift.data.host_loader import ArrayImages, FileImages, HostFeed, choose_storage, make_feeds
-from tailshift.data.transforms import crop_flip, eval_image, resized_crop_box, train_image
+from tailshift.data import transforms
+from tailshift.data.color import color_jitter
+from tailshift.data.transforms import (crop_flip, draft_reduction, eval_image, jitter_draws, open_train_image,
+                                       pillow_color_jitter, resized_crop_box, train_crop)
 from tailshift.distributed import World
 from tailshift.engine import Trainer, train
 
@@ -39,15 +42,88 @@ def test_eval_recipe_resizes_the_shorter_side_and_crops_the_centre():
     assert eval_image(Image.fromarray(pixels), 72, 64).shape == (3, 64, 64)
 
 
-def test_train_recipe_is_a_function_of_the_generator():
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, size=(40, 48, 3), dtype=np.uint8))
-    a = train_image(img, 32, 0.4, np.random.default_rng([1, 2]))
-    b = train_image(img, 32, 0.4, np.random.default_rng([1, 2]))
-    c = train_image(img, 32, 0.4, np.random.default_rng([1, 3]))
+def train_recipe(path, size, jitter, rng):
+    img, box = open_train_image(str(path), size, rng)
+    img, draws = train_crop(img, box, size, jitter, rng)
+    return np.asarray(img if draws is None else pillow_color_jitter(img, draws)).transpose(2, 0, 1)
+
+
+def test_train_recipe_is_a_function_of_the_generator(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, size=(40, 48, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    a = train_recipe(tmp_path / "a.png", 32, 0.4, np.random.default_rng([1, 2]))
+    b = train_recipe(tmp_path / "a.png", 32, 0.4, np.random.default_rng([1, 2]))
+    c = train_recipe(tmp_path / "a.png", 32, 0.4, np.random.default_rng([1, 3]))
     assert a.shape == (3, 32, 32) and np.array_equal(a, b) and not np.array_equal(a, c)
     # without jitter the pixels are the crop's: a full-image "crop" of a flat image keeps its colour
-    flat = Image.new("RGB", (40, 48), (10, 120, 230))
-    assert (train_image(flat, 16, 0.0, np.random.default_rng(0)) == np.array([10, 120, 230])[:, None, None]).all()
+    Image.new("RGB", (40, 48), (10, 120, 230)).save(tmp_path / "flat.png")
+    flat = train_recipe(tmp_path / "flat.png", 16, 0.0, np.random.default_rng(0))
+    assert (flat == np.array([10, 120, 230])[:, None, None]).all()
+
+
+def pillow_enhance(pixels, draws):
+    """ColorJitter as torchvision runs it on a PIL image: ImageEnhance, one factor each, in the drawn order."""
+    from PIL import ImageEnhance
+    img = Image.fromarray(pixels)
+    for k in draws[3:].astype(int):
+        img = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[k](img).enhance(float(draws[k]))
+    return np.asarray(img)
+
+
+def test_device_colour_jitter_equals_pillows_pixel_for_pixel():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, 20, 24, 3), dtype=np.uint8)
+    pixels[:12] = rng.integers(110, 140, (12, 20, 24, 3))  # low contrast: the contrast mean matters
+    draws = np.stack([jitter_draws(0.9, np.random.default_rng(i)) for i in range(48)])  # factors up to 1.9
+    assert len({tuple(d[3:]) for d in draws}) == 6  # every order of the three enhancements
+    out = color_jitter(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(draws))
+    expected = np.stack([pillow_enhance(p, d) for p, d in zip(pixels, draws)])
+    np.testing.assert_array_equal(out.permute(0, 2, 3, 1).numpy(), expected)
+    # one factor of one image moved: that image, and only it, changes
+    draws[5, 2] += 0.3
+    moved = color_jitter(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(draws))
+    assert [i for i in range(48) if not torch.equal(moved[i], out[i])] == [5]
+
+
+def test_jitter_on_the_device_gives_the_batches_of_jitter_in_the_workers(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    data = FileDataset(str(tmp_path), np.array([f"{i}.png".encode() for i in range(12)]), np.arange(12) % 3, 3)
+    batches = []
+    for on_device in (False, True):
+        images = FileImages(data, "resized_crop", 16, 18, 0.4, jitter_on_device=on_device)
+        assert images.draws == (6 if on_device else 0)
+        feed = HostFeed(images, torch.device("cpu"), augmented=True, workers=0)
+        batches.append(torch.cat([b["main"].x for b in feed.epoch({"main": torch.arange(12)}, 3, 4, seed=3)]))
+    assert torch.equal(*batches)
+
+
+def test_a_large_crop_decodes_at_a_reduced_dct_scale_with_the_same_geometry(tmp_path, monkeypatch):
+    yy, xx = np.mgrid[0:900, 0:1200]
+    scene = np.stack([xx * 255 // 1200, yy * 255 // 900, (xx + yy) * 255 // 2100], -1).astype(np.uint8)
+    Image.fromarray(scene).save(tmp_path / "big.jpg", quality=92)
+    assert draft_reduction(1000, 700, 224) == 2 and draft_reduction(1000, 447, 224) == 1
+    assert draft_reduction(900, 900, 100) == 8
+    decoded_sizes = []  # the size each image is decoded at
+    real = transforms.to_8bit
+    monkeypatch.setattr(transforms, "to_8bit", lambda img, mode: decoded_sizes.append(img.size) or real(img, mode))
+    reduced, full = [], []
+    for seed in range(30):
+        img, box = open_train_image(str(tmp_path / "big.jpg"), 112, np.random.default_rng(seed))
+        left, top, w, h = resized_crop_box(1200, 900, np.random.default_rng(seed))
+        k = draft_reduction(w, h, 112)
+        assert img.size == (-(-1200 // k), -(-900 // k)) == decoded_sizes[-1]
+        np.testing.assert_allclose(box, (left / k, top / k, (left + w) / k, (top + h) / k), rtol=0.01, atol=0.5)
+        if k > 1:
+            reduced.append(np.asarray(img.resize((112, 112), Image.BILINEAR, box=box), dtype=np.float64))
+            with Image.open(tmp_path / "big.jpg") as whole:
+                full.append(np.asarray(whole.convert("RGB").resize((112, 112), Image.BILINEAR,
+                                                                   box=(left, top, left + w, top + h)), np.float64))
+    assert len(reduced) >= 5
+    # the same crops' colours: per-channel means within a grey level, pixels within a few
+    reduced, full = np.stack(reduced), np.stack(full)
+    assert np.abs(reduced.mean(axis=(1, 2)) - full.mean(axis=(1, 2))).max() < 1.0
+    assert np.abs(reduced - full).mean() < 2.0
 
 
 def test_numpy_crop_flip_matches_the_device_recipe():

@@ -184,6 +184,6 @@ def test_16_bit_list_images_are_named_in_the_caveat_and_decoded_scaled(tmp_path)
     split = load_dataset("filelist", str(tmp_path), lists=ListOptions(str(tmp_path / "list.txt"),
                                                                       str(tmp_path / "list.txt")))
     assert split.caveat == "8 images of mode I;16 scaled from 0..65535 to 8 bits"  # 4 in each split
-    decoded = FileImages(split.train, "none", 32, 32, 0.0).image(0, None)
+    decoded = FileImages(split.train, "none", 32, 32, 0.0).image(0, None)[0]
     assert decoded.shape == (3, 32, 32) and (decoded == 255).mean() < 0.01
     assert np.abs(decoded[0].astype(int) - np.rint(ramp / 257.0)).max() <= 1

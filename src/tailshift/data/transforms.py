@@ -3,7 +3,11 @@
 The standard ImageNet recipes, drawn the way torchvision draws them:
 * train (``resized_crop``): RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3), 10 tries
   then the central crop), horizontal flip with p = 0.5, ColorJitter(brightness, contrast,
-  saturation = jitter) applied in a random order;
+  saturation = jitter) applied in a random order. The crop is drawn from the file's header
+  before decoding, so a JPEG whose crop is at least twice the output size decodes at a reduced
+  DCT scale (``draft_reduction``). The jitter is drawn here; on a GPU it is applied to the whole
+  batch on the device (``data/color.py``, equal pixel for pixel), which takes a third of the
+  per-image host time off the loader workers; on a CPU device the workers apply it with Pillow;
 * eval: the shorter side resized to ``resize`` (bilinear), the central ``size`` x ``size`` crop;
 * ``crop_flip`` for images held in memory: zero-pad, random crop back, random flip (as the
   device pipeline's ``random_crop_flip``).
@@ -55,13 +59,31 @@ def resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    """Brightness, contrast and saturation, each by a factor uniform in [1 - s, 1 + s], in random order."""
+#: per-image colour jitter draws: brightness, contrast and saturation factors, then the order they apply in
+JITTER_DRAWS = 6
+#: JPEG DCT scale-downs Pillow's ``draft`` offers
+DCT_REDUCTIONS = (8, 4, 2)
+
+
+def jitter_draws(strength: float, rng: np.random.Generator) -> np.ndarray:
+    """ColorJitter's draws (each factor uniform in [1 - s, 1 + s], then a random order), applied later
+    on the device by ``data.color.color_jitter``; float32 [brightness, contrast, saturation, order...]."""
     factors = [rng.uniform(max(0.0, 1 - strength), 1 + strength) for _ in range(3)]
+    return np.array([*factors, *rng.permutation(3)], dtype=np.float32)
+
+
+def pillow_color_jitter(img: Image.Image, draws: np.ndarray) -> Image.Image:
+    """``jitter_draws`` applied with Pillow's ``ImageEnhance`` (torchvision's ColorJitter on PIL images)."""
     enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
-    for k in rng.permutation(3):
-        img = enhancers[k](img).enhance(factors[k])
+    for k in draws[3:].astype(int):
+        img = enhancers[k](img).enhance(float(draws[k]))
     return img
+
+
+def draft_reduction(width: int, height: int, size: int) -> int:
+    """The largest JPEG DCT scale-down that leaves a ``width`` x ``height`` crop at least ``size``
+    pixels a side, so the resize after it still only shrinks (1: decode at full scale)."""
+    return next((k for k in DCT_REDUCTIONS if width // k >= size and height // k >= size), 1)
 
 
 def to_8bit(img: Image.Image, mode: str) -> Image.Image:
@@ -79,15 +101,30 @@ def to_chw(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def train_image(img: Image.Image, size: int, jitter: float, rng: np.random.Generator) -> np.ndarray:
-    """RandomResizedCrop(size) -> horizontal flip -> ColorJitter(jitter) (0: none), uint8 3 x size x size."""
-    left, top, w, h = resized_crop_box(img.width, img.height, rng)
-    img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+def open_train_image(path: str, size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
+    """The RGB image a train crop is cut from, and the crop box in its pixels: the box is drawn from the
+    header's size, and a JPEG decodes at the DCT scale ``draft_reduction`` allows for that box (the
+    box is scaled with it), skipping most of the work of a full decode for large crops."""
+    with Image.open(path) as img:
+        width, height = img.size
+        box = resized_crop_box(width, height, rng)
+        reduction = draft_reduction(box[2], box[3], size)
+        if reduction > 1:
+            img.draft(img.mode, (width // reduction, height // reduction))  # no-op unless a JPEG
+        img = to_8bit(img, "RGB")
+    sx, sy = img.width / width, img.height / height
+    left, top, w, h = box
+    return img, (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+
+
+def train_crop(img: Image.Image, box: tuple, size: int, jitter: float,
+               rng: np.random.Generator) -> tuple[Image.Image, np.ndarray | None]:
+    """RandomResizedCrop's ``box`` resized to size x size -> horizontal flip, and ColorJitter(jitter)'s
+    draws (``jitter_draws``; None for 0: no jitter), to apply on the device or with ``pillow_color_jitter``."""
+    img = img.resize((size, size), Image.BILINEAR, box=box)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    if jitter > 0:
-        img = color_jitter(img, jitter, rng)
-    return to_chw(img)
+    return img, (jitter_draws(jitter, rng) if jitter > 0 else None)
 
 
 def eval_image(img: Image.Image, resize: int, size: int) -> np.ndarray:
