@@ -136,6 +136,22 @@ def _download(args) -> None:
     print(f"downloaded {args.name}; use data.root={path}")
 
 
+def _pack(args) -> None:
+    from .config import config_path, load_config
+    from .data.build import prepare_data
+    from .data.lists import FileDataset
+    from .data.pack import pack_progress, write_pack
+
+    cfg = load_config(config_path(args.config), args.overrides)
+    data = prepare_data(cfg.data)
+    if not isinstance(data.train, FileDataset):
+        raise ValueError(f"tailshift pack packs datasets of image files; {cfg.data.dataset} is decoded in memory")
+    short_side = cfg.data.resize_size if args.short_side is None else args.short_side
+    manifest = write_pack(args.output, (data.train, data.test), short_side, args.workers, pack_progress())
+    print(f"wrote {args.output}: {manifest['images']} images at shorter side {short_side}, "
+          f"{manifest['pixel_bytes'] / 2 ** 30:.2f} GiB; train with data.pack={args.output}")
+
+
 def _list(args) -> None:
     from .data.sources import DATASETS
     from .methods import METHODS
@@ -229,6 +245,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("name", choices=("fashion-mnist", "mnist", "cifar10", "cifar100"))
     d.add_argument("--root", required=True)
     d.set_defaults(func=_download)
+
+    k = sub.add_parser("pack", help="decode a config's image files once into a memory-mapped pack that training "
+                                     "reads without JPEG decoding (then train with data.pack=FOLDER)")
+    k.add_argument("config", help="a YAML path or a shipped config name whose data is a dataset of image files")
+    k.add_argument("overrides", nargs="*", help="key=value, e.g. data.root=/data/imagenet")
+    k.add_argument("--output", required=True, help="the pack's folder")
+    k.add_argument("--short-side", type=int, default=None,
+                   help="shorter side the images are stored at (default: the config's data.resize_size)")
+    k.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
+    k.set_defaults(func=_pack)
 
     ls = sub.add_parser("list", help="list the registered datasets, models, methods, losses and optimizers")
     ls.set_defaults(func=_list)

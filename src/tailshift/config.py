@@ -88,6 +88,8 @@ class DataConfig:
     resize_size: int = added_later(bounded(256, ge=1), neutral=256)
     # image files, resized_crop: brightness / contrast / saturation strength
     color_jitter: float = added_later(bounded(0.4, ge=0, lt=1, note="0: off"), neutral=0.4)
+    # image files: a folder made by `tailshift pack` from this data, read instead of decoding the files
+    pack: str | None = added_later(None, neutral=None)
 
 
 @dataclass(frozen=True)

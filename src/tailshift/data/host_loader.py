@@ -30,10 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..distributed import World
 from .arrays import ArrayDataset, DataError
 from .lists import FileDataset
+from .pack import Pack
 from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
 from .color import color_jitter
-from .transforms import (JITTER_DRAWS, crop_flip, eval_image, open_train_image, pillow_color_jitter, to_8bit, to_chw,
-                         train_crop)
+from .transforms import (JITTER_DRAWS, crop_flip, eval_image, open_train_image, pillow_color_jitter, resized_crop_box,
+                         to_8bit, to_chw, train_crop)
 
 STORAGES = ("auto", "device", "host")
 #: augmentations by kind of dataset (device and host storage agree on these)
@@ -70,14 +71,17 @@ class ArrayImages:
 
 
 class FileImages:
-    """Image files decoded with Pillow: the train recipe (``resized_crop``) or the test one.
-    ``jitter_on_device``: the colour jitter is drawn here and applied by the feed on the device
-    (``data.color``; for a GPU, where it costs next to nothing), else here with Pillow."""
+    """Image files decoded with Pillow, or read from a ``pack`` of them: the train recipe
+    (``resized_crop``) or the test one. ``jitter_on_device``: the colour jitter is drawn here and
+    applied by the feed on the device (``data.color``; for a GPU, where it costs next to nothing),
+    else here with Pillow."""
 
     def __init__(self, data: FileDataset, augment: str, crop_size: int, resize_size: int, jitter: float,
-                 jitter_on_device: bool = False):
+                 jitter_on_device: bool = False, pack: Pack | None = None):
         self.data, self.augment = data, augment
         self.crop_size, self.resize_size, self.jitter = crop_size, resize_size, jitter
+        self.pack = pack
+        self.pack_rows = None if pack is None else pack.rows(data, resize_size)
         self.shape = (3, crop_size, crop_size)
         self.draws = JITTER_DRAWS if jitter_on_device and augment == "resized_crop" and jitter > 0 else 0
 
@@ -92,9 +96,13 @@ class FileImages:
         path = self.data.path(i)
         try:
             if self.augment != "resized_crop":
-                with Image.open(path) as img:
-                    return eval_image(to_8bit(img, "RGB"), self.resize_size, self.crop_size), NO_DRAWS
-            img, box = open_train_image(path, self.crop_size, rng)
+                return eval_image(self._whole(i), self.resize_size, self.crop_size), NO_DRAWS
+            if self.pack is None:
+                img, box = open_train_image(path, self.crop_size, rng)
+            else:
+                img = self._whole(i)
+                left, top, w, h = resized_crop_box(img.width, img.height, rng)
+                box = (left, top, left + w, top + h)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"cannot decode image {path}: {e}") from None
         img, draws = train_crop(img, box, self.crop_size, self.jitter, rng)
@@ -103,6 +111,13 @@ class FileImages:
         if self.draws:
             return to_chw(img), draws
         return to_chw(pillow_color_jitter(img, draws)), NO_DRAWS
+
+    def _whole(self, i: int) -> Image.Image:
+        """Image ``i`` in RGB: from the pack, or decoded from its file."""
+        if self.pack is not None:
+            return self.pack.image(self.pack_rows[i])
+        with Image.open(self.data.path(i)) as img:
+            return to_8bit(img, "RGB")
 
 
 class _Decoder(Dataset):
@@ -247,13 +262,16 @@ def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
     if d.augment not in allowed:
         kind = "image files" if files else "in-memory arrays"
         raise DataError(f"data.augment={d.augment} does not apply to {kind}; use one of {', '.join(allowed)}")
+    if d.pack is not None and not files:
+        raise DataError(f"data.pack={d.pack} applies to datasets of image files; {d.dataset} is decoded in memory")
     if storage == "device":
         return (DeviceArrays(train, device, d.mean, d.std, d.augment, d.padding),
                 DeviceArrays(test, device, d.mean, d.std))
     if files:
+        pack = None if d.pack is None else Pack(d.pack)
         train_images = FileImages(train, d.augment, d.crop_size, d.resize_size, d.color_jitter,
-                                  jitter_on_device=device.type == "cuda")
-        test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter)
+                                  jitter_on_device=device.type == "cuda", pack=pack)
+        test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter, pack=pack)
     else:
         train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
     return (HostFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
