@@ -17,7 +17,9 @@ same images (median reported), so the machine's load falls on all alike:
   JPEG DCT scale, the jitter applied with Pillow in the worker, normalisation on the device;
 * tailshift, GPU device: the same with the jitter left to the device (``data/color.py``), whose
   cost on this CPU for a batch is reported beside (on a GPU it is a few kernels);
-* packed: the same two, reading ``tailshift pack``'s memory-mapped pixels instead of JPEGs.
+* packed: the same two, reading ``tailshift pack``'s memory-mapped pixels instead of JPEGs;
+* ``data.decode=gpu``: the worker reads the file, parses its header and draws; decoding and every
+  pixel operation happen on the GPU, which this machine does not have (not timed here).
 
 Through ``HostFeed`` (the whole loader, batches of 64 normalised in the main process, worker
 start-up included): the train and test recipes with 0 (in-process), 1 and 2 worker processes.
@@ -48,6 +50,7 @@ from report import load_note, write_report
 from PIL import ImageEnhance
 
 from tailshift.data.color import color_jitter
+from tailshift.data.device_decode import DeviceDecodedImages
 from tailshift.data.host_loader import FileImages, HostFeed
 from tailshift.data.lists import FileDataset
 from tailshift.data.pack import Pack, write_pack
@@ -153,6 +156,7 @@ def per_core(data: FileDataset, pack: Pack, n: int, rounds: int) -> tuple[list[d
     train_gpu = FileImages(data, "resized_crop", 224, 256, 0.4, jitter_on_device=True)
     packed_cpu = FileImages(data, "resized_crop", 224, 256, 0.4, pack=pack)
     packed_gpu = FileImages(data, "resized_crop", 224, 256, 0.4, jitter_on_device=True, pack=pack)
+    gpu_decode = DeviceDecodedImages(data, 224, 0.4, ship_jpegs=True)
     test_files, test_packed = FileImages(data, "none", 224, 256, 0.4), FileImages(data, "none", 224, 256, 0.4, pack=pack)
     rng = lambda i: np.random.default_rng([1, i])  # noqa: E731  (each image's own draws, as in the loader)
     pipelines = {
@@ -161,6 +165,7 @@ def per_core(data: FileDataset, pack: Pack, n: int, rounds: int) -> tuple[list[d
         ("train", "tailshift, jitter on the device (GPU)"): lambda i: train_gpu.image(i, rng(i)),
         ("train", "packed, jitter in the worker (CPU device)"): lambda i: packed_cpu.image(i, rng(i)),
         ("train", "packed, jitter on the device (GPU)"): lambda i: packed_gpu.image(i, rng(i)),
+        ("train", "data.decode=gpu: the worker's share (read, header, draws)"): lambda i: gpu_decode.image(i, rng(i)),
         ("test", "plain Pillow (torchvision's recipe)"): lambda i: plain_test(data.path(i)),
         ("test", "tailshift"): lambda i: test_files.image(i, None),
         ("test", "packed"): lambda i: test_packed.image(i, None),

@@ -90,6 +90,9 @@ class DataConfig:
     color_jitter: float = added_later(bounded(0.4, ge=0, lt=1, note="0: off"), neutral=0.4)
     # image files: a folder made by `tailshift pack` from this data, read instead of decoding the files
     pack: str | None = added_later(None, neutral=None)
+    # image files, train recipe: cpu (loader workers decode with Pillow) | gpu (workers read the files; the
+    # device decodes the JPEGs and augments the batch: data/device_decode.py)
+    decode: str = added_later(one_of("cpu", ("cpu", "gpu")), neutral="cpu")
 
 
 @dataclass(frozen=True)

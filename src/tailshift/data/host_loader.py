@@ -33,6 +33,7 @@ from .lists import FileDataset
 from .pack import Pack
 from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
 from .color import color_jitter
+from .device_decode import DeviceDecodedImages, gpu_jpeg_decoder
 from .transforms import (JITTER_DRAWS, crop_flip, eval_image, open_train_image, pillow_color_jitter, resized_crop_box,
                          to_8bit, to_chw, train_crop)
 
@@ -48,7 +49,25 @@ DEVICE_SHARE = 0.5
 NO_DRAWS = np.zeros(0, np.float32)
 
 
-class ArrayImages:
+class StackedImages:
+    """Images of one shape, a batch of them one uint8 array, with the per-image draws the device
+    applies (``draws`` columns; 0: none)."""
+
+    draws = 0
+
+    def collate(self, items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A worker's batch: (uint8 images, draws)."""
+        draws = np.stack([d for _, d in items]) if self.draws else np.zeros((len(items), 0), np.float32)
+        return torch.from_numpy(np.stack([image for image, _ in items])), torch.from_numpy(draws)
+
+    def finish(self, parts: tuple, device: torch.device) -> torch.Tensor:
+        """The batch on ``device``, as uint8 images, its draws applied."""
+        raw, draws = parts
+        raw = raw.to(device, non_blocking=True)
+        return color_jitter(raw, draws.to(device, non_blocking=True)) if draws.shape[1] else raw
+
+
+class ArrayImages(StackedImages):
     """Rows of an in-memory uint8 dataset, optionally crop-flipped (host memory, not the device)."""
 
     def __init__(self, data: ArrayDataset, augment: str = "none", padding: int = 4):
@@ -61,16 +80,13 @@ class ArrayImages:
     def labels(self) -> np.ndarray:
         return self.data.labels
 
-    #: per-image draws left for the device (none: nothing is applied there)
-    draws = 0
-
     def image(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """The image, and no draws for the device."""
         image = self.data.images[i]
         return (crop_flip(image, self.padding, rng) if self.augment == "crop_flip" else image), NO_DRAWS
 
 
-class FileImages:
+class FileImages(StackedImages):
     """Image files decoded with Pillow, or read from a ``pack`` of them: the train recipe
     (``resized_crop``) or the test one. ``jitter_on_device``: the colour jitter is drawn here and
     applied by the feed on the device (``data.color``; for a GPU, where it costs next to nothing),
@@ -121,7 +137,7 @@ class FileImages:
 
 
 class _Decoder(Dataset):
-    """What runs in the workers: a request -> {stream: (uint8 images, labels, indices, draws for the device)}.
+    """What runs in the workers: a request -> {stream: (*the images' ``collate`` parts, labels, indices)}.
 
     A request is (seed, ((stream, indices, first position), ...)); seed None: no random
     augmentation. A data error comes back as its message (re-raised as one line by the feed).
@@ -140,15 +156,9 @@ class _Decoder(Dataset):
             out = {}
             for name, index, first in parts:
                 key = zlib.crc32(name.encode())
-                batch = np.empty((len(index), *self.images.shape), dtype=np.uint8)
-                draws = np.empty((len(index), self.images.draws), dtype=np.float32)
-                for j, i in enumerate(index):
-                    rng = None if seed is None else np.random.default_rng([seed, key, first + j])
-                    batch[j], drawn = self.images.image(int(i), rng)
-                    if draws.shape[1]:
-                        draws[j] = drawn
-                out[name] = (torch.from_numpy(batch), torch.from_numpy(labels[index]), torch.from_numpy(index),
-                             torch.from_numpy(draws))
+                items = [self.images.image(int(i), None if seed is None else np.random.default_rng([seed, key, first + j]))
+                         for j, i in enumerate(index)]
+                out[name] = (*self.images.collate(items), torch.from_numpy(labels[index]), torch.from_numpy(index))
             return out
         except DataError as e:
             return str(e)
@@ -198,13 +208,11 @@ class HostFeed:
         for item in self.loader:
             if isinstance(item, str):
                 raise DataError(item)
-            yield {name: self._to_device(*parts, augmented) for name, parts in item.items()}
+            yield {name: self._to_device(parts, augmented) for name, parts in item.items()}
 
-    def _to_device(self, raw: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, draws: torch.Tensor,
-                   augmented: bool) -> Batch:
-        raw = raw.to(self.device, non_blocking=True)
-        if draws.shape[1]:
-            raw = color_jitter(raw, draws.to(self.device, non_blocking=True))
+    def _to_device(self, parts: tuple, augmented: bool) -> Batch:
+        *images, labels, index = parts
+        raw = self.images.finish(tuple(images), self.device)
         return Batch(normalise(raw, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True),
                      index.to(self.device, non_blocking=True), augmented)
 
@@ -264,13 +272,22 @@ def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
         raise DataError(f"data.augment={d.augment} does not apply to {kind}; use one of {', '.join(allowed)}")
     if d.pack is not None and not files:
         raise DataError(f"data.pack={d.pack} applies to datasets of image files; {d.dataset} is decoded in memory")
+    if d.decode == "gpu":
+        if not files:
+            raise DataError(f"data.decode=gpu decodes image files; {d.dataset} is decoded in memory")
+        if d.augment != "resized_crop":
+            raise DataError(f"data.decode=gpu runs the train recipe data.augment=resized_crop; got {d.augment}")
+        if d.pack is not None:
+            raise DataError(f"data.decode=gpu and data.pack={d.pack} exclude each other: a pack holds decoded pixels")
     if storage == "device":
         return (DeviceArrays(train, device, d.mean, d.std, d.augment, d.padding),
                 DeviceArrays(test, device, d.mean, d.std))
     if files:
         pack = None if d.pack is None else Pack(d.pack)
-        train_images = FileImages(train, d.augment, d.crop_size, d.resize_size, d.color_jitter,
-                                  jitter_on_device=device.type == "cuda", pack=pack)
+        train_images = (DeviceDecodedImages(train, d.crop_size, d.color_jitter, gpu_jpeg_decoder(device))
+                        if d.decode == "gpu" else
+                        FileImages(train, d.augment, d.crop_size, d.resize_size, d.color_jitter,
+                                   jitter_on_device=device.type == "cuda", pack=pack))
         test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter, pack=pack)
     else:
         train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
