@@ -4,14 +4,18 @@ Within ``--budget`` seconds of wall time (compilation included; 540 s by default
 1. ``gpu_epoch.py``'s table: CE, the dual branch, CSA and CSA with one joint forward, eager against
    compiled + bf16 + channels-last + fused SGD, each an epoch's full batches timed after a whole untimed
    epoch, the median of 3 repeats (at most ``--table-budget`` seconds: the variants left are skipped);
-2. the 200-epoch runs of Table 2 on CIFAR-10-LT (rho 100), ResNet-32, the shipped configs: CE (with its
+2. the host loader feeding the GPU (about a minute; ``--no-loader`` skips it): images per second of whole
+   training feeds of generated ImageNet-size JPEGs with 8 workers: decoded by the workers, from a
+   ``tailshift pack``, and with ``data.decode=gpu`` (``stream_loader.device_feed_rates``);
+3. the 200-epoch runs of Table 2 on CIFAR-10-LT (rho 100), ResNet-32, the shipped configs: CE (with its
    cRT, one run), CSA, CB-RS, LA and LDAM-DRW at seed 0 under the GPU defaults, then CE and CSA at seed 0
    with ``train.amp=off`` (does bf16 move anything beyond seed noise?), then seeds 1 and 2, ``--parallel``
    runs at once on the one GPU (a ResNet-32 leaves most of it idle). When the budget runs out the runs
    still training are stopped; each has a checkpoint of its last epoch, so the same command resumes them
    and re-reads the finished ones.
 
-Writes ``benchmarks/results/gpu_evidence_<gpu>/``: ``gpu_epoch.md|json`` and ``gpu_evidence.md|json``
+Writes ``benchmarks/results/gpu_evidence_<gpu>/``: ``gpu_epoch.md|json``, ``host_loader.md|json`` and
+``gpu_evidence.md|json``
 (every run's state, All / Many / Med / Few, wall time and peak GPU memory). ``--tiny`` is the CPU check
 of the whole path (a few steps, no compile, 2-epoch runs on a small long-tailed draw) that the tests run.
 
@@ -33,6 +37,7 @@ from pathlib import Path
 import torch
 
 import gpu_epoch
+import stream_loader
 from report import cpu_model
 
 #: config run -> the Table 2 rows it gives (head: row label)
@@ -175,10 +180,33 @@ def speed_table(out: Path, device: str, deadline: float, tiny: bool) -> None:
     (out / "gpu_epoch.json").write_text(json.dumps({"device": device, "results": results}, indent=1))
 
 
+def loader_table(out: Path, device: str, tiny: bool) -> None:
+    """``stream_loader.device_feed_rates`` on generated JPEGs; ``out``/host_loader.md|json."""
+    import tempfile
+
+    from tailshift.data.pack import Pack, write_pack
+
+    images, workers, batches, batch = (24, 2, 2, 8) if tiny else (512, 8, 6, 64)
+    target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = stream_loader.dataset(root, stream_loader.write_jpegs(root, images))
+        write_pack(root / "pack", [data], 256, workers=workers)
+        rows = stream_loader.device_feed_rates(data, Pack(root / "pack"), target, workers, batches, batch)
+    lines = [f"# Host loader feeding {device}", "",
+             f"{images} generated JPEGs (~500 x 375), train recipe (random-resized crop 224, flip, jitter 0.4), "
+             f"batches of {batch} normalised on the device, {workers} loader workers, {batches} batches timed after "
+             "one untimed batch.", "", "| Feed | Images / s | Mean normalised pixel |", "|---|---|---|"]
+    lines += [f"| {r['feed']} | {r['images_per_s']} | {r['mean_normalised_pixel']} |" for r in rows]
+    (out / "host_loader.md").write_text("\n".join(lines) + "\n")
+    (out / "host_loader.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=540.0, help="wall seconds for everything (default 540)")
     parser.add_argument("--table-budget", type=float, default=200.0, help="wall seconds at most for the speed table")
+    parser.add_argument("--no-loader", action="store_true", help="skip the host-loader table (about a minute)")
     parser.add_argument("--parallel", type=int, default=None, help="runs at once (default: 4 on a GPU, 1 on a CPU)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated, in order")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"configs, in order (default {','.join(RUNS)})")
@@ -207,6 +235,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if args.table_budget > 0:
         speed_table(out, device, started + args.table_budget, args.tiny)
+    if not args.no_loader:
+        loader_table(out, device, args.tiny)
     runs = planned_runs(seeds, configs)
     with open(args.runs_dir / "train.log", "a") as log:
         failed = train_until(runs, args.runs_dir, parallel, started + args.budget - 30, args.tiny, log)

@@ -50,7 +50,7 @@ from report import load_note, write_report
 from PIL import ImageEnhance
 
 from tailshift.data.color import color_jitter
-from tailshift.data.device_decode import DeviceDecodedImages
+from tailshift.data.device_decode import DeviceDecodedImages, gpu_jpeg_decoder
 from tailshift.data.host_loader import FileImages, HostFeed
 from tailshift.data.lists import FileDataset
 from tailshift.data.pack import Pack, write_pack
@@ -191,6 +191,37 @@ def per_core(data: FileDataset, pack: Pack, n: int, rounds: int) -> tuple[list[d
         color_jitter(batch, draws)
         times.append(time.perf_counter() - started)
     return rows, {"batch": BATCH, "median_ms": round(1000 * statistics.median(times), 1)}
+
+
+def device_feed_rates(data: FileDataset, pack: Pack, device: torch.device, workers: int, batches: int,
+                      batch: int = BATCH) -> list[dict]:
+    """Images per second of whole training feeds on ``device`` (batches normalised there, the device
+    synchronised before the clock stops), after one untimed batch: JPEG files decoded by the workers,
+    the pack, and ``data.decode=gpu``; with each batch's mean pixel, to compare what they feed."""
+    sources = {
+        "JPEG files, workers decode": FileImages(data, "resized_crop", 224, 256, 0.4,
+                                                 jitter_on_device=device.type == "cuda"),
+        "packed": FileImages(data, "resized_crop", 224, 256, 0.4, jitter_on_device=device.type == "cuda", pack=pack),
+        "data.decode=gpu": DeviceDecodedImages(data, 224, 0.4, ship_jpegs=gpu_jpeg_decoder(device)),
+    }
+    rows = []
+    for name, images in sources.items():
+        loader = HostFeed(images, device, MEAN, STD, augmented=True, workers=workers)
+        order = np.resize(np.arange(len(data)), (batches + 1) * batch)
+        stream = loader.epoch({"main": torch.from_numpy(order)}, batches + 1, batch, seed=1)
+        next(stream)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started, means = time.perf_counter(), []
+        for step in stream:
+            means.append(float(step["main"].x.mean()))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        rows.append({"feed": name, "workers": workers, "images": batches * batch, "seconds": round(seconds, 2),
+                     "images_per_s": round(batches * batch / seconds, 1),
+                     "mean_normalised_pixel": round(float(np.mean(means)), 3)})
+    return rows
 
 
 def feed(data: FileDataset, recipe: str, workers: int) -> HostFeed:

@@ -49,9 +49,14 @@ def test_tiny_setting_runs_end_to_end_and_resumes(tmp_path):
         assert 0.0 <= state["heads"]["cRT"]["all"] <= 100.0 and state["train_seconds"] > 0
     report = (tmp_path / "out" / "gpu_evidence.md").read_text()
     assert "| crt-seed0 | off | finished | 3 | cRT |" in report and "75.7" in report  # the paper's cRT beside ours
+    loader = json.loads((tmp_path / "out" / "host_loader.json").read_text())["rows"]
+    assert [r["feed"] for r in loader] == ["JPEG files, workers decode", "packed", "data.decode=gpu"]
+    assert all(r["images"] == 16 and r["images_per_s"] > 0 for r in loader)
+    # the three feed the same recipe: their mean pixels agree to a few hundredths of a standard deviation
+    assert max(r["mean_normalised_pixel"] for r in loader) - min(r["mean_normalised_pixel"] for r in loader) < 0.1
     speed = json.loads((tmp_path / "out" / "gpu_epoch.json").read_text())["results"]["CE"]["eager"]
     assert speed["graphs_compiled_while_timed"] == 0 and len(speed["repeats_s"]) == 1
     stamp = (tmp_path / "runs" / "crt-seed0" / "metrics.json").stat().st_mtime_ns
-    again = gpu_evidence.main([*argv, "--table-budget", "0"])
+    again = gpu_evidence.main([*argv, "--table-budget", "0", "--no-loader"])
     assert again == states  # finished runs are read back, not trained again
     assert (tmp_path / "runs" / "crt-seed0" / "metrics.json").stat().st_mtime_ns == stamp
