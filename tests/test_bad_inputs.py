@@ -287,7 +287,7 @@ CASES = [
     # --- names and method params -----------------------------------------------------------
     bad("dataset-unknown", "data.dataset=imagenet", fragment="unknown dataset 'imagenet'; known: cifar10"),
     bad("model-unknown", "model.name=vit", fragment="unknown model 'vit'; known: lenet2d"),
-    bad("method-unknown", "method.name=magic", fragment="unknown method 'magic'; known: bbn, bcl, cbrs, ce, cmo, crt"),
+    bad("method-unknown", "method.name=magic", fragment="unknown method 'magic'; known: bbn, bcl, cam-bs, cbrs, ce, cmo, crt"),
     bad("param-unknown", "method.params.volume=3", fragment="unknown method.params.volume for CrossEntropy; known: loss, loss_params, classifier"),
     bad("params-not-mapping", "method.params=5", fragment="method.params must be a mapping, got 5"),
     bad("sampler-unknown", "method.params.sampler=sideways",

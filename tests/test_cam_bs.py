@@ -2,7 +2,6 @@
 ``makes_data`` stage it runs on: generation cached in the run folder, recorded in the checkpoint, reused
 on resume."""
 import dataclasses
-import json
 import shutil
 from bisect import bisect_right
 
@@ -19,6 +18,7 @@ from tailshift.methods.cam_bs import (CamBalanceSampling, cam_image, draw_transf
                                       warp)
 from tailshift.models import create_model
 from tailshift.reproduce.table2 import PAPER_RECIPES, recipe_overrides
+from tailshift.validation import ConfigError
 
 MADE = "made/cam-generation_images.npy", "made/cam-generation_labels.npy"
 
@@ -282,7 +282,8 @@ def test_a_changed_or_missing_cache_is_refused_in_one_line(tmp_path):
         assert "\n" not in str(err.value) and "--fresh" in str(err.value)
 
 
-def test_host_storage_is_refused_at_the_generation_stage(tmp_path):
-    with pytest.raises(Exception, match="makes images from the training split on the device; data.storage=host"):
+def test_host_storage_is_refused_before_any_training(tmp_path):
+    with pytest.raises(ConfigError, match="stage 'cam-generation' of method cam-bs makes images from the training "
+                                          "split on the device; data.storage=host keeps it on the host"):
         train(cfg_for(tmp_path, "host", "data.storage=host", "data.workers=0"), PREPARED)
-    assert json.loads((tmp_path / "host" / "curve.json").read_text())[0]["stage"] == "first"
+    assert not (tmp_path / "host").exists()

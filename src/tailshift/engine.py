@@ -210,6 +210,10 @@ class Trainer:
         self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data,
                                                          self.speed.memory_format)
         check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
+        making = [s.name for s in self.method.stages() if s.makes_data]
+        if making and self.training_images() is None:
+            raise ConfigError(f"stage {making[0]!r} of method {cfg.method.name} makes images from the training split "
+                              f"on the device; data.storage={cfg.data.storage} keeps it on the host: use data.storage=device")
         self.speed.compile_backbone(self.method.backbone)  # after the check: it compiles nothing for one image
         self.scaler = self.speed.grad_scaler(self.device)
         self.out = Path(cfg.output)
@@ -332,9 +336,6 @@ class Trainer:
         """Run a ``makes_data`` stage: the method's images, written chunk by chunk (rank 0) as a uint8 .npy
         beside their labels; returns what the checkpoint records of them (count, sha256)."""
         images = self.training_images()
-        if images is None:
-            raise ConfigError(f"stage {stage.name!r} makes images from the training split on the device; "
-                              f"data.storage={self.cfg.data.storage} keeps it on the host: use data.storage=device")
         generator = torch.Generator(device=self.device).manual_seed(
             derive_seed(self.cfg.seed, "method", stage_index, 0))
         made: MadeData = self.method.make_data(stage, images, generator)
