@@ -124,14 +124,24 @@ def warmup_multistep(epoch, lr, milestones, warmup=5):
     return lr * factor * 0.01 ** bisect_right(milestones, k)
 
 
+def stages_of(cfg):
+    key = (cfg.train.epochs, tuple(sorted((k, str(v)) for k, v in cfg.method.params.items())))
+    if key not in STAGES:
+        backbone = create_model(cfg.model.name, in_channels=3, image_size=32)
+        STAGES[key] = CamBalanceSampling(backbone, 10, np.ones(10), cfg.train.epochs, cfg.method.params).stages()
+    return STAGES[key]
+
+
+STAGES = {}
+
+
 def paper_config(dataset, *extra):
     return load_config(config_path(f"table2/{dataset}_cam-bs"),
                        [*recipe_overrides(PAPER_RECIPES["cam-bs"], dataset, "cam-bs"), *extra])
 
 
 def ours(cfg, stage_index, epoch):
-    backbone = create_model(cfg.model.name, in_channels=3, image_size=32)
-    stage = CamBalanceSampling(backbone, 10, np.ones(10), cfg.train.epochs, cfg.method.params).stages()[stage_index]
+    stage = stages_of(cfg)[stage_index]
     o = cfg.train.optim
     o = dataclasses.replace(o, milestones=stage.milestones, gamma=stage.gamma) if stage.milestones is not None else o
     return learning_rate(o, stage.lr or o.lr, stage.schedule or o.schedule, stage.epochs, epoch + 0.5,
@@ -160,7 +170,7 @@ def test_a_changed_milestone_or_factor_is_caught(dataset, change):
 
 
 # --- end to end, resume, cache --------------------------------------------------------------------------
-PREPARED = tiny_prepared(channels=3, size=16)
+PREPARED = tiny_prepared(channels=3, size=16, counts=(30, 20, 12, 8, 6, 5, 4, 3, 3, 3))
 
 
 def cfg_for(tmp_path, name="run", *extra):
