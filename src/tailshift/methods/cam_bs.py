@@ -14,7 +14,7 @@ Three stages, each the original's:
    copy of the image, kept where the foreground was or went, onto the image itself
    (``paste_foreground``): one of rotate-and-scale, translate or horizontal flip, chosen uniformly
    (lines 87-167). The original writes them as JPEG files plus a JSON list (lines 168-183,
-   cam_generation/*.yaml lines 15-17); here they are a lossless uint8 array in the run folder
+   cam_generation/cifar10_im100.yaml lines 15-17); here they are a lossless uint8 array in the run folder
    (``engine.MADE_FOLDER``), recorded in the checkpoint and reused on resume.
 3. ``second``: the whole network, from its stage-1 weights (second_stage/balance/*.yaml line 19, nothing
    frozen: network.py lines 102-149), on the training split plus the generated images, each drawn by
