@@ -297,3 +297,13 @@ def test_host_storage_is_refused_before_any_training(tmp_path):
                                           "split on the device; data.storage=host keeps it on the host"):
         train(cfg_for(tmp_path, "host", "data.storage=host", "data.workers=0"), PREPARED)
     assert not (tmp_path / "host").exists()
+
+
+def test_a_stage_that_makes_data_trains_nothing():
+    from tailshift.methods.base import Stage, StreamRequest
+
+    with pytest.raises(ValueError, match="stage 'gen' makes data: it has no streams and no epochs"):
+        Stage("gen", 1, {}, makes_data=True)
+    with pytest.raises(ValueError, match="stage 'gen' makes data: it has no streams and no epochs"):
+        Stage("gen", 0, {"main": StreamRequest("uniform")}, makes_data=True)
+    assert Stage("gen", 0, {}, makes_data=True).driver is None
