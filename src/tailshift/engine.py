@@ -316,9 +316,10 @@ class Trainer:
                               cfg.data.mean, cfg.data.std)
 
     # --- training -----------------------------------------------------------------
-    def _samplers(self, stage: Stage, stage_index: int, labels: np.ndarray) -> dict[str, Sampler]:
-        """The stage's streams over ``labels`` (the run's split, and any made data after it); an epoch of
-        "dataset" length keeps the run's split's length, whatever was made."""
+    def _samplers(self, stage: Stage, stage_index: int, labels: np.ndarray | None = None) -> dict[str, Sampler]:
+        """The stage's streams over ``labels`` (default: the run's split; after a ``makes_data`` stage, the split
+        and the made data); an epoch of "dataset" length keeps the run's split's length, whatever was made."""
+        labels = self.data.train.labels if labels is None else labels
         s = self.cfg.sampling
         specs = {name: stream_spec(stage.streams[name], s.balanced, s.per_class, s.balanced_epoch)
                  for name in stage.stream_order()}
@@ -484,7 +485,8 @@ class Trainer:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
 
-    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, train_arrays) -> dict:
+    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, train_arrays=None) -> dict:
+        """One epoch on ``train_arrays`` (default: the run's training feed)."""
         cfg = self.cfg
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
@@ -493,7 +495,7 @@ class Trainer:
         dev = self.device
         world = self.world
         augment_seed = derive_seed(cfg.seed, "augment", stage_index, epoch)
-        feed = train_arrays.epoch(indices, steps, batch, augment_seed, world)
+        feed = (train_arrays or self.train_arrays).epoch(indices, steps, batch, augment_seed, world)
         method_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "method", stage_index, epoch))
         base_lr = stage.lr or cfg.train.optim.lr
         schedule = stage.schedule or cfg.train.optim.schedule

@@ -46,6 +46,7 @@ from ..cam import class_activation_map, normalize_cam
 from ..schedules import SCHEDULES
 from ..validation import bounded, one_of
 from .base import METHODS, MadeData, Method, Stage, StepContext, StepOutput, StreamRequest, TrainingImages
+from .losses import LossOptions, loss_field
 
 #: foreground: CAM >= this fraction of the map's mean (cam_based_sampling.py lines 84-85, 160-161)
 FOREGROUND_FRACTION = 0.75
@@ -155,7 +156,8 @@ class CamBalanceSampling(Method):
     """CE, then CAM-generated images that balance the classes, then class-balanced fine-tuning on both."""
 
     @dataclass
-    class Params:
+    class Params(LossOptions):
+        loss: str = loss_field("ce")  # both stages: CrossEntropy (first_stage yaml lines 25-26, second_stage 31-32)
         # stage 2 (second_stage/balance/cifar10_im100.yaml): MAX_EPOCH 40 (line 36), BASE_LR 0.001 (line 42),
         # multistep LR_STEP [20] x LR_FACTOR 0.01 (lines 46-48) as a step from 0-based epoch 19 (module docstring)
         second_epochs: int = bounded(40, ge=1)
@@ -170,6 +172,7 @@ class CamBalanceSampling(Method):
             raise ValueError(f"method cam-bs needs a backbone whose embed is global average pooling (CAM, "
                              f"network.py line 205); {type(backbone).__name__} is not")
         self.head = backbone.new_head(num_classes)
+        self.loss = self.params.build_loss("loss", class_counts)
 
     def stages(self) -> list[Stage]:
         p = self.params
@@ -183,7 +186,7 @@ class CamBalanceSampling(Method):
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
-        return StepOutput(F.cross_entropy(self.head(self.backbone(batch.x)), batch.y))
+        return StepOutput(self.loss(self.head(self.backbone(batch.x)), batch.y))
 
     def heads(self):
         return {self.default_head: self.head}
