@@ -160,6 +160,7 @@ def bad(id: str, *args: str, fragment: str, **kw) -> Case:
 
 CRT, CSA, LA, RESAMPLE = "method.name=crt", "method.name=csa", "method.name=la", "method.name=resample"
 COLOUR = "data.context.enabled=true"
+CAM_BS = "method.name=cam-bs"
 
 CASES = [
     # --- the cases --------------------------------------------------------------
@@ -286,7 +287,7 @@ CASES = [
     # --- names and method params -----------------------------------------------------------
     bad("dataset-unknown", "data.dataset=imagenet", fragment="unknown dataset 'imagenet'; known: cifar10"),
     bad("model-unknown", "model.name=vit", fragment="unknown model 'vit'; known: lenet2d"),
-    bad("method-unknown", "method.name=magic", fragment="unknown method 'magic'; known: bbn, bcl, cbrs, ce, cmo, crt"),
+    bad("method-unknown", "method.name=magic", fragment="unknown method 'magic'; known: bbn, bcl, cam-bs, cbrs, ce, cmo, crt"),
     bad("param-unknown", "method.params.volume=3", fragment="unknown method.params.volume for CrossEntropy; known: loss, loss_params, classifier"),
     bad("params-not-mapping", "method.params=5", fragment="method.params must be a mapping, got 5"),
     bad("sampler-unknown", "method.params.sampler=sideways",
@@ -332,6 +333,14 @@ CASES = [
     bad("mixup-alpha-negative", CSA, "method.params.mixup_alpha=-0.5", fragment="method.params.mixup_alpha must be >= 0 (0: off), got -0.5"),
     bad("cam-needs-pooled-backbone", CSA, "method.params.cam=cam",
         fragment="method.params.cam=cam needs a backbone whose embed is global average pooling; LeNet2d is not"),
+    bad("cam-bs-second-epochs-0", CAM_BS, "method.params.second_epochs=0",
+        fragment="method.params.second_epochs must be >= 1, got 0"),
+    bad("cam-bs-schedule-unknown", CAM_BS, "method.params.second_schedule=linear",
+        fragment="method.params.second_schedule must be one of bbn_multistep, constant, cosine, cosine_epoch, step; got 'linear'"),
+    bad("cam-bs-milestone-negative", CAM_BS, "method.params.second_milestones=[-1]",
+        fragment="method.params.second_milestones must hold numbers >= 0, got [-1]"),
+    bad("cam-bs-needs-pooled-backbone", CAM_BS,
+        fragment="method cam-bs needs a backbone whose embed is global average pooling (CAM, network.py line 205); LeNet2d is not"),
     # --- files that cannot be what they claim ----------------------------------------------
     bad("config-missing", fragment="no config '{d}/nowhere.yaml': not a YAML file", config="{d}/nowhere.yaml"),
     bad("config-hostile-yaml", fragment="hostile.yaml: the tag 'tag:yaml.org,2002:python/object/apply:os.system' "

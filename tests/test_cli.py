@@ -10,7 +10,7 @@ from tailshift import cli
 def test_list_shows_registries(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "methods: bbn, bcl, cbrs, ce, cmo, crt, csa, drs, dual" in out and "lenet2d" in out and "fashion-mnist" in out
+    assert "methods: bbn, bcl, cam-bs, cbrs, ce, cmo, crt, csa, drs, dual" in out and "lenet2d" in out and "fashion-mnist" in out
     assert "losses: balanced-softmax, ce, class-balanced, drw, focal, la, ldam" in out and "optimizers: adamw, sgd" in out
     assert "schedules: bbn_multistep, constant, cosine, cosine_epoch, step" in out
 

@@ -53,7 +53,7 @@ def test_override_syntax():
     "override, message",
     [("data.dataset=imagenet-21k", "unknown dataset 'imagenet-21k'; known: cifar10"),
      ("model.name=vit", "unknown model 'vit'; known: lenet2d"),
-     ("method.name=magic", "unknown method 'magic'; known: bbn, bcl, cbrs, ce, cmo, crt")],
+     ("method.name=magic", "unknown method 'magic'; known: bbn, bcl, cam-bs, cbrs, ce, cmo, crt")],
 )
 def test_unknown_names_list_the_known_ones(override, message, tmp_path):
     # refused when the config is resolved, before any data is read

@@ -182,7 +182,8 @@ def _method_with_drw_losses(name: str):
     """Method ``name`` with every loss it declares a DRW around CE, re-weighting from epoch 2."""
     fields = METHODS.get(name).Params.loss_fields()
     params = {field: "drw" for field in fields} | {f"{field}_params": {"start_epoch": 2, "beta": 0.999} for field in fields}
-    backbone = create_model("resnet20") if name == "bbn" else create_model("lenet2d")  # BBN needs a last block
+    # BBN needs a last block, CAM-BS a pooled backbone
+    backbone = create_model("resnet20") if name in ("bbn", "cam-bs") else create_model("lenet2d")
     return METHODS.get(name)(backbone, 4, COUNTS, 10, params), fields
 
 

@@ -52,7 +52,7 @@ def test_table2_knows_every_row_of_the_papers_table_and_its_numbers():
     assert [paper[r.name][0] for r in table2.PAPER_ROWS] == column
     assert TABLE2.paper_rows(TABLE2.studies(["cifar100-lt"], [50]))["cifar100-lt rho 50"]["remix"] == [None] * 4
     missing = {r.name for r in TABLE2.rows if r.run is None}
-    assert missing == {"m2m", "cam-bs"}
+    assert missing == {"m2m"}
     implemented = {r.run for r in TABLE2.rows if r.run is not None}
     assert all(config_path(f"table2/{d}_{run}").exists() for d in ("cifar10-lt", "cifar100-lt") for run in implemented)
 

@@ -11,6 +11,8 @@ sharded and gathered, and rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
 import math
 import os
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from . import __version__
 from .config import RunConfig, save_config
+from .data.arrays import ArrayDataset
 from .data.build import PreparedData, prepare_data
 from .data.pipeline import DeviceArrays, batch_plan, epoch_length
 from .data.sampling import Sampler, stream_spec
@@ -32,7 +35,7 @@ from .data.host_loader import make_feeds
 from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
 from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import Method
-from .methods.base import Stage, StepContext, TrainingImages
+from .methods.base import MadeData, Stage, StepContext, TrainingImages
 from .metrics import summarize
 from .models import create_model
 from .optim import build_optimizer
@@ -46,6 +49,8 @@ from .validation import ConfigError
 
 #: draw ids reserved per epoch for a secondary stream's passes (a stream cycled beside the first)
 SECONDARY_PASSES_PER_EPOCH = 100_003
+#: the run-folder subfolder where ``makes_data`` stages store their images and labels
+MADE_FOLDER = "made"
 
 
 class DivergenceError(RuntimeError):
@@ -131,6 +136,7 @@ class RunState:
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time over the same epochs: comparable on a shared machine
+    made: dict = field(default_factory=dict)  # makes_data stage name -> {"count", "sha256"} of what it stored
 
 
 def build_method(run: ResolvedRun, data: PreparedData) -> Method:
@@ -204,6 +210,10 @@ class Trainer:
         self.train_arrays, self.test_arrays = make_feeds(self.data.train, self.data.test, self.device, cfg.data,
                                                          self.speed.memory_format)
         check_model_takes_images(cfg, self.method, self.test_arrays, self.data.image_shape)
+        making = [s.name for s in self.method.stages() if s.makes_data]
+        if making and self.training_images() is None:
+            raise ConfigError(f"stage {making[0]!r} of method {cfg.method.name} makes images from the training split "
+                              f"on the device; data.storage={cfg.data.storage} keeps it on the host: use data.storage=device")
         self.speed.compile_backbone(self.method.backbone)  # after the check: it compiles nothing for one image
         self.scaler = self.speed.grad_scaler(self.device)
         self.out = Path(cfg.output)
@@ -226,10 +236,11 @@ class Trainer:
             "history": state.history,
             "train_seconds": state.train_seconds,
             "cpu_seconds": state.cpu_seconds,
+            "made": state.made,
             "speed": self.speed.record(),  # a run never resumes in another precision (see _check_precision)
             "method": self.method.state_dict(),
             "extra": extra[0],
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},  # None: resumed at a makes_data stage
         }
         if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker, for an exact resume
             payload["scaler"] = self.scaler.state_dict()
@@ -263,7 +274,7 @@ class Trainer:
         if self.scaler.is_enabled() and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         state = RunState(payload["stage_index"], payload["epoch"], payload["history"], payload["train_seconds"],
-                         payload.get("cpu_seconds", 0.0))
+                         payload.get("cpu_seconds", 0.0), payload.get("made", {}))
         return state, payload["optimizer"]
 
     def _check_precision(self, payload: dict) -> None:
@@ -305,14 +316,84 @@ class Trainer:
                               cfg.data.mean, cfg.data.std)
 
     # --- training -----------------------------------------------------------------
-    def _samplers(self, stage: Stage, stage_index: int) -> dict[str, Sampler]:
+    def _samplers(self, stage: Stage, stage_index: int, labels: np.ndarray | None = None) -> dict[str, Sampler]:
+        """The stage's streams over ``labels`` (default: the run's split; after a ``makes_data`` stage, the split
+        and the made data); an epoch of "dataset" length keeps the run's split's length, whatever was made."""
+        labels = self.data.train.labels if labels is None else labels
         s = self.cfg.sampling
-        labels = self.data.train.labels
-        return {
-            name: Sampler(labels, stream_spec(stage.streams[name], s.balanced, s.per_class, s.balanced_epoch),
-                          self.cfg.seed, f"{stage_index}/{name}")
-            for name in stage.stream_order()
-        }
+        specs = {name: stream_spec(stage.streams[name], s.balanced, s.per_class, s.balanced_epoch)
+                 for name in stage.stream_order()}
+        if len(labels) != len(self.data.train.labels):
+            specs = {name: dataclasses.replace(spec, epoch_length=len(self.data.train.labels))
+                     if spec.epoch_length == "dataset" else spec for name, spec in specs.items()}
+        return {name: Sampler(labels, spec, self.cfg.seed, f"{stage_index}/{name}") for name, spec in specs.items()}
+
+    # --- made data (``Stage.makes_data``) ---------------------------------------------
+    def _made_paths(self, stage_name: str) -> tuple[Path, Path]:
+        folder = self.out / MADE_FOLDER
+        return folder / f"{stage_name}_images.npy", folder / f"{stage_name}_labels.npy"
+
+    def _make_data(self, stage: Stage, stage_index: int) -> dict:
+        """Run a ``makes_data`` stage: the method's images, written chunk by chunk (rank 0) as a uint8 .npy
+        beside their labels; returns what the checkpoint records of them (count, sha256)."""
+        images = self.training_images()
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.cfg.seed, "method", stage_index, 0))
+        made: MadeData = self.method.make_data(stage, images, generator)
+        labels = np.ascontiguousarray(made.labels, dtype=np.int64)
+        shape = (len(labels), *images.arrays.images.shape[1:])
+        image_path, label_path = self._made_paths(stage.name)
+        digest = hashlib.sha256(labels.tobytes())
+        with atomic_open(image_path) if self.world.is_main else contextlib.nullcontext() as f:
+            if f is not None:
+                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            rows = 0
+            for chunk in made.chunks:
+                block = chunk.to("cpu", torch.uint8).contiguous().numpy()
+                rows += len(block)
+                digest.update(block.tobytes())
+                if f is not None:
+                    f.write(block.tobytes())
+            if rows != len(labels):
+                raise RuntimeError(f"stage {stage.name!r} made {rows} images for {len(labels)} labels")
+        if self.world.is_main:
+            with atomic_open(label_path) as f:
+                np.save(f, labels)
+        self.world.barrier()
+        return {"count": len(labels), "sha256": digest.hexdigest()}
+
+    def _load_made(self, stage_name: str, record: dict | None) -> ArrayDataset:
+        """A made set back from the run folder, checked against what the checkpoint recorded of it."""
+        image_path, label_path = self._made_paths(stage_name)
+        try:
+            labels = np.load(label_path)
+            images = np.load(image_path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CheckpointMismatchError(
+                f"the images stage {stage_name!r} made are unreadable in {image_path.parent} "
+                f"({type(err).__name__}); they cannot be made again from this checkpoint: re-run with --fresh") from None
+        digest = hashlib.sha256(labels.astype(np.int64).tobytes())
+        for start in range(0, len(images), 4096):
+            digest.update(np.ascontiguousarray(images[start:start + 4096]).tobytes())
+        if record is None or digest.hexdigest() != record["sha256"] or len(labels) != record["count"]:
+            raise CheckpointMismatchError(
+                f"the images stage {stage_name!r} made ({image_path}) are not those the checkpoint recorded; "
+                "they cannot be made again from this checkpoint: re-run with --fresh")
+        return ArrayDataset(np.asarray(images), labels.astype(np.int64))
+
+    def _stage_feed(self, stages: list[Stage], stage_index: int, state: RunState):
+        """The training feed and labels of a stage: the run's split, then the data of every
+        ``makes_data`` stage before it (loaded from the run folder)."""
+        made = [self._load_made(s.name, state.made.get(s.name)) for s in stages[:stage_index] if s.makes_data]
+        if not made:
+            return self.train_arrays, self.data.train.labels
+        train = self.data.train
+        joined = ArrayDataset(np.concatenate([train.images, *(m.images for m in made)]),
+                              np.concatenate([train.labels, *(m.labels for m in made)]), train.class_names)
+        d = self.cfg.data
+        feed = DeviceArrays(joined, self.device, d.mean, d.std, d.augment, d.padding)
+        feed.memory_format = self.speed.memory_format
+        return feed, joined.labels
 
     def _epoch_indices(self, samplers: dict[str, Sampler], driver: str, epoch: int, steps: int,
                        batch: int) -> dict[str, torch.Tensor]:
@@ -366,16 +447,23 @@ class Trainer:
                 continue
             fresh = state.epoch == 0
             self.method.begin_stage(stage, fresh)
+            if stage.makes_data:
+                state.made[stage.name] = self._make_data(stage, stage_index)
+                state.stage_index, state.epoch = stage_index + 1, 0
+                if cfg.train.checkpoint:
+                    self._save(state, optimizer)
+                continue
+            feed, labels = self._stage_feed(stages, stage_index, state)
             optimizer = build_optimizer(self.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
                                         cfg.train.optim, self.speed.fused_optimizer)
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
-            samplers = self._samplers(stage, stage_index)
+            samplers = self._samplers(stage, stage_index, labels)
             steps = self.world.steps(len(samplers[stage.driver]), batch)
             for epoch in range(state.epoch, stage.epochs):
                 started, cpu_started = time.perf_counter(), time.process_time()
-                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
+                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer, feed)
                 seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                 state.train_seconds += seconds
                 state.cpu_seconds += cpu_seconds
@@ -397,7 +485,8 @@ class Trainer:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
 
-    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer) -> dict:
+    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, train_arrays=None) -> dict:
+        """One epoch on ``train_arrays`` (default: the run's training feed)."""
         cfg = self.cfg
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
@@ -406,10 +495,15 @@ class Trainer:
         dev = self.device
         world = self.world
         augment_seed = derive_seed(cfg.seed, "augment", stage_index, epoch)
-        feed = self.train_arrays.epoch(indices, steps, batch, augment_seed, world)
+        feed = (train_arrays or self.train_arrays).epoch(indices, steps, batch, augment_seed, world)
         method_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.seed, "method", stage_index, epoch))
         base_lr = stage.lr or cfg.train.optim.lr
         schedule = stage.schedule or cfg.train.optim.schedule
+        optim_cfg = cfg.train.optim
+        if stage.milestones is not None or stage.gamma is not None:
+            optim_cfg = dataclasses.replace(
+                optim_cfg, milestones=optim_cfg.milestones if stage.milestones is None else stage.milestones,
+                gamma=optim_cfg.gamma if stage.gamma is None else stage.gamma)
         period = cfg.train.optim.cosine_period or cfg.train.epochs
         total = torch.zeros((), device=dev)
         sums: dict[str, torch.Tensor] = {}
@@ -420,7 +514,7 @@ class Trainer:
         bar = self.progress.steps(steps, f"{stage.name} {epoch + 1}/{stage.epochs}")
         plan = batch_plan(epoch_length(indices), steps, batch, world)  # each step's rows, as the feed cuts them
         for step, (lo, hi, start, stop), batches in zip(bar, plan, feed):
-            lr = learning_rate(cfg.train.optim, base_lr, schedule, stage.epochs, epoch + step / steps, period,
+            lr = learning_rate(optim_cfg, base_lr, schedule, stage.epochs, epoch + step / steps, period,
                                stage.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -7,7 +7,7 @@ prediction heads; it owns its heads and any state (e.g. a context bank) but is h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -32,6 +32,11 @@ class Stage:
     batches are drawn (and augmented) driver first, then the others in declared order.
     ``lr`` and ``schedule`` override the run's learning rate and schedule for this stage;
     ``warmup``: whether the run's linear warm-up (``train.optim.warmup_epochs``) opens it.
+    ``milestones`` and ``gamma`` override the run's ``train.optim.milestones`` / ``gamma`` (a step
+    schedule's epochs, counted within the stage).
+    ``makes_data``: a stage that trains nothing (no epochs, no streams): the engine calls the
+    method's ``make_data`` once, stores the images in the run folder and every later stage's
+    streams draw from the run's split and them (an epoch keeps the run's split's length).
     ``retrains_classifier``: what the stage is, for the method's hooks (the engine reads only the
     above): the backbone stays frozen and a classifier is trained on it (decoupled stage 2). The
     ``name`` only labels the stage (in checkpoints and curves).
@@ -44,9 +49,16 @@ class Stage:
     lr: float | None = None
     schedule: str | None = None
     warmup: bool = True
+    milestones: tuple[int, ...] | None = None
+    gamma: float | None = None
+    makes_data: bool = False
     retrains_classifier: bool = False
 
     def __post_init__(self):
+        if self.makes_data:
+            if self.streams or self.epochs:
+                raise ValueError(f"stage {self.name!r} makes data: it has no streams and no epochs")
+            return
         if self.driver is None:
             if len(self.streams) != 1:
                 raise ValueError(f"stage {self.name!r} has streams {', '.join(self.streams)}: name its driver")
@@ -90,6 +102,16 @@ class TrainingImages:
     per_class: int  # sampling.per_class: how many images of a class a class-aware batch takes in a row
     mean: tuple[float, ...] | None  # data.mean / data.std: the normalisation to undo for showing
     std: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class MadeData:
+    """What a ``makes_data`` stage adds to the training split: ``labels`` (int64, known before any image
+    is made) and ``chunks``, the uint8 images (B x C x H x W tensors) in label order, made while they
+    are written, so no more than one chunk is held at a time."""
+
+    labels: np.ndarray
+    chunks: Iterable[torch.Tensor]
 
 
 class Method(nn.Module):
@@ -161,6 +183,11 @@ class Method(nn.Module):
         (TensorBoard): rows of (label, uint8 N x C x H x W), or None when there is nothing to show
         (the default) or nothing yet. It must draw nothing from the run's random streams."""
         return None
+
+    def make_data(self, stage: Stage, images: TrainingImages, generator: torch.Generator) -> MadeData:
+        """The images a ``makes_data`` stage adds, made from the training split with the current model;
+        randomness from ``generator`` only (seeded per run and stage), so a re-made set is the same."""
+        raise NotImplementedError(f"{type(self).__name__} declares stage {stage.name!r} but makes no data")
 
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (besides buffers)."""

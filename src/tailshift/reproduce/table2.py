@@ -36,8 +36,7 @@ PAPER_ROWS = (
     Row("remix", "Remix", "remix", "main"),
     Row("m2m", "M2m", missing="needs a CE-trained auxiliary classifier and an adversarial translation loop per batch "
                               "(Kim et al. 2020): a second network and an inner optimisation, not built here"),
-    Row("cam-bs", "CAM-BS", missing="CAM-based foreground augmentation from a bag of tricks (Zhang et al. 2021) whose "
-                                    "recipe the paper does not give: not built here"),
+    Row("cam-bs", "CAM-BS", "cam-bs", "main"),
     Row("cmo", "CMO", "cmo", "main"),
     Row("crt-mixup", "cRT + mixup", "crt-mixup", "crt"),
     Row("lws-mixup", "LWS + mixup", "lws-mixup", "lws"),
@@ -76,6 +75,7 @@ RECIPES = {r.name: r for r in (
                                 ("cifar100-lt", "crt"): "mislas-stage2-crt-cifar100-lt",
                                 ("cifar10-lt", "lws"): "mislas-stage2-lws", ("cifar100-lt", "lws"): "mislas-stage2-lws"}),
     Recipe("kang", "csa-release", {(d, kind): f"kang-{kind}" for d in DATASETS for kind in ("crt", "lws")}),
+    Recipe("bag-of-tricks", "bag-of-tricks"),
 )}
 #: the runs with a decoupled stage 2, and what it re-trains (a recipe's stage 2 applies to them only)
 STAGE2_RUNS = {"crt": "crt", "crt-mixup": "crt", "lws": "lws", "lws-mixup": "lws"}
@@ -115,6 +115,7 @@ PAPER_RECIPES = {
     "bbn": "bbn",  # BBN's configs/cifar10.yaml
     **dict.fromkeys(("crt-mixup", "lws-mixup"), "mislas"),  # the +mixup rows come from MiSLAS (stages 1 and 2)
     **dict.fromkeys(("crt", "lws"), "kang"),  # decoupling's stage 2 (Kang et al.)
+    "cam-bs": "bag-of-tricks",  # BagofTricks-LT's first_stage configs (its stage 2 is in the row's config)
 }
 #: runs not in PAPER_RECIPES (CSA's, the dual branch, tau-norm, this project's extras, and Remix, whose authors' code
 #: was not checked) stay on the CSA release's
