@@ -7,6 +7,7 @@ uninterrupted. The tests compare their folders with each other and with 1-proces
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -67,6 +68,10 @@ EQUAL = {
                          "train.optim.lr=0.01"],
 }
 TOLERANCE = {"ce-resnet-syncbn": {"rtol": 1e-2, "atol": 2e-3}}
+#: each rank decides alone whether to fuse (its own rows' confident samples, no bank), and batch norm is
+#: synchronised: the ranks must agree, else one runs a balanced forward (collectives) the other does not
+AGREE = ["method.name=csa", "model.name=resnet20", "train.sync_batchnorm=true", "train.epochs=2", "train.optim.lr=0.01",
+         "method.params={warmup_epochs: 0, delta: 0.45, use_bank: false, bank_scope: rank}"]
 #: per-rank banks kept across epochs: a checkpoint must carry each rank's bank
 RESUME = ["method.name=csa", "train.epochs=4",
           "method.params={warmup_epochs: 1, delta: 0.3, empty_bank_each_epoch: false, bank_scope: rank}"]
@@ -86,15 +91,15 @@ def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, ch
     if checks:
         world = World(rank, 2)
         gathered = world.gather(torch.full((rank + 1, 2), float(rank)))  # 1 row from rank 0, 2 from rank 1
-        p_a, p_b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-        p_a.grad = torch.full((2,), float(rank))
-        if rank == 1:
-            p_b.grad = torch.full((2,), 4.0)  # rank 0 has none
-        world.average_gradients([p_a, p_b])
+        grads = data_parallel_gradients(world)
         sync_error = sync_batchnorm_error(rank)
+        autocast = sync_batchnorm_under_autocast_and_compile(rank)
         if rank == 0:
-            Path(checks).write_text(json.dumps({"gathered": gathered.tolist(), "a": p_a.grad.tolist(),
-                                                "b": p_b.grad.tolist(), "sync_error": sync_error}))
+            Path(checks).write_text(json.dumps({"gathered": gathered.tolist(), "grads": grads,
+                                                "agree": [world.agree(True), world.agree(False)],
+                                                "sync_error": sync_error, "autocast": autocast}))
+        else:
+            world.agree(True), world.agree(True)  # rank 0: True and False
     from tailshift.engine import Trainer
 
     original = Trainer._train_epoch
@@ -104,10 +109,37 @@ def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, ch
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, stage, stage_index, epoch, *args)
 
+    agree = World.agree
     for i, (values, overrides) in enumerate(jobs):
         Trainer._train_epoch = dies if die_at is not None and die_at[0] == i and rank == 1 else original
+        asked = []  # (this rank's flag, the agreed one) of each World.agree
+        World.agree = lambda self, flag: asked.append((flag, agree(self, flag))) or asked[-1][1]
         train(build_config(values, overrides))
+        Path(values["output"]).with_suffix(f".agree{rank}.json").write_text(json.dumps(asked))
+    World.agree = agree
     dist.destroy_process_group()
+
+
+def data_parallel_gradients(world: World) -> list:
+    """Gradients after World.data_parallel's backward over two steps: a used by both ranks (rank r
+    gives r), b used by rank 1 only (gives 4) in the first step, by no rank in the second."""
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, use_b: bool):
+            out = (self.a * world.rank).sum()
+            return out + (self.b * 4).sum() if use_b else out
+
+    module = Two()
+    step = world.data_parallel(module, find_unused_parameters=True)
+    seen = []
+    for use_b in (world.rank == 1, False):
+        module.zero_grad(set_to_none=True)
+        step(use_b).backward()
+        seen.append([None if p.grad is None else p.grad.tolist() for p in (module.a, module.b)])
+    return seen
 
 
 def sync_batchnorm_error(rank: int) -> float:
@@ -120,19 +152,36 @@ def sync_batchnorm_error(rank: int) -> float:
                                                  torch.nn.BatchNorm2d(3), torch.nn.ReLU())]
         return torch.nn.Sequential(*layers).double()
 
-    reference, synced = stack(), sync_batchnorm(stack())
+    reference, synced = stack(), sync_batchnorm(stack(), torch.device("cpu"))
     x = torch.randn(8, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     target = torch.randn(8, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     mine = slice(4 * rank, 4 * rank + 4)
     x_all, x_mine = x.clone().requires_grad_(), x[mine].clone().requires_grad_()
-    out_all, out_mine = reference(x_all), synced(x_mine)
+    ddp = World(rank, 2).data_parallel(synced, find_unused_parameters=False)  # held: its hooks average the gradients
+    out_all, out_mine = reference(x_all), ddp(x_mine)
     ((out_all - target) ** 2).mean().backward()
     ((out_mine - target[mine]) ** 2).mean().backward()
-    World(rank, 2).average_gradients(list(synced.parameters()))
     errors = [(out_mine - out_all[mine]).abs().max(), (x_mine.grad / 2 - x_all.grad[mine]).abs().max()]
     errors += [(a.grad - b.grad).abs().max() for a, b in zip(synced.parameters(), reference.parameters())]
     errors += [(a - b).abs().max() for a, b in zip(synced.buffers(), reference.buffers())]
     return float(max(errors))
+
+
+def sync_batchnorm_under_autocast_and_compile(rank: int) -> dict:
+    """A synchronised batch norm on this rank's half of a batch under CPU bf16 autocast, against plain
+    batch norm on the whole batch: the output's dtype and largest difference, the weight gradient's
+    dtype; and the graph breaks torch.compile (dynamo) makes in its training forward."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    synced = sync_batchnorm(torch.nn.Sequential(*(copy.deepcopy(m) for m in plain)), torch.device("cpu"))
+    x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mine, whole = synced(x[4 * rank: 4 * rank + 4]), plain(x)
+    mine.float().sum().backward()
+    explained = torch._dynamo.explain(synced[1])(torch.randn(4, 4, 6, 6))
+    return {"dtype": str(mine.dtype), "plain_dtype": str(whole.dtype), "weight_grad": str(synced[1].weight.grad.dtype),
+            "error": float((mine.float() - whole[4 * rank: 4 * rank + 4].float()).abs().max()),
+            "graph_breaks": explained.graph_break_count}
 
 
 def spawn(jobs: list, die_at: tuple[int, int] | None = None, checks: Path | None = None) -> None:
@@ -149,6 +198,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     npz = write_npz(root / "tiny.npz")
     jobs = [(base(npz, root / "two" / name), over) for name, over in EQUAL.items()]
+    jobs.append((base(npz, root / "agree"), AGREE))
     killed = (base(npz, root / "killed"), RESUME)
     with pytest.raises(tmp.ProcessExitedException, match="SIGKILL"):
         spawn([*jobs, killed], die_at=(len(jobs), 2), checks=root / "checks.json")  # rank 1 dies in epoch 3
@@ -157,13 +207,19 @@ def runs(tmp_path_factory):
     return root, npz
 
 
-def test_collectives_gather_uneven_rows_and_average_gradients(runs):
+def test_collectives_gather_uneven_rows_and_data_parallel_averages_gradients(runs):
     root, _ = runs
     seen = json.loads((root / "checks.json").read_text())
     assert seen["gathered"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
-    assert seen["a"] == [0.5, 0.5]
-    assert seen["b"] == [2.0, 2.0]  # a missing gradient counts as zeros once another rank has one
+    # a gradient missing on one rank counts as zeros there; one missing on every rank stays missing
+    assert seen["grads"] == [[[0.5, 0.5], [2.0, 2.0]], [[0.5, 0.5], None]]
+    assert seen["agree"] == [True, False]
     assert seen["sync_error"] < 1e-12
+    # under bf16 autocast the synchronised batch norm returns the input's dtype, as torch's does, with
+    # statistics in float32; its count stays on the device, so compile traces it in one graph
+    assert seen["autocast"]["dtype"] == seen["autocast"]["plain_dtype"] == "torch.bfloat16"
+    assert seen["autocast"]["weight_grad"] == "torch.float32" and seen["autocast"]["error"] < 0.05
+    assert seen["autocast"]["graph_breaks"] == 0
 
 
 @pytest.mark.parametrize("name", list(EQUAL))
@@ -184,6 +240,16 @@ def test_two_processes_train_the_weights_of_one(runs, name):
     assert [e["loss"] for e in two["curve"]] == pytest.approx([e["loss"] for e in one["curve"]], rel=1e-3)
     if name not in TOLERANCE:
         assert two["result"]["per_class"] == one["result"]["per_class"]
+
+
+def test_csa_ranks_agree_whether_to_fuse_under_synchronised_batch_norm(runs):
+    """Without the agreement, gloo aborts on the mismatched collectives (NCCL would hang)."""
+    root, _ = runs
+    asked = [json.loads((root / f"agree.agree{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(asked[0]) == len(asked[1]) == 12  # one decision per step, 6 steps in each of 2 epochs
+    assert [a for _, a in asked[0]] == [a for _, a in asked[1]]  # one decision for both
+    assert any(flag != agreed for rank in asked for flag, agreed in rank)  # where a rank alone would differ
+    assert json.loads((root / "agree" / "metrics.json").read_text())["processes"] == 2
 
 
 def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs):

@@ -5,8 +5,9 @@ name. All randomness is derived from (seed, stage, epoch), so a run killed at
 any point resumes from its last epoch checkpoint and replays exactly.
 
 Under torchrun every process draws the same index streams and trains on its rows of
-each global batch; gradients are averaged (``distributed.World``), evaluation is
-sharded and gathered, and rank 0 alone writes the run folder.
+each global batch; the method's step runs as the forward of one module that torch's
+``DistributedDataParallel`` wraps (``TrainingStep``), which averages the gradients during the
+backward pass; evaluation is sharded and gathered, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from . import __version__
 from .config import RunConfig, save_config
 from .data.build import PreparedData, prepare_data
@@ -177,6 +180,19 @@ def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, 
     return {head: summarize(p, labels, num_classes, groups) for head, p in preds.items()}
 
 
+class TrainingStep(nn.Module):
+    """A method's training step as one module's forward, so that ``DistributedDataParallel`` wraps
+    all of it: whatever the step runs (CSA's two branches and its Grad-CAM, BBN's two, a method's
+    several losses) is one forward, and its gradients are synchronised in one backward."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batches, ctx: StepContext):
+        return self.method.training_step(batches, ctx)
+
+
 class Trainer:
     """Runs one config to completion, writing its run folder."""
 
@@ -195,7 +211,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method = build_method(self.run, self.data).to(self.device)
         if cfg.train.sync_batchnorm and self.world.size > 1:
-            sync_batchnorm(self.method)
+            sync_batchnorm(self.method, self.device)
         self.speed = resolve_speed(cfg.train, self.device)
         self.backends = configure_backends(self.device)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
@@ -371,11 +387,13 @@ class Trainer:
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
+            # built per stage, after begin_stage: DDP syncs the parameters that require a gradient now
+            step = self.world.data_parallel(TrainingStep(self.method), self.method.may_skip_parameters)
             samplers = self._samplers(stage, stage_index)
             steps = self.world.steps(len(samplers[stage.driver]), batch)
             for epoch in range(state.epoch, stage.epochs):
                 started, cpu_started = time.perf_counter(), time.process_time()
-                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer)
+                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer, step)
                 seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                 state.train_seconds += seconds
                 state.cpu_seconds += cpu_seconds
@@ -397,7 +415,7 @@ class Trainer:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
 
-    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer) -> dict:
+    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, training_step) -> dict:
         cfg = self.cfg
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
@@ -427,14 +445,13 @@ class Trainer:
             ctx = StepContext(stage, stage_index, epoch, step, method_gen, BatchShard(start, stop, hi - lo, world))
             speed.step_begins()
             with speed.autocast(dev):
-                out = self.method.training_step(batches, ctx)
+                out = training_step(batches, ctx)
             loss = out.loss.float()
             share = (stop - start) * world.size / (hi - lo)
             if share != 1.0:  # fewer (or more) rows than an even share: weight so the ranks' mean is the batch mean
                 loss = loss * share
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # the scaler passes everything through unless amp is fp16
-            world.average_gradients(params)
+            scaler.scale(loss).backward()  # the scaler passes everything through unless amp is fp16; DDP averages
             if clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)
