@@ -23,8 +23,9 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from tailshift.config import build_config
-from tailshift.distributed import BatchShard, World, sync_batchnorm
+from tailshift.distributed import BatchShard, World, check_device, launched, sync_batchnorm
 from tailshift.engine import train
+from tailshift.validation import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 COUNTS = (60, 40, 25, 15, 10, 8, 6, 5, 4, 4)  # 177 images: the last batch of 30 splits 14 / 13
@@ -281,6 +282,17 @@ def test_nproc_command_line_runs_torchrun_and_writes_the_run_folder_once(runs, t
     assert proc.stdout.count("ce (main head)") == 1  # one summary line: rank 0's
     for key, value in weights(root / "two" / "ce").items():
         assert torch.equal(weights(tmp_path / "run")[key], value), key
+
+
+def test_an_indexed_device_is_refused_for_several_processes_of_one_machine(monkeypatch):
+    """torchrun's environment, no CUDA needed: refused before any process group is made."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^device=cuda:0 names one GPU for all 2 processes of this machine"):
+        with launched("cuda:0"):
+            pytest.fail("launched")
+    check_device("cuda:0", 1)  # one process per machine (several machines): its GPU 0 is its own
+    check_device("cuda", 8)
 
 
 def test_world_parts_and_steps():
