@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,7 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from tailshift.config import build_config
-from tailshift.distributed import BatchShard, World, check_device, launched, sync_batchnorm
+from tailshift.distributed import (RESTART_ENV, BatchShard, World, check_device, launched, multinode_torchrun_args,
+                                  sync_batchnorm)
 from tailshift.engine import train
 from tailshift.validation import ConfigError
 
@@ -282,6 +285,72 @@ def test_nproc_command_line_runs_torchrun_and_writes_the_run_folder_once(runs, t
     assert proc.stdout.count("ce (main head)") == 1  # one summary line: rank 0's
     for key, value in weights(root / "two" / "ce").items():
         assert torch.equal(weights(tmp_path / "run")[key], value), key
+
+
+#: sitecustomize.py for the two-node test's workers: rank 1 kills itself (SIGKILL) at the start of epoch 3
+#: of the first attempt; torchrun then restarts every worker, which resume from the epoch-2 checkpoint
+DIES_IN_EPOCH_3 = """
+import os
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    import signal
+    from tailshift.engine import Trainer
+    original = Trainer._train_epoch
+    def dies(self, stage, stage_index, epoch, *args):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, stage, stage_index, epoch, *args)
+    Trainer._train_epoch = dies
+"""
+#: docs/large-scale.md's multi-node command, from multinode_torchrun_args with these values
+DOCS_MULTINODE = dict(nnodes=2, nproc_per_node=8, endpoint="node0.example.com:29400", run_id="imagenet-lt-csa",
+                      max_restarts=3, tailshift_args=["train", "table3/imagenet-lt_csa_resnet50",
+                                                      "data.root=/data/imagenet",
+                                                      "output=/shared/runs/imagenet-lt_csa_resnet50"])
+
+
+def test_the_docs_multinode_command_is_the_one_the_two_node_test_runs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "large-scale.md").read_text()
+    env = " ".join(f"{key}={value}" for key, value in RESTART_ENV.items())
+    command = f"{env} torchrun {shlex.join(multinode_torchrun_args(**DOCS_MULTINODE))}"
+    assert command in re.sub(r" \\\n\s*", " ", text)  # continued lines joined
+
+
+def test_two_torchrun_agents_as_two_machines_train_what_one_process_trains_and_restart_exactly(runs, tmp_path):
+    """Two torchrun agents on this machine as two "nodes" (c10d rendezvous on loopback, gloo, one
+    process each), the docs' command. Rank 1 dies (SIGKILL) in epoch 3; both agents restart their
+    workers, which resume from the checkpoint: the weights equal, bit for bit, those of the two
+    processes that ran uninterrupted (``runs``), and those of one process within tolerance."""
+    root, npz = runs
+    config = tmp_path / "ce.yaml"
+    config.write_text(json.dumps(base(npz, tmp_path / "run")))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DIES_IN_EPOCH_3)
+    env = {**os.environ, **RESTART_ENV, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), SRC, os.environ.get("PYTHONPATH")]))}
+    args = multinode_torchrun_args(2, 1, f"127.0.0.1:{free_port()}", "two-nodes", 1,
+                                   ["train", str(config), "method.name=ce"])
+    logs = [tmp_path / f"agent{i}.log" for i in range(2)]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args], env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    try:
+        codes = [agent.wait(timeout=180) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    assert any("(exitcode: -9)" in log.read_text() for log in logs)  # one worker was killed (SIGKILL), and restarted
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    for key, value in weights(root / "two" / "ce").items():
+        assert torch.equal(weights(tmp_path / "run")[key], value), key
+    one = train(build_config(base(npz, tmp_path / "one"), ["method.name=ce"]))
+    for key, value in weights(tmp_path / "one").items():
+        torch.testing.assert_close(weights(tmp_path / "run")[key].float(), value.float(), rtol=1e-3, atol=3e-4,
+                                   msg=key)
+    assert [e["loss"] for e in metrics["curve"]] == pytest.approx([e["loss"] for e in one["curve"]], rel=1e-3)
 
 
 def test_an_indexed_device_is_refused_for_several_processes_of_one_machine(monkeypatch):

@@ -160,13 +160,19 @@ def torchrun_command(nproc: int, tailshift_args: list[str]) -> list[str]:
             "-m", "tailshift", *tailshift_args]
 
 
+#: the environment torchrun needs to restart workers: by default its agents keep one TCP store for every
+#: rendezvous round, where restarted workers can read the previous round's addresses and fail to connect
+#: (pytorch/pytorch#135712); with this, each round's rank 0 hosts a new store
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def multinode_torchrun_args(nnodes: int, nproc_per_node: int, endpoint: str, run_id: str, max_restarts: int,
                             tailshift_args: list[str]) -> list[str]:
     """torchrun's arguments for ``tailshift ARGS`` on ``nnodes`` machines of ``nproc_per_node`` processes
-    each, the same on every machine: they meet at the c10d rendezvous ``endpoint`` (HOST:PORT of one of
-    them, which hosts the store), and a failed process restarts every worker up to ``max_restarts``
-    times, which resume from the last epoch checkpoint. docs/large-scale.md shows this command; a test
-    runs it with two agents on one machine."""
+    each, the same on every machine (run with ``RESTART_ENV``): they meet at the c10d rendezvous
+    ``endpoint`` (HOST:PORT of one of them, which hosts the store), and a failed process restarts every
+    worker up to ``max_restarts`` times, which resume from the last epoch checkpoint.
+    docs/large-scale.md shows this command; a test runs it with two agents on one machine."""
     return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", f"--max-restarts={max_restarts}",
             "-m", "tailshift", *tailshift_args]
