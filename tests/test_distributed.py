@@ -1,4 +1,5 @@
-"""Two processes (gloo, CPU) train what one process trains; a killed rank resumes exactly.
+"""Two processes (gloo, CPU) train what one process trains; a killed rank resumes exactly; two torchrun agents
+run as two machines.
 
 The 2-process runs are made once per module in two pairs of spawned processes (starting
 Python and torch is what costs here): the first runs every compared config and then a run
@@ -27,7 +28,7 @@ import torch.multiprocessing as tmp
 from tailshift.config import build_config
 from tailshift.distributed import (RESTART_ENV, BatchShard, World, check_device, launched, multinode_torchrun_args,
                                   sync_batchnorm)
-from tailshift.engine import train
+from tailshift.engine import CheckpointMismatchError, Trainer, train
 from tailshift.validation import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -98,14 +99,13 @@ def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, ch
         grads = data_parallel_gradients(world)
         sync_error = sync_batchnorm_error(rank)
         autocast = sync_batchnorm_under_autocast_and_compile(rank)
+        same = [world.same_everywhere(7), world.same_everywhere(rank)]
         if rank == 0:
             Path(checks).write_text(json.dumps({"gathered": gathered.tolist(), "grads": grads,
-                                                "agree": [world.agree(True), world.agree(False)],
+                                                "agree": [world.agree(True), world.agree(False)], "same": same,
                                                 "sync_error": sync_error, "autocast": autocast}))
         else:
             world.agree(True), world.agree(True)  # rank 0: True and False
-    from tailshift.engine import Trainer
-
     original = Trainer._train_epoch
 
     def dies(self, stage, stage_index, epoch, *args):
@@ -218,6 +218,7 @@ def test_collectives_gather_uneven_rows_and_data_parallel_averages_gradients(run
     # a gradient missing on one rank counts as zeros there; one missing on every rank stays missing
     assert seen["grads"] == [[[0.5, 0.5], [2.0, 2.0]], [[0.5, 0.5], None]]
     assert seen["agree"] == [True, False]
+    assert seen["same"] == [True, False]
     assert seen["sync_error"] < 1e-12
     # under bf16 autocast the synchronised batch norm returns the input's dtype, as torch's does, with
     # statistics in float32; its count stays on the device, so compile traces it in one graph
@@ -351,6 +352,19 @@ def test_two_torchrun_agents_as_two_machines_train_what_one_process_trains_and_r
         torch.testing.assert_close(weights(tmp_path / "run")[key].float(), value.float(), rtol=1e-3, atol=3e-4,
                                    msg=key)
     assert [e["loss"] for e in metrics["curve"]] == pytest.approx([e["loss"] for e in one["curve"]], rel=1e-3)
+
+
+def test_processes_that_would_resume_from_different_epochs_are_refused(tmp_path):
+    """A run folder local to each machine: rank 0 finds the checkpoint, another process does not."""
+    class Elsewhere(World):
+        def same_everywhere(self, value: int) -> bool:
+            return False
+
+    npz = write_npz(tmp_path / "tiny.npz")
+    cfg = build_config(base(npz, tmp_path / "run"), ["method.name=ce", "train.epochs=1"])
+    with pytest.raises(CheckpointMismatchError, match="every machine must see the same run folder"):
+        Trainer(cfg, world=Elsewhere()).fit()
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_an_indexed_device_is_refused_for_several_processes_of_one_machine(monkeypatch):

@@ -102,6 +102,14 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
 
+    def same_everywhere(self, value: int) -> bool:
+        """Whether every rank holds the same integer ``value`` (one all-reduce of [v, -v] to their maxima)."""
+        if self.size == 1:
+            return True
+        t = torch.tensor([value, -value], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0]) == -int(t[1])
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (batch-norm running statistics) to every rank, as DDP does, once per epoch:
         DDP's own broadcast comes at the start of each forward, so after an epoch's last step every

@@ -360,6 +360,11 @@ class Trainer:
         with RunLock(self.out) if self.world.is_main else contextlib.nullcontext():
             if resume and self._checkpoint_identity() != seen:  # another writer finished in between
                 loaded = self._load()
+            if not self.world.same_everywhere(len(loaded[0].history)):  # e.g. a folder local to each machine
+                raise CheckpointMismatchError(
+                    f"process {self.world.rank} would resume after epoch {len(loaded[0].history)} of {self.out} and "
+                    "another process after a different one: every machine must see the same run folder (a shared "
+                    "file system), which rank 0 writes and every process reads to resume")
             if self.world.is_main:
                 save_config(self.cfg, self.out / "config.yaml")
             with contextlib.ExitStack() as stack:
