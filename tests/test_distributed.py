@@ -29,6 +29,7 @@ from tailshift.config import build_config
 from tailshift.distributed import (RESTART_ENV, BatchShard, World, check_device, launched, multinode_torchrun_args,
                                   sync_batchnorm)
 from tailshift.engine import CheckpointMismatchError, Trainer, train
+from tailshift.methods import METHODS
 from tailshift.validation import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -255,6 +256,17 @@ def test_csa_ranks_agree_whether_to_fuse_under_synchronised_batch_norm(runs):
     assert [a for _, a in asked[0]] == [a for _, a in asked[1]]  # one decision for both
     assert any(flag != agreed for rank in asked for flag, agreed in rank)  # where a rank alone would differ
     assert json.loads((root / "agree" / "metrics.json").read_text())["processes"] == 2
+
+
+def test_every_method_trains_on_two_processes(tmp_path):
+    """DDP fails a step after one that left a trainable parameter without a gradient, unless the method
+    says its steps may (``Method.may_skip_parameters``): every registered method, its defaults, one epoch."""
+    npz = write_npz(tmp_path / "tiny.npz")
+    names = METHODS.names()
+    spawn([(base(npz, tmp_path / name), [f"method.name={name}", "model.name=resnet20", "train.epochs=1"])
+           for name in names])
+    for name in names:
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["processes"] == 2, name
 
 
 def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs):
