@@ -390,6 +390,17 @@ def test_an_indexed_device_is_refused_for_several_processes_of_one_machine(monke
     check_device("cuda", 8)
 
 
+def test_a_study_on_several_processes_refuses_an_indexed_device_before_any_run(tmp_path, monkeypatch):
+    from tailshift.reproduce import jobs
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    config = tmp_path / "ce.yaml"
+    config.write_text(json.dumps(base(write_npz(tmp_path / "tiny.npz"), tmp_path / "run")))
+    runs = [jobs.Job("s", "ce", 0, str(config)), jobs.Job("s", "ce", 1, str(config), ("device=cuda:1",))]
+    with pytest.raises(ConfigError, match="device=cuda:1 names one GPU for all 2 processes"):
+        jobs.run_jobs_distributed(runs, 2)
+
+
 def test_world_parts_and_steps():
     parts = [World(r, 3).part(10) for r in range(3)]
     assert parts == [(0, 4), (4, 7), (7, 10)]
