@@ -390,6 +390,26 @@ def test_an_indexed_device_is_refused_for_several_processes_of_one_machine(monke
     check_device("cuda", 8)
 
 
+def test_on_cuda_the_process_group_is_bound_to_this_process_gpu(monkeypatch):
+    """NCCL gets ``device_id`` (its communicators made eagerly, on the right GPU); no CUDA needed."""
+    seen = {}
+
+    def init(backend, **kwargs):
+        seen.update(kwargs, backend=backend)
+        raise InterruptedError  # stop before anything else
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.setdefault("set_device", device))
+    monkeypatch.setattr(dist, "init_process_group", init)
+    with pytest.raises(InterruptedError):
+        with launched("cuda"):
+            pytest.fail("launched")
+    assert seen == {"backend": "nccl", "device_id": torch.device("cuda", 1), "set_device": torch.device("cuda", 1)}
+
+
 def test_a_study_on_several_processes_refuses_an_indexed_device_before_any_run(tmp_path, monkeypatch):
     from tailshift.reproduce import jobs
 
