@@ -420,7 +420,12 @@ class Trainer:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
 
-    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, training_step) -> dict:
+    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer,
+                     training_step: nn.Module | None = None) -> dict:
+        """One epoch. ``training_step``: the stage's step module (DDP on several processes); None: the
+        method's own step, as on one process (the benchmarks time epochs so)."""
+        if training_step is None:
+            training_step = TrainingStep(self.method)
         cfg = self.cfg
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
