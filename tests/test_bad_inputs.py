@@ -277,6 +277,8 @@ CASES = [
     bad("balanced-epoch-unknown", "sampling.balanced_epoch=forever",
         fragment="sampling.balanced_epoch must be one of balanced, dataset; got 'forever'"),
     bad("device-unknown", "device=tpu", fragment="device must be auto, cpu or cuda[:N], got 'tpu'"),
+    bad("device-indexed-for-processes", "device=cuda:1", "--nproc", "2",
+        fragment="device=cuda:1 names one GPU for all 2 processes of this machine; use device=cuda or device=auto"),
     bad("output-empty", "output=", fragment="output must name a folder for the run, got ''"),
     bad("output-is-a-file", fragment="output {out} is a file, not a folder", prepare=file_in_the_way),
     bad("unknown-top-key", "colour=1", fragment="unknown key colour; known: data, model, method"),

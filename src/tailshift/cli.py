@@ -16,8 +16,9 @@ def _train(args) -> None:
     run = resolve_run(load_config(config_path(args.config), args.overrides))  # every check, before any process starts
     cfg = run.config
     if args.nproc > 1:  # the same command on N processes of this machine, through torchrun
-        from .distributed import torchrun_command
+        from .distributed import check_device, torchrun_command
 
+        check_device(cfg.device, args.nproc)
         fresh = ["--fresh"] if args.fresh else []
         command = torchrun_command(args.nproc, ["train", args.config, *args.overrides, *fresh])
         code = subprocess.run(command).returncode

@@ -2,13 +2,13 @@
 
 A run on W processes trains exactly what one process trains on the same global batch:
 every process draws the same epoch index streams, takes its contiguous rows of every
-global batch (``World.part``), and after the backward pass the gradients are averaged
-across processes (one flat all-reduce; a loss over fewer rows than the even share is
-scaled, see ``Trainer``). Nothing here knows about methods or datasets.
+global batch (``World.part``), and torch's ``DistributedDataParallel`` averages the gradients
+during the backward pass (``World.data_parallel``; a loss over fewer rows than the even share
+is scaled, see ``Trainer``). Nothing here knows about methods or datasets.
 
 ``launched`` reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
-``MASTER_ADDR``/``MASTER_PORT``): NCCL when the run is on CUDA, gloo otherwise (CPU tests).
-One process (no environment) is a ``World()`` whose collectives are identities.
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``): NCCL when the run is on CUDA, gloo otherwise
+(CPU tests). One process (no environment) is a ``World()`` whose collectives are identities.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .validation import ConfigError
 
 
 @dataclass(frozen=True)
@@ -81,33 +83,37 @@ class World:
             t.div_(self.size)
         return t
 
-    def average_gradients(self, params: list[nn.Parameter]) -> None:
-        """Replace every gradient by its mean over ranks, in one flat all-reduce.
+    def data_parallel(self, module: nn.Module, find_unused_parameters: bool) -> nn.Module:
+        """``module`` under ``DistributedDataParallel`` (itself for one process): every gradient averaged
+        over ranks in buckets, overlapped with the backward pass. ``find_unused_parameters``: a forward may
+        leave trainable parameters out; one without a gradient on every rank then keeps none (so SGD skips
+        it, as one process would), one with a gradient on some ranks gets zeros on the others. Buffers are
+        not broadcast at each forward: ``broadcast_buffers`` does it once per epoch, before evaluation."""
+        if self.size == 1:
+            return module
+        return nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused_parameters,
+                                                   forward_sync_buffers=False)
 
-        A parameter without a gradient on every rank keeps none (so SGD skips it as one
-        process would); one with a gradient on some ranks only gets zeros on the others.
-        """
-        if self.size == 1 or not params:
-            return
-        device = params[0].device
-        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-        dist.all_reduce(present, op=dist.ReduceOp.MAX)
-        grads = []
-        for p, has in zip(params, present.tolist()):
-            if has:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                grads.append(p.grad)
-        for dtype in dict.fromkeys(g.dtype for g in grads):
-            group = [g for g in grads if g.dtype == dtype]
-            flat = torch.cat([g.reshape(-1) for g in group])
-            dist.all_reduce(flat)
-            flat.div_(self.size)
-            for g, chunk in zip(group, flat.split([g.numel() for g in group])):
-                g.copy_(chunk.view(g.shape))
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on every rank (one all-reduce of a flag, read on the host)."""
+        if self.size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def same_everywhere(self, value: int) -> bool:
+        """Whether every rank holds the same integer ``value`` (one all-reduce of [v, -v] to their maxima)."""
+        if self.size == 1:
+            return True
+        t = torch.tensor([value, -value], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0]) == -int(t[1])
 
     def broadcast_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (batch-norm running statistics) to every rank, as DDP does."""
+        """Rank 0's buffers (batch-norm running statistics) to every rank, as DDP does, once per epoch:
+        DDP's own broadcast comes at the start of each forward, so after an epoch's last step every
+        rank would still hold its own statistics, and evaluation (shared among the ranks) would use them."""
         if self.size == 1:
             return
         for buffer in module.buffers():
@@ -162,6 +168,24 @@ def torchrun_command(nproc: int, tailshift_args: list[str]) -> list[str]:
             "-m", "tailshift", *tailshift_args]
 
 
+#: the environment torchrun needs to restart workers: by default its agents keep one TCP store for every
+#: rendezvous round, where restarted workers can read the previous round's addresses and fail to connect
+#: (pytorch/pytorch#135712); with this, each round's rank 0 hosts a new store
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def multinode_torchrun_args(nnodes: int, nproc_per_node: int, endpoint: str, run_id: str, max_restarts: int,
+                            tailshift_args: list[str]) -> list[str]:
+    """torchrun's arguments for ``tailshift ARGS`` on ``nnodes`` machines of ``nproc_per_node`` processes
+    each, the same on every machine (run with ``RESTART_ENV``): they meet at the c10d rendezvous
+    ``endpoint`` (HOST:PORT of one of them, which hosts the store), and a failed process restarts every
+    worker up to ``max_restarts`` times, which resume from the last epoch checkpoint.
+    docs/large-scale.md shows this command; a test runs it with two agents on one machine."""
+    return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", f"--max-restarts={max_restarts}",
+            "-m", "tailshift", *tailshift_args]
+
+
 def current_world() -> World:
     """The World of an initialised process group, else one process."""
     if dist.is_available() and dist.is_initialized():
@@ -169,20 +193,31 @@ def current_world() -> World:
     return World()
 
 
+def check_device(device: str, local_processes: int) -> None:
+    """Refuse an indexed device (``cuda:0``) for several processes of one machine: every one of them
+    would train on that GPU. Checked without CUDA, before any process group or data."""
+    if local_processes > 1 and ":" in device:
+        raise ConfigError(f"device={device} names one GPU for all {local_processes} processes of this machine; "
+                          "use device=cuda or device=auto (each process then takes cuda:LOCAL_RANK)")
+
+
 @contextmanager
 def launched(device: str = "auto"):
     """The World of this process. Under torchrun (``WORLD_SIZE`` > 1) the process group is
-    created here (NCCL on CUDA, gloo otherwise) and destroyed on exit; a group the caller
-    already created is used as it is."""
+    created here (NCCL on CUDA, bound to this process's GPU; gloo otherwise) and destroyed on
+    exit; a group the caller already created is used as it is."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if (dist.is_available() and dist.is_initialized()) or size <= 1:
         yield current_world()
         return
+    check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", size)))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if device != "cpu" and torch.cuda.is_available():
+        gpu = torch.device("cuda", local_rank)
+        torch.cuda.set_device(gpu)
+        dist.init_process_group("nccl", device_id=gpu)
+    else:
+        dist.init_process_group("gloo")
     try:
         yield current_world()
     finally:
@@ -192,15 +227,19 @@ def launched(device: str = "auto"):
 # ----------------------------------------------------------------------------- synchronised batch norm
 
 class _SyncBatchNormFunction(torch.autograd.Function):
-    """Batch norm over the union of every rank's batch: the per-channel sums are all-reduced
-    forward (mean, variance) and backward (the two gradient sums), any backend."""
+    """Batch norm over the union of every rank's batch on any backend: the per-channel sums (and the row
+    count, so ranks may hold different numbers of rows) are all-reduced forward (mean, variance) and
+    backward (the two gradient sums). Statistics in float32 (float64 for float64 input), the output and
+    the input's gradient in the input's dtype (bf16 under autocast); the count stays a device tensor, so
+    nothing waits on the device and ``torch.compile`` traces the layer without a break."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum):
         c = x.shape[1]
         dims = [0, 2, 3]
-        stats = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
-                           torch.tensor([x.numel() // c], dtype=torch.float64, device=x.device)])
+        xs = x.to(torch.promote_types(x.dtype, torch.float32))
+        count = xs.new_full((1,), x.numel() // c)
+        stats = torch.cat([xs.sum(dims), (xs * xs).sum(dims), count])
         dist.all_reduce(stats)
         count = stats[-1]
         mean = stats[:c] / count
@@ -209,30 +248,33 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
             unbiased = var * count / (count - 1).clamp_min(1)
             running_var.mul_(1 - momentum).add_(momentum * unbiased.to(running_var.dtype))
-        invstd = torch.rsqrt(var + eps).to(x.dtype)
-        xhat = (x - mean.to(x.dtype).view(1, c, 1, 1)) * invstd.view(1, c, 1, 1)
-        ctx.save_for_backward(xhat, weight, invstd)
-        ctx.count = float(count)
-        return xhat * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, mean, invstd, count)
+        scale = (weight.to(invstd.dtype) * invstd).view(1, c, 1, 1)
+        shift = (bias.to(invstd.dtype) - mean * weight.to(invstd.dtype) * invstd).view(1, c, 1, 1)
+        return (xs * scale + shift).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        xhat, weight, invstd = ctx.saved_tensors
+        x, weight, mean, invstd, count = ctx.saved_tensors
         c = grad.shape[1]
         dims = [0, 2, 3]
-        sum_dy, sum_dy_xhat = grad.sum(dims), (grad * xhat).sum(dims)
+        g = grad.to(mean.dtype)
+        xhat = (x.to(mean.dtype) - mean.view(1, c, 1, 1)) * invstd.view(1, c, 1, 1)
+        sum_dy, sum_dy_xhat = g.sum(dims), (g * xhat).sum(dims)
         both = torch.cat([sum_dy, sum_dy_xhat])
         dist.all_reduce(both)
-        mean_dy, mean_dy_xhat = (both / ctx.count).split(c)
-        grad_x = (grad - mean_dy.view(1, c, 1, 1) - xhat * mean_dy_xhat.view(1, c, 1, 1)) \
-            * (weight * invstd).view(1, c, 1, 1)
-        return grad_x, sum_dy_xhat, sum_dy, None, None, None, None
+        mean_dy, mean_dy_xhat = (both / count).split(c)
+        grad_x = (g - mean_dy.view(1, c, 1, 1) - xhat * mean_dy_xhat.view(1, c, 1, 1)) \
+            * (weight.to(invstd.dtype) * invstd).view(1, c, 1, 1)
+        return (grad_x.to(x.dtype), sum_dy_xhat.to(weight.dtype), sum_dy.to(weight.dtype),
+                None, None, None, None)
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training statistics span every process (same parameters and
     buffers, so checkpoints are interchangeable). torch's ``nn.SyncBatchNorm`` runs on GPUs
-    only; this one runs on any backend, gloo included."""
+    only; this one runs on any backend, gloo included (``sync_batchnorm`` uses torch's on CUDA)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -240,27 +282,40 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         momentum = self.momentum
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            if momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+            if momentum is None:  # a cumulative average, as nn.BatchNorm2d's, without reading the count on the host
+                momentum = 1.0 / self.num_batches_tracked
         running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
         weight = self.weight if self.affine else torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
         bias = self.bias if self.affine else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
         return _SyncBatchNormFunction.apply(x, weight, bias, *running, self.eps, momentum)
 
 
-def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every ``nn.BatchNorm2d`` replaced by a ``SyncBatchNorm2d`` holding its tensors."""
+#: the synchronised batch norms ``sync_batchnorm`` puts in
+SYNCHRONISED = (SyncBatchNorm2d, nn.SyncBatchNorm)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` replaced by a synchronised one holding its tensors:
+    torch's ``nn.SyncBatchNorm`` on CUDA, ``SyncBatchNorm2d`` elsewhere. Subclasses of ``nn.BatchNorm2d``
+    (a backbone's own, e.g. frozen, batch norm) are kept."""
+    kind = nn.SyncBatchNorm if device.type == "cuda" else SyncBatchNorm2d
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             tensors = [*child.parameters(), *child.buffers()]
-            synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, device=tensors[0].device if tensors else None,
-                                     dtype=tensors[0].dtype if tensors else None)
+            synced = kind(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                          device=tensors[0].device if tensors else None,
+                          dtype=tensors[0].dtype if tensors else None)
             synced.load_state_dict(child.state_dict())
             synced.train(child.training)
             for p_new, p_old in zip(synced.parameters(), child.parameters()):
                 p_new.requires_grad_(p_old.requires_grad)
             setattr(module, name, synced)
         else:
-            sync_batchnorm(child)
+            sync_batchnorm(child, device)
     return module
+
+
+def synchronises_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a synchronised batch norm: each of its training forwards is then a
+    collective, which every rank must run as often as the others."""
+    return any(isinstance(m, SYNCHRONISED) for m in module.modules())

@@ -5,8 +5,9 @@ name. All randomness is derived from (seed, stage, epoch), so a run killed at
 any point resumes from its last epoch checkpoint and replays exactly.
 
 Under torchrun every process draws the same index streams and trains on its rows of
-each global batch; gradients are averaged (``distributed.World``), evaluation is
-sharded and gathered, and rank 0 alone writes the run folder.
+each global batch; the method's step runs as the forward of one module that torch's
+``DistributedDataParallel`` wraps (``TrainingStep``), which averages the gradients during the
+backward pass; evaluation is sharded and gathered, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from . import __version__
 from .config import RunConfig, save_config
 from .data.arrays import ArrayDataset
@@ -183,6 +186,19 @@ def evaluate(method: Method, arrays, batch_size: int, num_classes: int, groups, 
     return {head: summarize(p, labels, num_classes, groups) for head, p in preds.items()}
 
 
+class TrainingStep(nn.Module):
+    """A method's training step as one module's forward, so that ``DistributedDataParallel`` wraps
+    all of it: whatever the step runs (CSA's two branches and its Grad-CAM, BBN's two, a method's
+    several losses) is one forward, and its gradients are synchronised in one backward."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batches, ctx: StepContext):
+        return self.method.training_step(batches, ctx)
+
+
 class Trainer:
     """Runs one config to completion, writing its run folder."""
 
@@ -201,7 +217,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method = build_method(self.run, self.data).to(self.device)
         if cfg.train.sync_batchnorm and self.world.size > 1:
-            sync_batchnorm(self.method)
+            sync_batchnorm(self.method, self.device)
         self.speed = resolve_speed(cfg.train, self.device)
         self.backends = configure_backends(self.device)
         # channels-last is markedly faster for small convolutions on CPU (MKL-DNN) and for AMP on GPUs.
@@ -425,6 +441,11 @@ class Trainer:
         with RunLock(self.out) if self.world.is_main else contextlib.nullcontext():
             if resume and self._checkpoint_identity() != seen:  # another writer finished in between
                 loaded = self._load()
+            if not self.world.same_everywhere(len(loaded[0].history)):  # e.g. a folder local to each machine
+                raise CheckpointMismatchError(
+                    f"process {self.world.rank} would resume after epoch {len(loaded[0].history)} of {self.out} and "
+                    "another process after a different one: every machine must see the same run folder (a shared "
+                    "file system), which rank 0 writes and every process reads to resume")
             if self.world.is_main:
                 save_config(self.cfg, self.out / "config.yaml")
             with contextlib.ExitStack() as stack:
@@ -459,11 +480,13 @@ class Trainer:
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
+            # built per stage, after begin_stage: DDP syncs the parameters that require a gradient now
+            step = self.world.data_parallel(TrainingStep(self.method), self.method.may_skip_parameters)
             samplers = self._samplers(stage, stage_index, labels)
             steps = self.world.steps(len(samplers[stage.driver]), batch)
             for epoch in range(state.epoch, stage.epochs):
                 started, cpu_started = time.perf_counter(), time.process_time()
-                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer, feed)
+                logs = self._train_epoch(stage, stage_index, epoch, samplers, steps, optimizer, feed, step)
                 seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                 state.train_seconds += seconds
                 state.cpu_seconds += cpu_seconds
@@ -485,8 +508,13 @@ class Trainer:
                     self._save(state, optimizer)
         return self._finish(state, results if results is not None else self._evaluate())
 
-    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, train_arrays=None) -> dict:
-        """One epoch on ``train_arrays`` (default: the run's training feed)."""
+    def _train_epoch(self, stage, stage_index, epoch, samplers, steps, optimizer, train_arrays=None,
+                     training_step: nn.Module | None = None) -> dict:
+        """One epoch on ``train_arrays`` (default: the run's training feed). ``training_step``: the stage's
+        step module (DDP on several processes); None: the method's own step, as on one process (the
+        benchmarks time epochs so)."""
+        if training_step is None:
+            training_step = TrainingStep(self.method)
         cfg = self.cfg
         batch = cfg.train.batch_size
         self.method.train_mode(stage)
@@ -521,14 +549,13 @@ class Trainer:
             ctx = StepContext(stage, stage_index, epoch, step, method_gen, BatchShard(start, stop, hi - lo, world))
             speed.step_begins()
             with speed.autocast(dev):
-                out = self.method.training_step(batches, ctx)
+                out = training_step(batches, ctx)
             loss = out.loss.float()
             share = (stop - start) * world.size / (hi - lo)
             if share != 1.0:  # fewer (or more) rows than an even share: weight so the ranks' mean is the batch mean
                 loss = loss * share
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # the scaler passes everything through unless amp is fp16
-            world.average_gradients(params)
+            scaler.scale(loss).backward()  # the scaler passes everything through unless amp is fp16; DDP averages
             if clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)

@@ -123,6 +123,11 @@ class Method(nn.Module):
 
     #: the head whose predictions are the method's headline result
     default_head: ClassVar[str] = "main"
+    #: whether a training step can leave a trainable parameter without a gradient (CSA's balanced head
+    #: before its bank fills): on several processes DDP then looks for such parameters at every step
+    #: (``find_unused_parameters``, a walk of the autograd graph); a method that skips parameters without
+    #: saying so fails there, at its next step, with DDP's error naming them
+    may_skip_parameters: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int,
                  params: Any = None):

@@ -18,7 +18,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..cam import CAM_METHODS, context_masks
-from ..distributed import BatchShard
+from ..distributed import BatchShard, synchronises_batchnorm
 from ..tensors import gather_rows, is_channels_last
 from ..validation import bounded, one_of
 from .base import METHODS, Stage, StepContext, TrainingImages
@@ -60,6 +60,8 @@ class ContextShiftAugmentation(DualBranch):
     balanced head's loss is added. Until then the balanced head gets no loss at
     all (release, Algorithm 1 line 27).
     """
+
+    may_skip_parameters = True  # the balanced head, on steps without contexts
 
     @dataclass
     class Params(DualBranch.Params):
@@ -231,6 +233,8 @@ class ContextShiftAugmentation(DualBranch):
                 contexts = self._draw_contexts(images, mask, confident, n, ctx.generator)
                 if shard is not None and contexts is not None:
                     contexts = (shard.local(contexts[0]), shard.local(contexts[1]))
+                if self._ranks_must_agree(ctx):  # fuse only when every rank can
+                    contexts = contexts if ctx.shard.world.agree(contexts is not None) else None
         if contexts is not None:
             x_bal = self._fuse(balanced.x, contexts, ctx.generator, shard)
         else:
@@ -239,6 +243,13 @@ class ContextShiftAugmentation(DualBranch):
         # the bank's fill is a device scalar (logging it waits for nothing)
         fill = self.bank.fill if self.bank is not None else 0.0
         return x_bal, {"pushed": pushed, "fused": 1.0 if contexts is not None else 0.0, "bank_fill": fill}
+
+    def _ranks_must_agree(self, ctx: StepContext) -> bool:
+        """Whether the ranks must take one decision to fuse: each decides from its own bank (or its own
+        rows, without a bank), and a synchronised batch norm makes the balanced forward a collective that
+        every rank runs or none (with ``joint_forward`` each runs one forward either way)."""
+        return (ctx.shard is not None and ctx.shard.split and self.params.bank_scope == "rank"
+                and not self.params.joint_forward and synchronises_batchnorm(self.backbone))
 
     def untrained_heads(self, history: list[dict]) -> set[str]:
         """As the dual branch; curves written before ``balanced_trained`` was logged are read from

@@ -183,12 +183,14 @@ def run_jobs(jobs: list[Job], workers: int) -> list[JobResult]:
 def run_jobs_distributed(jobs: list[Job], nproc: int) -> list[JobResult]:
     """Run jobs one after the other, each on ``nproc`` processes of this machine (torchrun, one per
     GPU); a run that fails (a diverged one included) stops the study with its exit code."""
-    from ..distributed import torchrun_command
+    from ..distributed import check_device, torchrun_command
 
+    configs = [job.resolve() for job in jobs]
+    for cfg in configs:  # before any run starts
+        check_device(cfg.device, nproc)
     results = []
     counter = RunCounter(len(jobs))
-    for job in jobs:
-        cfg = job.resolve()
+    for job, cfg in zip(jobs, configs):
         started = time.perf_counter()
         with sigterm_raises():
             code = _wait_or_terminate(subprocess.Popen(torchrun_command(nproc, ["train", job.config, *job.overrides])))
