@@ -187,9 +187,9 @@ def full_run(tmp_path_factory):
     seen = []
     original = trainer._train_epoch
 
-    def spy(stage, stage_index, epoch, samplers, steps, optimizer, feed):
+    def spy(stage, stage_index, epoch, samplers, steps, optimizer, feed, training_step):
         seen.append((stage.name, steps, len(feed)))
-        return original(stage, stage_index, epoch, samplers, steps, optimizer, feed)
+        return original(stage, stage_index, epoch, samplers, steps, optimizer, feed, training_step)
 
     trainer._train_epoch = spy
     return folder / "full", trainer.fit(), seen
