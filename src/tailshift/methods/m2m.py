@@ -1,17 +1,18 @@
 """M2m: imbalanced classification via major-to-minor translation (Kim, Jeong and Shin, CVPR 2020).
 
-Followed from the authors' code, alinlab/M2m (``train.py``, ``config.py``, ``utils.py``, ``run.sh``, ``README.md``):
+Followed from the authors' code, alinlab/M2m (``train.py``, ``config.py``, ``utils.py``, ``data_loader.py``,
+``README.md`` and ``run.sh`` line 34, the M2m command, the source of every default below):
 
 - **g**, the classifier that judges a translation, is a separate network trained by plain ERM on the
-  long-tailed set for the whole schedule (README.md lines 17-21: ``--no_over --warm 200 --epoch 200``), then
+  long-tailed set for the whole schedule (README.md lines 18-21: ``--no_over --warm 200 --epoch 200``), then
   loaded from its checkpoint and frozen (train.py lines 325-329, ``net_g.eval()`` at line 233). Here it is
   the run's first stage, ``generator`` (``generator_epochs``, default the run's epochs, on the run's recipe, CE
   on uniform batches), a copy of the built backbone with its own head, kept in the checkpoint with everything
   else, so a run is one folder and resumes exactly, g included. A parameter naming a finished CE run would
   make this run depend on files outside its folder and its fingerprint, and the table's jobs run in parallel
   with no order between them. Departures: g is g's final epoch (the authors keep the best epoch on a
-  validation split of the test set, train.py lines 399-408; the shipped checkpoint is epoch 180 of 200), and
-  it starts from the same initial weights as f (the authors' g is another run).
+  validation split of the test set, train.py lines 399-408; their shipped checkpoint/erm_r100_c10_trial1.t7 is
+  epoch 180 of 200), and it starts from the same initial weights as f (the authors' g is another run).
 - **f**, the classifier trained (stage ``train``), starts afresh (``-r`` with ``--net_g`` only: train.py lines
   307-329 load g, not f) and trains by ERM on uniform batches until ``start_epoch`` (``--warm 160``, run.sh;
   train.py line 386), then on re-sampled batches, each sample drawn with weight 1 / n_y, N draws an epoch
@@ -33,7 +34,7 @@ Followed from the authors' code, alinlab/M2m (``train.py``, ``config.py``, ``uti
   Pixels: the images arrive normalised (``data.mean``/``data.std``); the attack runs on
   x * std + mean and hands back (x - mean) / std, clamping before normalising (utils.py lines 46-49).
 - **Rejection** (train.py lines 136-142): accepted when g's softmax probability of k is at least ``gamma``
-  (0.9, run.sh; config.py's default is 0.99) and a Bernoulli draw with the seed's 1 - beta^(n_seed - n_k)
+  (0.9, run.sh; config.py line 52's default is 0.99) and a Bernoulli draw with the seed's 1 - beta^(n_seed - n_k)
   succeeds; a rejected row keeps its re-sampled image.
 - **The loss**: the mean of ``loss`` (CE, run.sh) over the batch with the accepted rows replaced (train.py
   lines 194-199).
@@ -43,7 +44,8 @@ The recipe is Cao et al.'s (config.py lines 163-176: lr 0.1, 5 warm-up epochs, x
 The authors give one script (run.sh: CIFAR-10-LT, rho 100); the same settings serve every dataset and rho.
 
 Every draw comes from the step's generator, in the authors' order (rows, seeds, random start, acceptance),
-so a run resumes exactly. On several processes, each translates within its own rows of the batch.
+so a run resumes exactly. Translations live only within their step, as in the original: nothing is cached.
+On several processes, each translates within its own rows of the batch.
 """
 from __future__ import annotations
 
@@ -140,9 +142,9 @@ class MajorToMinor(Method):
         self.judge = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": backbone.new_head(num_classes)})
 
     def stages(self) -> list[Stage]:
+        streams = {"main": StreamRequest("uniform"), "resampled": StreamRequest("power", 0.0)}
         return [Stage("generator", self.params.generator_epochs or self.epochs, {"main": StreamRequest("uniform")}),
-                Stage("train", self.epochs, {"main": StreamRequest("uniform"), "resampled": StreamRequest("power", 0.0)},
-                      driver="main")]
+                Stage("train", self.epochs, streams, driver="main")]
 
     def trained(self, stage: Stage) -> list[nn.Module]:
         """The modules a stage trains: g in ``generator``, f (backbone, head, the loss) in ``train``."""
