@@ -147,7 +147,9 @@ def build_method(run: ResolvedRun, data: PreparedData) -> Method:
     cfg = run.config
     channels, height, _ = data.image_shape
     backbone = create_model(cfg.model.name, in_channels=channels, image_size=height, pretrained=cfg.model.pretrained)
-    return run.method_class(backbone, data.num_classes, data.class_counts, cfg.train.epochs, run.params)
+    method = run.method_class(backbone, data.num_classes, data.class_counts, cfg.train.epochs, run.params)
+    method.set_input_normalisation(cfg.data.mean, cfg.data.std)
+    return method
 
 
 @torch.no_grad()

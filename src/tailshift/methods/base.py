@@ -139,6 +139,17 @@ class Method(nn.Module):
         self.register_buffer("class_counts", torch.as_tensor(np.asarray(class_counts), dtype=torch.float32))
         self.epochs = epochs
         self.params = params if isinstance(params, self.Params) else build_params(type(self), params or {})
+        # the normalisation the engine's images arrive in (set_input_normalisation); None: pixels in [0, 1]
+        self.register_buffer("input_mean", None, persistent=False)
+        self.register_buffer("input_std", None, persistent=False)
+
+    def set_input_normalisation(self, mean, std) -> None:
+        """The run's ``data.mean`` / ``data.std`` (None: images in [0, 1]), which the engine sets once the method
+        is built, for a method that works on pixels (M2m's translation clamps to [0, 1]). Not checkpointed:
+        it follows from the config."""
+        if mean is not None:
+            self.input_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self.input_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     # --- what the engine asks -------------------------------------------------
     def stages(self) -> list[Stage]:

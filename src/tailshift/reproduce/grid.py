@@ -15,18 +15,12 @@ from .reports import (BEST_EPOCH_NOTE, RESULT_COLUMNS, Report, Section, paired_c
 
 @dataclass(frozen=True)
 class Row:
-    """A table row: the run (config suffix) it is read from and the head of that run; a row of the
-    paper this project does not implement has no run and says why (``missing``)."""
+    """A table row: the run (config suffix) it is read from and the head of that run."""
 
     name: str
     label: str
-    run: str | None = None
-    head: str | None = None
-    missing: str = ""
-
-    def __post_init__(self):
-        if (self.run is None) == (not self.missing):
-            raise ValueError(f"row {self.name!r} needs either a run and head or the reason it is missing")
+    run: str
+    head: str
 
 
 @dataclass(frozen=True)
@@ -116,16 +110,14 @@ class Grid:
 
     def plan(self, studies: list[Study], rows: dict[str, Row], seeds, overrides: Sequence[str],
              recipe: Callable | None = None) -> Plan:
-        """Each (study, row) with a run reads its run's head; rows of one run share its jobs; ``RUN:key=value``
+        """Each (study, row) reads its run's head; rows of one run share its jobs; ``RUN:key=value``
         overrides reach only that run. The rows ``paired`` names are compared seed by seed. ``recipe``:
         (dataset, run) -> (recipe name, its overrides); a run off the shipped configs' recipe (no overrides)
         lives in ``<folder>/<recipe>/<run>``, apart from the shipped recipe's runs."""
-        runs = sorted({r.run for r in rows.values() if r.run is not None})
+        runs = sorted({r.run for r in rows.values()})
         variants = {}
         for study in studies:
             for row in rows.values():
-                if row.run is None:
-                    continue
                 name, changes = recipe(study.paper_path[0], row.run) if recipe else ("", ())
                 folder = f"{study.folder}/{name}/{row.run}" if changes else f"{study.folder}/{row.run}"
                 variants[study.name, row.name] = Variant(
@@ -161,10 +153,8 @@ class Grid:
         for study in studies:
             for row in rows.values():
                 ref = paper[study.name].get(row.name)
-                cells = (result_cells(results.aggregates[study.name, row.name], ref) if row.run is not None
-                         else ("-", "-", "-", "-", "-", *paper_cells(ref), f"not implemented: {row.missing}"))
-                label = (f"{row.label} [{recipe(study.paper_path[0], row.run)[0]} recipe]"
-                         if recipe and row.run is not None else row.label)
+                cells = result_cells(results.aggregates[study.name, row.name], ref)
+                label = f"{row.label} [{recipe(study.paper_path[0], row.run)[0]} recipe]" if recipe else row.label
                 table.append((study.name, label, *cells))
         sections = [Section(("Dataset", "Method", *RESULT_COLUMNS), tuple(table))]
         if results.paired:
@@ -197,11 +187,10 @@ class Grid:
                            for study in (s.name for s in studies)},
                 "runs": [r.to_json() for r in results.runs], "wall_seconds": results.wall_seconds,
                 "seeds": list(results.plan.seeds), "workers": results.workers, "nproc": results.nproc,
-                **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides),
-                "not_implemented": {r.name: r.missing for r in rows.values() if r.run is None}}
+                **({"rhos": list(rhos)} if self.sweeps_rho else {}), "overrides": list(overrides)}
         if recipe:
-            data["recipes"] = {study.name: {row.name: recipe(study.paper_path[0], row.run)[0] for row in rows.values()
-                                            if row.run is not None} for study in studies}
+            data["recipes"] = {study.name: {row.name: recipe(study.paper_path[0], row.run)[0] for row in rows.values()}
+                               for study in studies}
         return Report(self.name, self.title, note, self.sections(results, studies, rows, recipe), data)
 
     # --- the command ------------------------------------------------------------------------------
