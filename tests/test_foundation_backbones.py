@@ -280,3 +280,16 @@ def test_a_clip_hub_download_that_fails_says_what_to_fetch_and_where(monkeypatch
         create_model("clip:ViT-B-16", pretrained="hub:nope", image_size=32)
     with pytest.raises(ValueError, match=r"^model.pretrained=hub: open_clip has no weights for ViT-S-32$"):
         create_model(CLIP, pretrained="hub", image_size=32)
+
+
+def test_csa_trains_on_a_lightweight_tuned_vit_through_its_patch_grid(timm, tmp_path):
+    """CSA's Grad-CAM reads the ViT's feature map (the patch grid) like a CNN's: contexts are fused."""
+    cfg = build_config({"output": str(tmp_path / "run"), "device": "cpu", "progress": False},
+                       [f"model.name={VIT}", "model.tune=adaptformer", "train.epochs=2", "train.batch_size=16",
+                        "train.optim.lr=0.01", "method.name=csa", "method.params={warmup_epochs: 1, delta: 0.0}"])
+    metrics = train(cfg, tiny_prepared(channels=3, size=32))
+    warmup, fused = metrics["curve"]
+    assert warmup["fused"] == 0 and fused["fused"] > 0 and fused["loss_balanced"] > 0
+    adapters = 12 * (2 * 192 + 192 * 1 + 1 + 1 * 192 + 192 + 1)  # per block: LayerNorm, down, up, scale
+    heads = 2 * (192 * 10 + 10)  # CSA's uniform and balanced heads
+    assert metrics["trainable_parameters"] == {"train": adapters + heads}
