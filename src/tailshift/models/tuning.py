@@ -184,7 +184,7 @@ class TunedBackbone(Backbone):
     def __init__(self, inner: Backbone, mode: str, width: int | None, vpt_length: int, num_classes: int,
                  name: str):
         super().__init__()
-        self.inner, self.mode = inner, mode
+        self.inner = inner
         self.out_dim, self.pooled_linear, self.head_init = inner.out_dim, inner.pooled_linear, inner.head_init
         if mode in BLOCK_MODES:
             if not hasattr(inner, "tunable_blocks") or inner.tunable_blocks() is None:
