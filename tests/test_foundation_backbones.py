@@ -167,7 +167,7 @@ def _args(tmp_path, tune):
             "train.optim.lr=0.01", f"model.name={VIT}", "model.pretrained=none", f"model.tune={tune}"]
 
 
-@pytest.mark.parametrize("tune", ["lora"])  # adapter state; its export is the merged weights
+@pytest.mark.parametrize("tune", ["adaptformer", "lora"])  # lora: its export is the merged weights
 def test_train_on_the_cpu_resumes_exactly_and_exports_the_runs_logits(timm, tmp_path, capsys, tune):
     _write_npz(tmp_path / "data.npz")
     (tmp_path / "run.yaml").write_text("method: {name: ce}\n")
