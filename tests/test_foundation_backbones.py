@@ -293,3 +293,20 @@ def test_csa_trains_on_a_lightweight_tuned_vit_through_its_patch_grid(timm, tmp_
     adapters = 12 * (2 * 192 + 192 * 1 + 1 + 1 * 192 + 192 + 1)  # per block: LayerNorm, down, up, scale
     heads = 2 * (192 * 10 + 10)  # CSA's uniform and balanced heads
     assert metrics["trainable_parameters"] == {"train": adapters + heads}
+
+
+@pytest.mark.parametrize("arch", ["eva02_tiny_patch14_224", "convnext_atto"])
+def test_other_timm_families_split_as_timm_runs_them(timm, arch):
+    torch.manual_seed(0)
+    backbone = create_model(f"timm:{arch}", image_size=56).eval()
+    x = torch.rand(2, 3, 56, 56)
+    fmap = backbone.feature_map(x)
+    assert fmap.dim() == 4 and fmap.shape[1] == backbone.out_dim
+    net = backbone.net
+    torch.testing.assert_close(backbone.embed(fmap), net.forward_head(net.forward_features(x), pre_logits=True))
+
+
+def test_a_channels_last_timm_model_is_refused_in_one_line(timm):
+    with pytest.raises(ValueError, match=r"^model.name=timm:swin_tiny_patch4_window7_224 gives NHWC feature maps "
+                                          r"\(channels last\); tailshift reads timm models whose features are NCHW"):
+        create_model("timm:swin_tiny_patch4_window7_224")

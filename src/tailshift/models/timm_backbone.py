@@ -7,10 +7,11 @@ a path loads a local state dict (timm's layout; its classifier ``head.`` / ``fc.
 
 For a vision transformer the feature map is the last block's patch tokens, after the final norm,
 reshaped to the patch grid (B x C x h x w; prefix tokens and prompts left out), and the embedding is
-their mean (timm's ``global_pool='avg'`` with the final norm before pooling): the embedding is then a
-function of the map alone, as CAM and CSA's Grad-CAM need (``models/base.py``). The class token still
-takes part in attention but is not read out. For a convolutional model the map is ``forward_features``
-and the embedding timm's own ``forward_head(pre_logits=True)``.
+their mean (timm's ``global_pool='avg'``; the model built with its final norm on the tokens where it
+allows, as class-token models are trained): the embedding is then a function of the map alone, as CAM
+and CSA's Grad-CAM need (``models/base.py``). The class token still takes part in attention but is not
+read out. For a convolutional model the map is ``forward_features`` and the embedding timm's own
+``forward_head(pre_logits=True)``; channels-last models (Swin) are refused.
 """
 from __future__ import annotations
 
@@ -78,10 +79,20 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
                               "state_dict() to a file and pass model.pretrained=PATH") from None
 
     net = create()
+    if getattr(net, "output_fmt", "NCHW") != "NCHW":
+        raise ValueError(f"model.name=timm:{arch} gives {net.output_fmt} feature maps (channels last); tailshift reads "
+                         "timm models whose features are NCHW maps or token sequences (ViT, DeiT, EVA, ResNet, ConvNeXt)")
     grid = getattr(getattr(net, "patch_embed", None), "img_size", None)
     if hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens"):  # a vision transformer: read out its patches
         size = image_size or grid[0]
-        net = create(global_pool="avg", fc_norm=False, img_size=size)
+        # the final norm on the tokens, as the class-token models were trained (ViT: fc_norm, EVA: use_fc_norm)
+        for final_norm in ({"fc_norm": False}, {"use_fc_norm": False}, {}):
+            try:
+                net = create(global_pool="avg", img_size=size, **final_norm)
+                break
+            except TypeError:
+                if not final_norm:
+                    raise
     return TimmBackbone(net, in_channels)
 
 
@@ -130,7 +141,7 @@ class TimmBackbone(Backbone):
             self.prefix = net.num_prefix_tokens
             self.sequence_length = self.prefix + self.grid[0] * self.grid[1]
             self.patch_area = net.patch_embed.patch_size[0] * net.patch_embed.patch_size[1]
-            self.pooled_linear = True
+            self.pooled_linear = isinstance(net.fc_norm, nn.Identity)
 
     def pretrained_target(self) -> nn.Module:
         return self.net
@@ -158,5 +169,5 @@ class TimmBackbone(Backbone):
 
     def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
         if self.tokens:
-            return feature_map.mean(dim=(2, 3))
+            return self.net.fc_norm(feature_map.mean(dim=(2, 3)))
         return self.net.forward_head(feature_map, pre_logits=True)
