@@ -1,8 +1,13 @@
 """Tiny generated data shared by the tests."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
+import torch
 
 from tailshift.data.arrays import ArrayDataset
 from tailshift.data.build import PreparedData
@@ -75,3 +80,34 @@ def write_cifar100(tmp_path, per_class):
                                                   b"coarse_labels": [0] * len(labels)}, protocol=2))
     names = [f"class{i}".encode() for i in range(100)]
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}))
+
+
+_NMS_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")  # kept alive: dropping it removes the schemas
+
+
+def import_real(module: str):
+    """The installed ``module`` (torchvision, or timm / open_clip, which import it), or a skip when it is not
+    installed. PyPI's torchvision build (made against the CUDA torch) does import beside the CPU torch this
+    project tests with, all but its compiled detection ops: its import registers fake kernels for
+    ``torchvision::nms`` and ``qnms``, ops only that library defines. Declaring their schemas lets the
+    pure-Python model code import; classification models never call them, so models run their own code
+    unchanged. A torchvision whose ops load is used as it is."""
+    for name in dict.fromkeys(("torchvision", module)):
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed")
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as err:
+        if "torchvision::nms does not exist" not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # the failed import's half-built submodules
+        for op in ("nms", "qnms"):
+            _NMS_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    return importlib.import_module(module)
+
+
+@pytest.fixture
+def real_torchvision():
+    """The installed torchvision (``import_real``)."""
+    return import_real("torchvision")

@@ -289,6 +289,14 @@ CASES = [
     # --- names and method params -----------------------------------------------------------
     bad("dataset-unknown", "data.dataset=imagenet", fragment="unknown dataset 'imagenet'; known: cifar10"),
     bad("model-unknown", "model.name=vit", fragment="unknown model 'vit'; known: lenet2d"),
+    bad("tune-unknown", "model.tune=prefix", fragment="model.tune must be one of full, linear, bitfit, vpt_shallow, "
+                                                    "vpt_deep, lora, adapter, adaptformer, ssf; got 'prefix'"),
+    bad("tune-not-for-the-model", "model.tune=vpt_deep",
+        fragment="model.tune=vpt_deep needs vision transformer blocks of timm's or open_clip's form; "
+                 "model.name=lenet2d has none"),
+    bad("pretrained-hub-not-for-the-model", "model.pretrained=hub",
+        fragment="model.pretrained=hub needs a model whose library downloads weights (timm:NAME, clip:NAME)"),
+    bad("tune-dim-zero", "model.tune_dim=0", fragment="model.tune_dim must be >= 1"),
     bad("method-unknown", "method.name=magic", fragment="unknown method 'magic'; known: bbn, bcl, cam-bs, cbrs, ce, cmo, crt"),
     bad("param-unknown", "method.params.volume=3", fragment="unknown method.params.volume for CrossEntropy; known: loss, loss_params, classifier"),
     bad("params-not-mapping", "method.params=5", fragment="method.params must be a mapping, got 5"),

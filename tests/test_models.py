@@ -86,7 +86,8 @@ def test_each_backbone_is_registered_by_its_own_module():
     from tailshift.models import lenet, resnet, resnet_cifar
 
     assert MODELS.names() == ["lenet2d", "resnet10", "resnet152", "resnet152-frozen", "resnet18", "resnet20",
-                              "resnet32", "resnet44", "resnet50", "resnet56", "torchvision:NAME"]
+                              "resnet32", "resnet44", "resnet50", "resnet56", "clip:NAME", "timm:NAME",
+                              "torchvision:NAME"]
     assert MODELS.get("lenet2d") is lenet.LeNet2d
     assert MODELS.get("resnet152-frozen") is resnet.resnet152_frozen
     assert MODELS.get("resnet32") is resnet_cifar.resnet32

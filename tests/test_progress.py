@@ -23,8 +23,8 @@ def _cfg(tmp_path, *overrides):
 
 def test_train_prints_one_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path, capsys):
     train(_cfg(tmp_path, "method.name=csa", "method.params={warmup_epochs: 1}"), tiny_prepared(channels=3))
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
+    note, *lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"train: [\d,]+ trainable parameters", note) and len(lines) == 2
     assert re.fullmatch(r"train epoch 1/2  loss \d+\.\d{4}  lr 0\.1  \d+\.\d s", lines[0])
     assert re.fullmatch(r"train epoch 2/2  loss \d+\.\d{4}  lr 0\.1  \d+\.\d s  balanced All/Many/Med/Few "
                         r"(\d+\.\d\d/){3}\d+\.\d\d  uniform .*  ensemble All/Many/Med/Few .*", lines[1])

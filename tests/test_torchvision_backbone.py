@@ -135,31 +135,6 @@ def test_csa_trains_on_a_stand_in_resnet18_on_an_image_folder(stand_in_torchvisi
     _train_csa_on_a_folder(tmp_path)
 
 
-@pytest.fixture
-def real_torchvision():
-    """The installed torchvision. PyPI's build (made against the CUDA torch) does import beside the
-    CPU torch this project tests with, all but its compiled detection ops: its import registers fake
-    kernels for ``torchvision::nms`` and ``qnms``, ops only that library defines. Declaring their
-    schemas lets the pure-Python model builders import; classification models never call them, so
-    ResNet-18 runs torchvision's own code unchanged. A torchvision whose ops load is used as it is."""
-    if importlib.util.find_spec("torchvision") is None:
-        pytest.skip("torchvision is not installed")
-    try:
-        import torchvision
-    except RuntimeError as err:
-        if "torchvision::nms does not exist" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]  # the failed import's half-built submodules
-        for op in ("nms", "qnms"):
-            _NMS_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-    return torchvision
-
-
-_NMS_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")  # kept alive: dropping it removes the schemas
-
-
 def test_csa_trains_on_torchvision_resnet18_on_an_image_folder(real_torchvision, tmp_path):
     assert "resnet18" in real_torchvision.models.list_models(real_torchvision.models)
     _train_csa_on_a_folder(tmp_path)

@@ -26,6 +26,7 @@ import yaml
 from . import fingerprint
 from .fingerprint import added_later, unhashed
 from .io import atomic_write_text
+from .models.tuning import TUNE_MODES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .validation import ConfigError, bounded, build_dataclass, one_of
@@ -98,8 +99,18 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "lenet2d"
-    # a local weights file (torchvision's ResNet layout, a state dict or a tailshift checkpoint); never downloaded
+    # a local weights file (torchvision's ResNet layout, a state dict or a tailshift checkpoint); "none" (as null):
+    # random weights; "hub" (timm:, clip: models): the library's own download, the one time anything is fetched
     pretrained: str | None = added_later(None, neutral=None)
+    # which parameters train besides the heads (models/tuning.py): full, linear, bitfit, vpt_*, lora, adapter, ...
+    tune: str = added_later(one_of("full", TUNE_MODES), neutral="full")
+    # adapter / AdaptFormer bottleneck width and LoRA rank; null: LIFT's rule from the class and block counts
+    tune_dim: int | None = added_later(bounded(None, ge=1, note="or null: LIFT's rule"), neutral=None)
+    vpt_length: int = added_later(bounded(10, ge=1), neutral=10)  # prompt tokens per block (vpt_*), LIFT's 10
+
+    def __post_init__(self):
+        if self.pretrained == "none":  # the word for null: the same run, the same fingerprint
+            object.__setattr__(self, "pretrained", None)
 
 
 @dataclass(frozen=True)

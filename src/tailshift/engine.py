@@ -40,7 +40,7 @@ from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import Method
 from .methods.base import MadeData, Stage, StepContext, TrainingImages
 from .metrics import summarize
-from .models import create_model
+from .models import build_backbone
 from .optim import build_optimizer
 from .progress import Progress
 from .resolve import ResolvedRun, resolve_run
@@ -146,7 +146,7 @@ def build_method(run: ResolvedRun, data: PreparedData) -> Method:
     """The run's method on a new backbone for ``data``'s images, with the run's resolved params."""
     cfg = run.config
     channels, height, _ = data.image_shape
-    backbone = create_model(cfg.model.name, in_channels=channels, image_size=height, pretrained=cfg.model.pretrained)
+    backbone = build_backbone(cfg.model, in_channels=channels, image_size=height, num_classes=data.num_classes)
     method = run.method_class(backbone, data.num_classes, data.class_counts, cfg.train.epochs, run.params)
     method.set_input_normalisation(cfg.data.mean, cfg.data.std)
     return method
@@ -479,6 +479,8 @@ class Trainer:
             feed, labels = self._stage_feed(stages, stage_index, state)
             optimizer = build_optimizer(self.method.trainable_parameters(stage), stage.lr or cfg.train.optim.lr,
                                         cfg.train.optim, self.speed.fused_optimizer)
+            trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"] if p.requires_grad)
+            self.progress.note(f"{stage.name}: {trainable:,} trainable parameters")
             if optimizer_state is not None and not fresh:
                 optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
@@ -493,7 +495,7 @@ class Trainer:
                 state.train_seconds += seconds
                 state.cpu_seconds += cpu_seconds
                 record = {"stage": stage.name, "epoch": epoch + 1, "seconds": round(seconds, 3),
-                          "cpu_seconds": round(cpu_seconds, 3), **logs}
+                          "cpu_seconds": round(cpu_seconds, 3), "trainable_parameters": trainable, **logs}
                 last = stage_index == len(stages) - 1 and epoch == stage.epochs - 1
                 if last or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0):
                     results = self._evaluate()
@@ -614,6 +616,9 @@ class Trainer:
             "result": results[default],
             "heads": results,
             "best_epoch": best_epochs(state.history),
+            # per stage: what its optimizer held (the heads and the model.tune mode's parameters)
+            "trainable_parameters": {r["stage"]: r["trainable_parameters"] for r in state.history
+                                     if "trainable_parameters" in r},
             "curve": state.history,
         }
         if self.world.is_main:

@@ -40,6 +40,11 @@ class Progress:
     def steps(self, count: int, label: str):
         return tqdm(range(count), desc=label, leave=False, disable=None if self.enabled else True, dynamic_ncols=True)
 
+    def note(self, text: str) -> None:
+        """A line of its own (e.g. a stage's trainable parameter count), unless progress is off."""
+        if self.enabled:
+            tqdm.write(text, file=self.stream)
+
     def epoch_end(self, record: dict, epochs: int) -> None:
         if self.lines:
             print(epoch_line(record, epochs), file=self.stream, flush=True)

@@ -23,6 +23,7 @@ from .data.host_loader import make_feeds
 from .data.transforms import eval_image, to_8bit
 from .engine import _load_failure, build_method, predicted_classes, resolve_device, verify_checkpoint
 from .io import RunLock, atomic_open, atomic_write_json
+from .models.tuning import merge_lora
 from .methods import Method
 from .metrics import confusion_matrix, summarize
 from .resolve import resolve_run
@@ -211,7 +212,7 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, run: SavedRun):
         super().__init__()
-        self.method = copy.deepcopy(run.method)
+        self.method = merge_lora(copy.deepcopy(run.method))  # low-rank updates folded into the weights
         for module in self.method.modules():  # hand-written autograd fast paths (LeNet) cannot be exported;
             if hasattr(module, "use_fast_path"):  # the plain layers compute the same
                 module.use_fast_path = False

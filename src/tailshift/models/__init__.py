@@ -2,21 +2,45 @@
 registers every built-in backbone (each definition carries its ``@MODELS.register``)."""
 from __future__ import annotations
 
-from . import lenet, resnet, resnet_cifar, torchvision_backbone  # noqa: F401  (registration side effect)
+import inspect
+
+# each module registers its backbones
+from . import clip_backbone, lenet, resnet, resnet_cifar, timm_backbone, torchvision_backbone  # noqa: F401
 from .base import MODELS, Backbone
 from .pretrained import load_pretrained
+from .tuning import TUNE_MODES, TunedBackbone
+
+def from_hub(pretrained: str | None) -> bool:
+    """Whether ``model.pretrained`` asks for the model library's own download (``hub`` or ``hub:TAG``), not a file."""
+    return pretrained is not None and pretrained.split(":")[0] == "hub"
 
 
-def create_model(name: str, pretrained: str | None = None, **kwargs) -> Backbone:
-    """A backbone by name; ``pretrained``: a local weights file loaded into it (or into the part
-    that takes them, ``pretrained_target``)."""
-    model = MODELS.get(name)(**kwargs)
-    if pretrained is not None:
+def create_model(name: str, pretrained: str | None = None, tune: str = "full", tune_dim: int | None = None,
+                 vpt_length: int = 10, num_classes: int = 1, **kwargs) -> Backbone:
+    """A backbone by name; ``pretrained``: a local weights file loaded into it (or into the part that takes
+    them, ``pretrained_target``), ``hub`` (the model library's own download: timm, open_clip) or None.
+    ``tune``: which of its parameters train (``models/tuning.py``; ``full``: all)."""
+    factory = MODELS.get(name)
+    downloads = "pretrained" in inspect.signature(factory).parameters
+    if from_hub(pretrained) and not downloads:
+        raise ValueError(f"model.pretrained={pretrained} needs a model whose library downloads weights (timm:NAME, "
+                         f"clip:NAME); model.name={name} takes a local file (model.pretrained=PATH)")
+    model = factory(pretrained=pretrained, **kwargs) if downloads else factory(**kwargs)
+    if pretrained is not None and not from_hub(pretrained):
         load_pretrained(model.pretrained_target(), pretrained, model.pretrained_ignored)
-    elif model.needs_pretrained:
+    elif pretrained is None and model.needs_pretrained:
         raise ValueError(f"model {name} keeps its pretrained body frozen: pass model.pretrained=PATH "
                          "(e.g. torchvision's ImageNet weights file)")
+    if tune != "full":
+        model = TunedBackbone(model, tune, tune_dim, vpt_length, num_classes, name)
     return model
 
 
-__all__ = ["Backbone", "MODELS", "create_model"]
+def build_backbone(model_cfg, in_channels: int, image_size: int, num_classes: int) -> Backbone:
+    """The backbone a run's ``model`` section describes, for images of ``in_channels`` x ``image_size``."""
+    return create_model(model_cfg.name, pretrained=model_cfg.pretrained, tune=model_cfg.tune,
+                        tune_dim=model_cfg.tune_dim, vpt_length=model_cfg.vpt_length, num_classes=num_classes,
+                        in_channels=in_channels, image_size=image_size)
+
+
+__all__ = ["Backbone", "MODELS", "TUNE_MODES", "build_backbone", "create_model"]
