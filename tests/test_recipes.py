@@ -155,3 +155,31 @@ def test_recipe_paper_puts_each_row_on_its_authors_recipe_in_its_own_folder():
     assert kang["cifar10-lt rho 100", "crt"].folder == "cifar10-lt-rho100/kang/crt"
     with pytest.raises(ValueError, match="unknown recipe 'adam'; known: paper, shared, csa-release, ldam"):
         recipe_choice("adam")
+
+
+@pytest.mark.parametrize("recipe, run, reinit", [
+    ("kang", "crt", True), ("kang", "crt-mixup", True),  # classifier-balancing: cRT's classifier is not loaded
+    ("mislas", "crt", False), ("mislas", "crt-mixup", False),  # MiSLAS: stage 2 goes on from the stage-1 classifier
+    ("csa-release", "crt", False)])
+def test_each_recipe_says_whether_crt_starts_a_fresh_classifier(recipe, run, reinit):
+    for dataset in ("cifar10-lt", "cifar100-lt"):
+        assert config(recipe, dataset, run).method.params["reinit"] is reinit, (recipe, dataset, run)
+
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_crt_reinit_starts_stage2_from_a_fresh_classifier_else_from_the_stage1_one(reinit):
+    import numpy as np
+    import torch
+
+    from tailshift.methods import METHODS
+    from tailshift.models import create_model
+
+    torch.manual_seed(0)
+    method = METHODS.get("crt")(create_model("lenet2d", in_channels=3, image_size=28), 10, np.arange(10, 0, -1), 2,
+                                {"retrain_epochs": 1, "reinit": reinit})
+    with torch.no_grad():
+        method.head.weight.add_(1.0)  # stage 1's classifier, moved away from any fresh initialisation
+    retrain = method.stages()[1]
+    method.begin_stage(retrain, fresh=True)
+    assert torch.equal(method.retrained.weight, method.head.weight) is not reinit

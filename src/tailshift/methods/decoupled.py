@@ -122,8 +122,9 @@ class ClassifierRetraining(TwoStageMethod):
     """cRT (Kang et al. 2020, Sec. 4): stage 2 re-trains a linear classifier
     z = W' f(x) + b' on class-balanced batches, the backbone frozen.
 
-    It starts as a copy of the stage-1 classifier (the CSA release's choice) unless
-    ``reinit`` is true. "ce" is exactly the CE baseline with the same seed.
+    It starts as a copy of the stage-1 classifier (the CSA release's choice, and MiSLAS's) unless
+    ``reinit`` is true: a fresh one, as Kang et al.'s code does (the recipe kang,
+    configs/_base_/recipes/kang-crt.yaml). "ce" is exactly the CE baseline with the same seed.
     """
 
     @dataclass
