@@ -283,6 +283,10 @@ CASES = [
     bad("section-not-mapping", "train=5", fragment="train must be a mapping, got 5"),
     bad("progress-not-bool", "progress=maybe", fragment="progress must be true or false, got 'maybe'"),
     bad("override-bad-yaml", "train.epochs=[1", fragment="override 'train.epochs=[1': value is not valid YAML"),
+    bad("per-rho-key-not-a-ratio", "per_rho={{fifty: {{seed: 1}}}}",
+        fragment="per_rho: key 'fifty' is not an imbalance ratio (a number >= 1)"),
+    bad("per-rho-sets-rho", "per_rho={{50: {{data: {{longtail: {{rho: 10}}}}}}}}",
+        fragment="per_rho.50 may not set data.longtail.rho (it is chosen by it)"),
     # --- names and method params -----------------------------------------------------------
     bad("dataset-unknown", "data.dataset=imagenet", fragment="unknown dataset 'imagenet'; known: cifar10"),
     bad("model-unknown", "model.name=vit", fragment="unknown model 'vit'; known: lenet2d"),
