@@ -115,6 +115,17 @@ def test_csa_with_bcl_forwards_the_views_with_the_uniform_batch_and_adds_the_ter
     torch.testing.assert_close(out.loss.detach(), la + out.logs["loss_balanced"] + contrastive)
 
 
+def test_the_views_join_the_joint_forward_of_both_branches_too():
+    # in eval mode batch norm uses its running statistics, so one forward of everything equals separate ones
+    outs = []
+    for joint in (False, True):
+        method = _method("dual", uniform_loss="la", contrastive_weight=1.0, joint_forward=joint)
+        method.eval()
+        outs.append(method.training_step({"uniform": _batch(1), "balanced": _batch(2)}, _ctx(method, 4)))
+    for key in ("loss_uniform", "loss_balanced", "loss_contrastive"):
+        torch.testing.assert_close(outs[1].logs[key], outs[0].logs[key])
+
+
 def _views(stored, **params):
     c = BalancedContrastive(64, 1.0, params)
     raw = RawImages(stored, None, None, torch.contiguous_format)
