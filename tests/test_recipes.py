@@ -183,3 +183,35 @@ def test_crt_reinit_starts_stage2_from_a_fresh_classifier_else_from_the_stage1_o
     retrain = method.stages()[1]
     method.begin_stage(retrain, fresh=True)
     assert torch.equal(method.retrained.weight, method.head.weight) is not reinit
+
+
+@pytest.mark.parametrize("recipe, run, bn", [("kang", "crt", "train"), ("kang", "lws", "train"), ("mislas", "crt-mixup", "eval"),
+                                             ("mislas", "lws-mixup", "eval"), ("csa-release", "crt", "eval")])
+def test_each_recipe_says_how_the_frozen_backbones_batch_norm_runs_in_stage2(recipe, run, bn):
+    from tailshift.resolve import resolve_run
+
+    assert resolve_run(config(recipe, "cifar10-lt", run)).params.retrain_bn == bn
+
+
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_stage2_batch_norm_follows_the_balanced_batches_only_in_train_mode(bn):
+    import numpy as np
+    import torch
+
+    from tailshift.data.pipeline import Batch
+    from tailshift.methods import METHODS, StepContext
+    from tailshift.models import create_model
+
+    torch.manual_seed(0)
+    method = METHODS.get("crt")(create_model("resnet20"), 10, np.arange(10, 0, -1), 1,
+                                {"retrain_epochs": 1, "retrain_bn": bn})
+    retrain = method.stages()[1]
+    method.begin_stage(retrain, fresh=True)
+    method.train_mode(retrain)
+    norm = next(m for m in method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = norm.running_mean.clone()
+    batch = Batch(torch.randn(8, 3, 32, 32) + 3.0, torch.arange(8), torch.arange(8))  # not augmented: cacheable
+    for step in range(2):
+        method.training_step({"main": batch}, StepContext(retrain, 1, 0, step, torch.Generator()))
+    assert torch.equal(norm.running_mean, before) is (bn == "eval")
+    assert (method._cache is None) is (bn == "train")  # features of a train-mode backbone are never cached
