@@ -322,6 +322,8 @@ CASES = [
     bad("retrain-schedule-step", CRT, "method.params.retrain_schedule=step",
         fragment="method.params.retrain_schedule must be one of constant, cosine, cosine_epoch; got 'step'"),
     bad("reinit-not-bool", CRT, "method.params.reinit=maybe", fragment="method.params.reinit must be true or false, got 'maybe'"),
+    bad("bcl-crop-scale-0", "method.name=bcl", "method.params.contrastive_params={{crop_scale: 0}}",
+        fragment="method.params.contrastive_params.crop_scale must be in (0, 1], got 0.0"),
     bad("retrain-bn-unknown", CRT, "method.params.retrain_bn=frozen",
         fragment="method.params.retrain_bn must be one of eval, train; got 'frozen'"),
     bad("delta-above-1", CSA, "method.params.delta=1.5", fragment="method.params.delta must be in [0, 1], got 1.5"),
