@@ -236,3 +236,28 @@ def test_base_files_are_not_runnable_configs_by_name():
     assert not [name for name in shipped_configs() if name.startswith("_")]
     with pytest.raises(ValueError, match="not a shipped config"):
         config_path("_base_/recipes/csa-release")
+
+
+def test_per_rho_values_go_over_the_file_and_under_the_overrides_then_vanish(tmp_path):
+    row = tmp_path / "row.yaml"
+    row.write_text("seed: 1\ntrain: {epochs: 30, optim: {lr: 0.3}}\n"
+                   'per_rho:\n  "50": {seed: 5, train: {optim: {lr: 0.5}}}\n  "10.0": {seed: 10}\n')
+    assert (load_config(row).seed, load_config(row).train.optim.lr) == (1, 0.3)  # rho 100: the file's own
+    rho50 = load_config(row, ["data.longtail.rho=50"])
+    assert (rho50.seed, rho50.train.optim.lr, rho50.train.epochs) == (5, 0.5, 30)  # merged deeply
+    assert load_config(row, ["data.longtail.rho=10"]).seed == 10
+    assert load_config(row, ["data.longtail.rho=50", "seed=7"]).seed == 7  # an override wins
+    assert load_config(row, ["per_rho.20.seed=20", "data.longtail.rho=20"]).seed == 20  # per_rho can be overridden
+    assert "per_rho" not in rho50.to_dict()
+    assert load_config(row) == build_config({"seed": 1, "train": {"epochs": 30, "optim": {"lr": 0.3}}})
+
+
+@pytest.mark.parametrize("per_rho, message", [
+    ("[1]", "per_rho must map imbalance ratios to config values, got [1]"),
+    ("{fifty: {}}", "per_rho: key 'fifty' is not an imbalance ratio (a number >= 1)"),
+    ("{0.5: {}}", "per_rho: key '0.5' is not an imbalance ratio (a number >= 1)"),
+    ("{50: 3}", "per_rho.50 must be a mapping of config values, got 3"),
+    ("{50: {data: {longtail: {rho: 10}}}}", "per_rho.50 may not set data.longtail.rho (it is chosen by it)")])
+def test_bad_per_rho_is_refused_in_one_line(per_rho, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({}, [f"per_rho={per_rho}"])

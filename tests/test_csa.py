@@ -315,7 +315,7 @@ def test_the_dual_branch_adds_the_term_its_uniform_term_hook_gives():
     from tailshift.methods.dual import DualBranch
 
     class WithExtraTerm(DualBranch):
-        def uniform_term(self, uniform, ctx):
+        def uniform_term(self, uniform, view_embeddings, ctx):
             return self.uniform_head.weight.sum() * 0 + 5.0, {"extra": 1.0}
 
     torch.manual_seed(0)
@@ -324,7 +324,9 @@ def test_the_dual_branch_adds_the_term_its_uniform_term_hook_gives():
     out = method.training_step(_batches(method), _ctx(method, 0))
     torch.testing.assert_close(out.loss.detach(), out.logs["loss_uniform"] + out.logs["loss_balanced"] + 5.0)
     assert out.logs["extra"] == 1.0 and "loss_contrastive" not in out.logs
-    assert _method("dual").uniform_term(_batches(method)["uniform"], _ctx(method, 0)) == (None, {})  # off by default
+    plain = _method("dual")  # off by default: no views, no term
+    assert plain.uniform_views(_batches(plain)["uniform"], _ctx(plain, 0)) is None
+    assert plain.uniform_term(_batches(plain)["uniform"], None, _ctx(plain, 0)) == (None, {})
 
 
 def test_release_table10_la_is_on_the_uniform_head_only():

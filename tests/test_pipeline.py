@@ -56,3 +56,14 @@ def test_an_epochs_indices_reach_the_device_once_per_stream_not_once_per_step(mo
     storages = {index.untyped_storage().data_ptr() for index in seen}
     assert len(storages) == 2  # one copy per stream, sliced by every step
     assert not storages & {idx.untyped_storage().data_ptr() for idx in given.values()}
+
+
+def test_a_batch_keeps_its_stored_images_before_the_crop_and_their_normalisation():
+    images = np.random.default_rng(0).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    arrays = DeviceArrays(ArrayDataset(images, np.arange(6)), "cpu", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2),
+                          augment="crop_flip", padding=2)
+    batch = arrays.batch(torch.tensor([4, 1, 3]), torch.Generator().manual_seed(0))
+    assert torch.equal(batch.raw.images, torch.from_numpy(images[[4, 1, 3]]))
+    assert not torch.equal(batch.raw.normalise(batch.raw.images.float() / 255), batch.x)  # x is cropped, raw not
+    cropped = random_crop_flip(batch.raw.images, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batch.raw.normalise(cropped.float() / 255), batch.x)

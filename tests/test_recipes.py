@@ -155,3 +155,63 @@ def test_recipe_paper_puts_each_row_on_its_authors_recipe_in_its_own_folder():
     assert kang["cifar10-lt rho 100", "crt"].folder == "cifar10-lt-rho100/kang/crt"
     with pytest.raises(ValueError, match="unknown recipe 'adam'; known: paper, shared, csa-release, ldam"):
         recipe_choice("adam")
+
+
+@pytest.mark.parametrize("recipe, run, reinit", [
+    ("kang", "crt", True), ("kang", "crt-mixup", True),  # classifier-balancing: cRT's classifier is not loaded
+    ("mislas", "crt", False), ("mislas", "crt-mixup", False),  # MiSLAS: stage 2 goes on from the stage-1 classifier
+    ("csa-release", "crt", False)])
+def test_each_recipe_says_whether_crt_starts_a_fresh_classifier(recipe, run, reinit):
+    for dataset in ("cifar10-lt", "cifar100-lt"):
+        assert config(recipe, dataset, run).method.params["reinit"] is reinit, (recipe, dataset, run)
+
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_crt_reinit_starts_stage2_from_a_fresh_classifier_else_from_the_stage1_one(reinit):
+    import numpy as np
+    import torch
+
+    from tailshift.methods import METHODS
+    from tailshift.models import create_model
+
+    torch.manual_seed(0)
+    method = METHODS.get("crt")(create_model("lenet2d", in_channels=3, image_size=28), 10, np.arange(10, 0, -1), 2,
+                                {"retrain_epochs": 1, "reinit": reinit})
+    with torch.no_grad():
+        method.head.weight.add_(1.0)  # stage 1's classifier, moved away from any fresh initialisation
+    retrain = method.stages()[1]
+    method.begin_stage(retrain, fresh=True)
+    assert torch.equal(method.retrained.weight, method.head.weight) is not reinit
+
+
+@pytest.mark.parametrize("recipe, run, bn", [("kang", "crt", "train"), ("kang", "lws", "train"), ("mislas", "crt-mixup", "eval"),
+                                             ("mislas", "lws-mixup", "eval"), ("csa-release", "crt", "eval")])
+def test_each_recipe_says_how_the_frozen_backbones_batch_norm_runs_in_stage2(recipe, run, bn):
+    from tailshift.resolve import resolve_run
+
+    assert resolve_run(config(recipe, "cifar10-lt", run)).params.retrain_bn == bn
+
+
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_stage2_batch_norm_follows_the_balanced_batches_only_in_train_mode(bn):
+    import numpy as np
+    import torch
+
+    from tailshift.data.pipeline import Batch
+    from tailshift.methods import METHODS, StepContext
+    from tailshift.models import create_model
+
+    torch.manual_seed(0)
+    method = METHODS.get("crt")(create_model("resnet20"), 10, np.arange(10, 0, -1), 1,
+                                {"retrain_epochs": 1, "retrain_bn": bn})
+    retrain = method.stages()[1]
+    method.begin_stage(retrain, fresh=True)
+    method.train_mode(retrain)
+    norm = next(m for m in method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = norm.running_mean.clone()
+    batch = Batch(torch.randn(8, 3, 32, 32) + 3.0, torch.arange(8), torch.arange(8))  # not augmented: cacheable
+    for step in range(2):
+        method.training_step({"main": batch}, StepContext(retrain, 1, 0, step, torch.Generator()))
+    assert torch.equal(norm.running_mean, before) is (bn == "eval")
+    assert (method._cache is None) is (bn == "train")  # features of a train-mode backbone are never cached

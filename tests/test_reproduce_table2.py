@@ -188,3 +188,13 @@ def test_cifar_balanced_streams_draw_n_max_times_classes_per_epoch(grid, dataset
         assert len(sampler.epoch_indices(0)) == max(counts) * classes
     if dataset == "cifar100-lt":
         assert max(counts) * classes == 50_000 and len(labels) == 10_847
+
+
+@pytest.mark.parametrize("dataset, rho, beta, gamma", [
+    # BagofTricks-LT configs/cao_cifar/re_weighting/cbfocal/<dataset>_im<rho>.yaml; rho 10: none, rho 100's values
+    ("cifar10-lt", 100, 0.9999, 1.0), ("cifar10-lt", 50, 0.9999, 2.0), ("cifar10-lt", 10, 0.9999, 1.0),
+    ("cifar100-lt", 100, 0.9, 1.0), ("cifar100-lt", 50, 0.99, 1.0), ("cifar100-lt", 10, 0.9, 1.0)])
+def test_cb_focal_takes_the_authors_beta_and_gamma_for_each_rho(tmp_path, dataset, rho, beta, gamma):
+    job, = jobs_for([dataset], [rho], 1, tmp_path, [], TABLE2.select_rows(["cb-focal"]))
+    loss = job.resolve().method.params["loss_params"]
+    assert (loss["beta"], loss["loss_params"]["gamma"]) == (beta, gamma)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -428,11 +429,56 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+#: the key of a config's values for other imbalance ratios: ``per_rho: {"50": {method: {params: ...}}}``
+PER_RHO_KEY = "per_rho"
+
+
+def _longtail(values: dict) -> dict:
+    """``data.longtail`` of plain config data ({} when not given or not a mapping: checked later)."""
+    data = values.get("data", {})
+    longtail = data.get("longtail", {}) if isinstance(data, dict) else {}
+    return longtail if isinstance(longtail, dict) else {}
+
+
+def per_rho_values(per_rho: Any, rho: Any) -> dict:
+    """The entry of ``per_rho`` for the imbalance ratio ``rho`` (none: {}), every entry checked: keys are
+    ratios (numbers >= 1), values mappings that leave ``data.longtail.rho`` alone."""
+    if not isinstance(per_rho, dict):
+        raise ConfigError(f"{PER_RHO_KEY} must map imbalance ratios to config values, got {per_rho!r}")
+    chosen: dict = {}
+    for key, entry in per_rho.items():
+        try:
+            ratio = float(key)
+        except ValueError:
+            ratio = float("nan")
+        if not ratio >= 1 or math.isinf(ratio):
+            raise ConfigError(f"{PER_RHO_KEY}: key {key!r} is not an imbalance ratio (a number >= 1)")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{PER_RHO_KEY}.{key} must be a mapping of config values, got {entry!r}")
+        if "rho" in _longtail(entry):
+            raise ConfigError(f"{PER_RHO_KEY}.{key} may not set data.longtail.rho (it is chosen by it)")
+        if isinstance(rho, (int, float)) and not isinstance(rho, bool) and ratio == rho:
+            chosen = entry
+    return chosen
+
+
 def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
-    """A config from plain data plus ``key=value`` overrides, every field and cross-field rule checked."""
+    """A config from plain data plus ``key=value`` overrides, every field and cross-field rule checked.
+    ``per_rho``'s entry for the run's imbalance ratio (after the overrides) is merged over the data and
+    under the overrides, then dropped: a config serves every ratio, each with the values its authors
+    tuned for it, and resolves to the same form."""
     values = json.loads(json.dumps(values))  # deep copy of plain data
-    for item in overrides:
-        path, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides]
+    for path, value in parsed:
+        if path[0] == PER_RHO_KEY:
+            merge(values, path, value)
+    rest = [(path, value) for path, value in parsed if path[0] != PER_RHO_KEY]
+    if PER_RHO_KEY in values:
+        final = json.loads(json.dumps(values))
+        for path, value in rest:
+            merge(final, path, value)
+        values = merged(values, per_rho_values(values.pop(PER_RHO_KEY), _longtail(final).get("rho", LongTailConfig.rho)))
+    for path, value in rest:
         merge(values, path, value)
     cfg = build_dataclass(RunConfig, values, "")
     _check(cfg)

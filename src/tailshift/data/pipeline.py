@@ -19,6 +19,23 @@ from .arrays import ArrayDataset
 AUGMENTATIONS = ("none", "crop_flip")
 
 
+@dataclass(frozen=True)
+class RawImages:
+    """A batch's images as stored (uint8, before any augmentation) and the normalisation ``x`` went
+    through, for a method that draws its own views of them (BCL's contrastive views)."""
+
+    images: torch.Tensor
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    memory_format: torch.memory_format
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (views of ``images / 255``) as the network sees them."""
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
+
+
 @dataclass
 class Batch:
     """A training batch: float images as the network sees them, labels, dataset indices."""
@@ -29,6 +46,8 @@ class Batch:
     #: False when ``x`` is a pure function of ``index`` (no random augmentation), so
     #: per-sample results of a frozen network may be cached by index.
     augmented: bool = False
+    #: the images before augmentation (images held on the device); None where a host loader augments them
+    raw: RawImages | None = None
 
 
 def batch_plan(length: int, steps: int, batch_size: int, world: World) -> Iterator[tuple[int, int, int, int]]:
@@ -121,10 +140,10 @@ class DeviceArrays:
         if rows is not None:
             draws = (rows[0], index.shape[0])
             index = index[rows[0]: rows[1]]
-        raw = gather_rows(self.images, index)
-        if self.augment == "crop_flip":
-            raw = random_crop_flip(raw, self.padding, generator, draws)
-        return Batch(self.normalise(raw), self.labels.index_select(0, index), index, self.augment != "none")
+        stored = gather_rows(self.images, index)
+        raw = random_crop_flip(stored, self.padding, generator, draws) if self.augment == "crop_flip" else stored
+        return Batch(self.normalise(raw), self.labels.index_select(0, index), index, self.augment != "none",
+                     RawImages(stored, self.mean, self.std, self.memory_format))
 
     def epoch(self, indices: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int,
               world: World = World()) -> Iterator[dict[str, Batch]]:

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.pipeline import random_crop_flip
-from ..tensors import is_channels_last
+from ..data.strong_augment import StrongViewRecipe, strong_views
 from ..validation import RULE, bounded, build_params
 
 
@@ -47,19 +46,29 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 class BalancedContrastive(nn.Module):
-    """BCL's contrastive branch: two more views of a batch (random crop with ``padding`` and flip of
-    the batch as given), the backbone's embeddings of them through a projection MLP, the class
-    prototypes from the classifier's weights through a second MLP (both L2-normalised), and
-    ``balanced_contrastive_loss``. The views are re-crops of the engine's (augmented) batch:
-    BCL's SimAugment colour jitter and greyscale are not applied. ``term``: the loss times ``weight``,
-    as a method adds it (the method's ``contrastive_weight``; its ``contrastive_params`` are these Params)."""
+    """BCL's contrastive branch: two strong views of each image of a batch, drawn from the image as stored
+    (``Batch.raw``, before the batch's own crop and flip) by ``data.strong_augment``, whose embeddings (the
+    method's backbone forward) go through a projection MLP; the class prototypes are the classifier's weights
+    through a second MLP (both L2-normalised); ``balanced_contrastive_loss`` of the two. ``hidden_dim`` None:
+    the MLPs' hidden width is their input width, as BCL's code builds them (FlamieZhu/Balanced-Contrastive-
+    Learning@f72d070 models/resnext.py lines 291 and 301); the CSA release's BCLHead takes 512
+    (shijxcs/CSA@746dba2 CSA/models/head.py line 19, built with its defaults at CSA/train.py line 139).
+    ``term``: the loss times ``weight``, as a method adds it (its ``contrastive_weight``; its
+    ``contrastive_params`` are these Params)."""
 
     @dataclass
     class Params:
         temperature: float = bounded(0.1, gt=0)
         feat_dim: int = bounded(128, ge=1)
-        hidden_dim: int = bounded(512, ge=1)
-        padding: int = bounded(4, ge=0)
+        hidden_dim: int | None = bounded(None, ge=1, note="None: the input width")
+        # the views (data/strong_augment.py): RandomResizedCrop scale (crop_scale, 1), ColorJitter(jitter x 3,
+        # hue) with p jitter_p, RandomGrayscale p grayscale_p, GaussianBlur p blur_p
+        crop_scale: float = bounded(0.2, gt=0, le=1)
+        jitter: float = bounded(0.4, ge=0, le=1)
+        hue: float = bounded(0.1, ge=0, le=0.5)
+        jitter_p: float = bounded(0.8, ge=0, le=1)
+        grayscale_p: float = bounded(0.2, ge=0, le=1)
+        blur_p: float = bounded(0.5, ge=0, le=1)
 
     def __init__(self, in_dim: int, weight: float, params: dict | None = None,
                  key: str = "method.params.contrastive_params"):
@@ -67,24 +76,32 @@ class BalancedContrastive(nn.Module):
         self.weight = weight
         self.params = build_params(type(self), params or {}, key)
         p = self.params
-        self.projection = mlp(in_dim, p.hidden_dim, p.feat_dim)
-        self.prototype_head = mlp(in_dim, p.hidden_dim, p.feat_dim)
+        hidden = p.hidden_dim or in_dim
+        self.projection = mlp(in_dim, hidden, p.feat_dim)
+        self.prototype_head = mlp(in_dim, hidden, p.feat_dim)
+        self.recipe = StrongViewRecipe((p.crop_scale, 1.0), p.jitter, p.hue, p.jitter_p, p.grayscale_p, p.blur_p)
 
-    def views(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Two independently re-cropped and flipped copies of ``x``, stacked (2B x C x H x W)."""
-        both = torch.cat([random_crop_flip(x, self.params.padding, generator) for _ in range(2)])
-        return both.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else both
+    def views(self, batch, generator: torch.Generator) -> torch.Tensor:
+        """Two strong views of each of ``batch``'s stored images, stacked (2B x C x H x W), normalised as
+        ``batch.x``; first views first."""
+        if batch.raw is None:
+            raise ValueError("BCL's contrastive views are drawn from the stored images, which data.storage=host "
+                             "does not keep with a batch: use data.storage=device")
+        images = batch.raw.images.float().div_(255.0)
+        both = torch.cat([strong_views(images, self.recipe, generator) for _ in range(2)])
+        return batch.raw.normalise(both)
 
-    def forward(self, backbone: nn.Module, x: torch.Tensor, classifier_weight: torch.Tensor, targets: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
-        views = F.normalize(self.projection(backbone(self.views(x, generator))), dim=1)
+    def forward(self, view_embeddings: torch.Tensor, classifier_weight: torch.Tensor, targets: torch.Tensor
+                ) -> torch.Tensor:
+        """The loss of the views' backbone embeddings (2B x D, as ``views`` stacks them)."""
+        views = F.normalize(self.projection(view_embeddings), dim=1)
         prototypes = F.normalize(self.prototype_head(classifier_weight), dim=1)
         return balanced_contrastive_loss(views, prototypes, targets, self.params.temperature)
 
-    def term(self, backbone: nn.Module, batch, classifier: nn.Linear, generator: torch.Generator
+    def term(self, view_embeddings: torch.Tensor, classifier: nn.Module, targets: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``weight`` times the loss of ``batch`` (prototypes from ``classifier``), and the loss itself to log."""
-        loss = self(backbone, batch.x, classifier.weight, batch.y, generator)
+        """``weight`` times the loss (prototypes from ``classifier.weight``), and the loss itself to log."""
+        loss = self(view_embeddings, classifier.weight, targets)
         return self.weight * loss, {"loss_contrastive": loss.detach()}
 
 

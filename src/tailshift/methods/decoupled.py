@@ -2,7 +2,8 @@
 
 Stage 1 learns the representation and a linear head on uniformly shuffled batches
 (optionally with mixup: MiSLAS, Zhong et al. 2021, the "+ mixup" rows of Table 2).
-Stage 2 freezes the backbone (in eval mode) and adjusts the classifier on class-balanced
+Stage 2 freezes the backbone's weights (its batch norm in eval mode, or in train mode with
+``retrain_bn: train``, as Kang et al.'s code runs it) and adjusts the classifier on class-balanced
 batches; a method with nothing to train there (tau-norm) has no second stage. Both
 classifiers are reported: the stage-1 head under ``first_head`` and the adjusted one under
 the method's ``default_head``.
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fingerprint import added_later
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LossOptions, loss_field
@@ -37,6 +39,9 @@ class TwoStageMethod(Method):
         retrain_schedule: str = one_of("constant", RETRAIN_SCHEDULES)
         loss: str = loss_field("ce")  # both stages
         mixup_alpha: float = bounded(0.0, ge=0, note="0: off")  # > 0: stage 1 on mixup batches, lam ~ Beta(alpha, alpha)
+        # the frozen backbone's batch norm in stage 2: eval (its running statistics kept) or train (each balanced
+        # batch normalised with its own statistics, the running ones following them: Kang et al.'s code)
+        retrain_bn: str = added_later(one_of("eval", ("eval", "train")), neutral="eval")
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
@@ -82,7 +87,7 @@ class TwoStageMethod(Method):
 
     def train_mode(self, stage: Stage) -> None:
         self.train()
-        if stage.retrains_classifier:
+        if stage.retrains_classifier and self.params.retrain_bn == "eval":
             self.backbone.eval()
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
@@ -96,9 +101,10 @@ class TwoStageMethod(Method):
 
     @torch.no_grad()
     def _frozen_features(self, batch) -> torch.Tensor:
-        """Features of the frozen, eval-mode backbone; cached by sample index when the
-        batch is not randomly augmented, which makes stage 2 nearly free."""
-        if batch.augmented:
+        """Features of the frozen backbone; cached by sample index when the batch is not randomly
+        augmented and batch norm is in eval mode (a pure function of the image), which makes stage 2
+        nearly free."""
+        if batch.augmented or self.params.retrain_bn == "train":
             return self.backbone(batch.x)
         if self._cache is None:
             n = int(self.class_counts.sum())
@@ -122,8 +128,9 @@ class ClassifierRetraining(TwoStageMethod):
     """cRT (Kang et al. 2020, Sec. 4): stage 2 re-trains a linear classifier
     z = W' f(x) + b' on class-balanced batches, the backbone frozen.
 
-    It starts as a copy of the stage-1 classifier (the CSA release's choice) unless
-    ``reinit`` is true. "ce" is exactly the CE baseline with the same seed.
+    It starts as a copy of the stage-1 classifier (the CSA release's choice, and MiSLAS's) unless
+    ``reinit`` is true: a fresh one, as Kang et al.'s code does (the recipe kang,
+    configs/_base_/recipes/kang-crt.yaml). "ce" is exactly the CE baseline with the same seed.
     """
 
     @dataclass

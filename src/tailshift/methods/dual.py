@@ -3,7 +3,9 @@ head on uniformly shuffled batches and a balanced head on re-sampled batches, lo
 
 What the balanced head sees is one hook, ``balanced_input``: the plain re-sampled batch here,
 the context-shifted one in CSA (``csa.py``). What more the uniform batch adds to the loss is
-another, ``uniform_term``: BCL's contrastive term when configured (``contrastive.py``).
+two others: ``uniform_views`` (further images that go through the backbone with the uniform batch)
+and ``uniform_term`` (a loss of their embeddings): BCL's two strong views and its contrastive term
+when configured (``contrastive.py``).
 """
 from __future__ import annotations
 
@@ -85,12 +87,27 @@ class DualBranch(Method):
         or None with ``joint_forward`` (asked before any forward)."""
         return balanced.x, {}
 
-    def uniform_term(self, uniform: Batch, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """A further loss on the uniform batch, added to the step's (None: none), and its logs: here
-        BCL's contrastive term, prototypes from the uniform head, when ``contrastive_weight`` > 0."""
+    def uniform_views(self, uniform: Batch, ctx: StepContext) -> torch.Tensor | None:
+        """Further images (None: none) that go through the backbone in one batch with the uniform batch, as the
+        CSA release forwards BCL's views with it (shijxcs/CSA@746dba2 CSA/train.py lines 430-437): here BCL's
+        two strong views of each uniform image when ``contrastive_weight`` > 0."""
+        return None if self.contrastive is None else self.contrastive.views(uniform, ctx.generator)
+
+    def uniform_term(self, uniform: Batch, view_embeddings: torch.Tensor | None, ctx: StepContext
+                     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """A further loss on the uniform batch, added to the step's (None: none), and its logs, given the
+        embeddings of ``uniform_views``: here BCL's contrastive term, prototypes from the uniform head, when
+        ``contrastive_weight`` > 0 (the release adds it with weight 1 to the uniform head's loss, train.py
+        line 445)."""
         if self.contrastive is None:
             return None, {}
-        return self.contrastive.term(self.backbone, uniform, self.uniform_head, ctx.generator)
+        return self.contrastive.term(view_embeddings, self.uniform_head, uniform.y)
+
+    def _feature_maps(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The backbone's feature maps of several batches of images in one forward, split back."""
+        if len(parts) == 1:
+            return [self.backbone.feature_map(parts[0])]
+        return list(self.backbone.feature_map(torch.cat(parts)).split([x.shape[0] for x in parts]))
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         p = self.params
@@ -100,15 +117,16 @@ class DualBranch(Method):
             x_uni, y_a, y_b, lam = mixup(uni.x, uni.y, p.mixup_alpha, ctx.generator)
         else:
             x_uni = uni.x
+        views = self.uniform_views(uni, ctx)
+        first = [x_uni] if views is None else [x_uni, views]  # the uniform forward's images
         if p.joint_forward:
             x_bal, extra = self.balanced_input(uni, bal, None, None, mixing, ctx)
-            if x_bal is None:
-                fmap, fmap_bal = self.backbone.feature_map(x_uni), None
-            else:
-                fmap, fmap_bal = self.backbone.feature_map(torch.cat([x_uni, x_bal])).split(
-                    [x_uni.shape[0], x_bal.shape[0]])
+            fmaps = self._feature_maps(first if x_bal is None else [*first, x_bal])
+            fmap_bal = None if x_bal is None else fmaps.pop()
         else:
-            fmap = self.backbone.feature_map(x_uni)
+            fmaps = self._feature_maps(first)
+        fmap = fmaps[0]
+        view_embeddings = None if views is None else self.backbone.embed(fmaps[1])
         logits_u = self.uniform_head(self.backbone.embed(fmap))
         loss_u = mixup_loss(self.uniform_loss, logits_u, y_a, y_b, lam) if mixing else self.uniform_loss(logits_u, uni.y)
 
@@ -121,7 +139,7 @@ class DualBranch(Method):
             loss_b = loss_u.new_zeros(())
         extra = {**extra, "balanced_trained": 0.0 if fmap_bal is None else 1.0}
         loss = p.uniform_weight * loss_u + p.balanced_weight * loss_b
-        term, term_logs = self.uniform_term(uni, ctx)
+        term, term_logs = self.uniform_term(uni, view_embeddings, ctx)
         if term is not None:
             loss = loss + term
             extra = {**extra, **term_logs}

@@ -38,10 +38,14 @@ class SingleHead(Method):
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.loss = self.params.build_loss("loss", class_counts)
-        self.head = new_classifier(backbone, num_classes, self.params.classifier)
+        self.head = self.new_head()
         if self.params.sigmoid_prior is not None:
             with torch.no_grad():
                 self.head.bias.fill_(-math.log((1 - self.params.sigmoid_prior) / self.params.sigmoid_prior))
+
+    def new_head(self):
+        """The classifier, of the kind ``classifier`` names."""
+        return new_classifier(self.backbone, self.num_classes, self.params.classifier)
 
     def trainable_parameters(self, stage: Stage) -> list:
         parameters = super().trainable_parameters(stage)

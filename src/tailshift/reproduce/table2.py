@@ -1,8 +1,10 @@
 """Table 2 (with Table 7's heads), Table 10 and Table 11: CIFAR-LT, ResNet-32, 200 epochs, per imbalance ratio.
 
 Each row is one shipped config ``<table>/<dataset>_<run>`` and one head of that run; the
-imbalance ratio is an override, so one config serves rho 100, 50 and 10. Every row of the
-paper's Table 2 has its run. These runs need a GPU to finish in hours rather than days.
+imbalance ratio is an override, so one config serves rho 100, 50 and 10, and a config's ``per_rho``
+entry for the ratio (``config.build_config``) carries what its authors tuned per ratio (CB-Focal's
+beta and gamma, cited in its file). Every row of the paper's Table 2 has its run. These runs need
+a GPU to finish in hours rather than days.
 """
 from __future__ import annotations
 
