@@ -31,6 +31,23 @@ def tiny_prepared(channels: int = 1, size: int = 28, counts=(60, 40, 25, 15, 10,
     return PreparedData(train, test, len(counts), class_groups(np.array(counts), "index"))
 
 
+def fit_until_interrupted(trainer, when) -> None:
+    """``trainer.fit()`` with Ctrl-C (KeyboardInterrupt) striking as the first epoch for which
+    ``when(stage_name, epoch, started)`` holds begins (epoch 0-based within its stage; started: epochs
+    begun so far, this one included), as a killed run stops; the checkpoint is the last whole epoch's."""
+    original, started = trainer._train_epoch, [0]
+
+    def train_epoch(stage, stage_index, epoch, *rest):
+        started[0] += 1
+        if when(stage.name, epoch, started[0]):
+            raise KeyboardInterrupt
+        return original(stage, stage_index, epoch, *rest)
+
+    trainer._train_epoch = train_epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 @pytest.fixture
 def prepared():
     return tiny_prepared()

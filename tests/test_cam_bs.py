@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_prepared
+from conftest import fit_until_interrupted, tiny_prepared
 from tailshift.config import build_config, config_path, load_config
 from tailshift.engine import CheckpointMismatchError, Trainer, learning_rate, train
 from tailshift.methods import METHODS
@@ -223,17 +223,7 @@ def strip(curve):
 def killed_at_second_stage(tmp_path, name):
     """A run stopped as stage 2 starts, after the generation stage's checkpoint."""
     cfg = cfg_for(tmp_path, name)
-    trainer = Trainer(cfg, PREPARED)
-    original = trainer._train_epoch
-
-    def dies(stage, *args):
-        if stage.name == "second":
-            raise KeyboardInterrupt
-        return original(stage, *args)
-
-    trainer._train_epoch = dies
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(Trainer(cfg, PREPARED), lambda stage, epoch, started: stage == "second")
     return cfg
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import tailshift.methods.csa as csa
-from conftest import tiny_prepared
+from conftest import fit_until_interrupted, tiny_prepared
 from tailshift.config import build_config
 from tailshift.data.pipeline import Batch
 from tailshift.engine import Trainer, train
@@ -418,17 +418,7 @@ def test_killed_run_with_kept_bank_resumes_exactly(tmp_path):
     kept = {"empty_bank_each_epoch": False, "bank_multiple": 2}
     full = train(_cfg(tmp_path, "full", epochs=3, **kept), data)
     cfg = _cfg(tmp_path, "killed", epochs=3, **kept)
-    trainer = Trainer(cfg, data)
-    original = trainer._train_epoch
-
-    def dies_in_last_epoch(stage, stage_index, epoch, *args):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(stage, stage_index, epoch, *args)
-
-    trainer._train_epoch = dies_in_last_epoch
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(Trainer(cfg, data), lambda stage, epoch, started: epoch == 2)
     resumed = Trainer(cfg, data).fit()
     assert resumed["heads"] == full["heads"]
     assert _strip(resumed["curve"]) == _strip(full["curve"])

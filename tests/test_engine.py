@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import fit_until_interrupted
 from tailshift.config import build_config, load_config
 from tailshift.engine import (CheckpointMismatchError, DamagedCheckpointError, DivergenceError, Trainer, best_epochs,
                               learning_rate, train)
@@ -86,19 +87,7 @@ def test_killed_run_resumes_exactly(prepared, tmp_path, method, dies_at):
     extra = ["method.params={retrain_epochs: 2}"] if method == "crt" else []
     full = train(cfg_for(tmp_path, f"method.name={method}", "train.epochs=3", *extra, name="full"), prepared)
     cfg = cfg_for(tmp_path, f"method.name={method}", "train.epochs=3", *extra, name="killed")
-    trainer = Trainer(cfg, prepared)
-    calls = {"n": 0}
-    original = trainer._train_epoch
-
-    def dies_mid_run(*args):
-        calls["n"] += 1
-        if calls["n"] == dies_at:
-            raise KeyboardInterrupt
-        return original(*args)
-
-    trainer._train_epoch = dies_mid_run
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(Trainer(cfg, prepared), lambda stage, epoch, started: started == dies_at)
     resumed = Trainer(cfg, prepared).fit()
     assert resumed["heads"] == full["heads"]
     strip = lambda curve: [{k: v for k, v in e.items() if k not in ("seconds", "cpu_seconds")} for e in curve]  # noqa: E731
@@ -227,18 +216,7 @@ def test_checkpoint_with_the_legacy_fingerprint_resumes(prepared, tmp_path):
     cfg = cfg_for(tmp_path, "method.name=ce", "train.epochs=2")
     full = train(cfg_for(tmp_path, "method.name=ce", "train.epochs=2", name="full"), prepared)
     trainer = Trainer(cfg, prepared)
-    original = trainer._train_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args)
-
-    trainer._train_epoch = dies_in_second_epoch
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(trainer, lambda stage, epoch, started: started == 2)
     payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert payload["fingerprint"] == trainer.run.fingerprint() != trainer.run.legacy_fingerprint()
     payload["fingerprint"] = trainer.run.legacy_fingerprint()

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import import_real, tiny_prepared
+from conftest import fit_until_interrupted, import_real, tiny_prepared
 
 from tailshift import cli
 from tailshift.cam import grad_cam
@@ -180,18 +180,7 @@ def test_train_on_the_cpu_resumes_exactly_and_exports_the_runs_logits(timm, tmp_
 
     killed = [*_args(tmp_path, tune)[1:], f"output={tmp_path / 'killed'}", "progress=false"]
     cfg = load_config(tmp_path / "run.yaml", killed)
-    trainer = Trainer(cfg)
-    original, calls = trainer._train_epoch, []
-
-    def dies_in_epoch_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args)
-
-    trainer._train_epoch = dies_in_epoch_2
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(Trainer(cfg), lambda stage, epoch, started: started == 2)
     resumed = train(cfg)
     assert resumed["heads"] == full.metrics["heads"]
     killed_state = load_run(tmp_path / "killed").method.state_dict()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tailshift.methods.m2m as m2m
-from conftest import tiny_prepared
+from conftest import fit_until_interrupted, tiny_prepared
 from tailshift.config import build_config
 from tailshift.engine import Trainer, train
 from tailshift.methods import METHODS
@@ -233,17 +233,7 @@ def test_two_epochs_on_generated_data_train_g_then_translate(full_run):
 def test_killed_in_the_translating_epoch_resumes_exactly(full_run, tmp_path):
     data, full, full_folder = full_run
     cfg = _cfg(tmp_path, "killed")
-    trainer = Trainer(cfg, data)
-    original = trainer._train_epoch
-
-    def dies_while_translating(stage, stage_index, epoch, *args):
-        if stage.name == "train" and epoch == 1:
-            raise KeyboardInterrupt
-        return original(stage, stage_index, epoch, *args)
-
-    trainer._train_epoch = dies_while_translating
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_interrupted(Trainer(cfg, data), lambda stage, epoch, started: stage == "train" and epoch == 1)
     resumed = Trainer(cfg, data).fit()
     assert resumed["heads"] == full["heads"]
     assert _strip(resumed["curve"]) == _strip(full["curve"])
