@@ -75,6 +75,22 @@ def test_train_command_runs_a_config(tmp_path, monkeypatch, capsys):
     assert json.loads((out / "metrics.json").read_text())["config"]["method"]["name"] == "cbrs"
 
 
+def test_train_says_last_when_a_head_was_never_trained_and_what_to_change(tmp_path, monkeypatch, capsys):
+    from conftest import tiny_prepared
+
+    monkeypatch.setattr("tailshift.engine.prepare_data", lambda cfg: tiny_prepared())
+    common = ["train.epochs=1", "progress=false", "method.params.warmup_epochs=0"]
+    assert cli.main(["train", "table1/fashion-lt_csa", *common, "method.params.delta=1.0",
+                     f"output={tmp_path / 'never'}"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == ("tailshift: no step gave the balanced, ensemble heads a loss, so their scores are a random head's; "
+                    "no training image reached the uniform head's confidence method.params.delta=1.0, so no context "
+                    "was fused: lower it (e.g. method.params.delta=0.5) or train longer")
+    assert cli.main(["train", "table1/fashion-lt_csa", *common, "method.params.delta=0.0",
+                     f"output={tmp_path / 'fused'}"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("csa (balanced head): All")
+
+
 def test_parser_builds_without_the_heavy_imports():
     """``tailshift --help`` (and list / download) builds the parser without torch, matplotlib or the engine."""
     import subprocess

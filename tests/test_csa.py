@@ -469,9 +469,10 @@ def test_a_balanced_head_that_never_fused_is_flagged_untrained(tmp_path):
     never = train(_cfg(tmp_path, "never", warmup_epochs=2), data)  # fusion would start in epoch 3 of 2
     assert all(r["fused"] == 0 and r["balanced_trained"] == 0 for r in never["curve"])
     assert {h for h, r in never["heads"].items() if r["untrained"]} == {"balanced", "ensemble"}
+    assert never["untrained_hint"].startswith("method.params.warmup_epochs=2 leaves none of the run's 2 epochs")
     fused = train(_cfg(tmp_path, "fused"), data)
     assert fused["curve"][1]["balanced_trained"] > 0
-    assert not any(r["untrained"] for r in fused["heads"].values())
+    assert not any(r["untrained"] for r in fused["heads"].values()) and "untrained_hint" not in fused
     assert not any(r["untrained"] for r in train(_cfg(tmp_path, "dual", method="dual"), data)["heads"].values())
 
 

@@ -32,6 +32,10 @@ def _train(args) -> None:
     groups = "  ".join(f"{name} {'-' if r[key] is None else f'{r[key]:.2f}'}"
                        for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))
     print(f"{cfg.method.name} ({metrics['default_head']} head): {groups}  -> {cfg.output}/metrics.json")
+    untrained = [head for head, scores in metrics["heads"].items() if scores["untrained"]]
+    if untrained:  # the last line: a head no step trained scores as a random one
+        print(f"tailshift: no step gave the {', '.join(untrained)} head{'s' if len(untrained) > 1 else ''} a loss, so "
+              f"{'their' if len(untrained) > 1 else 'its'} scores are a random head's; {metrics['untrained_hint']}")
 
 
 def _reproduce(args) -> None:

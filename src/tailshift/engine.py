@@ -608,6 +608,7 @@ class Trainer:
             "peak_gpu_memory_bytes": (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
                                       else None),
             "data_source": {"path": self.data.source, "caveat": self.data.caveat},
+            **({"untrained_hint": self.method.untrained_hint(state.history)} if untrained else {}),
             "train_seconds": round(state.train_seconds, 3),
             "cpu_seconds": round(state.cpu_seconds, 3),  # over every session of the run, like train_seconds
             "class_counts": self.data.class_counts.tolist(),

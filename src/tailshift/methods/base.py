@@ -189,6 +189,10 @@ class Method(nn.Module):
         logs): their scores are a random head's, so studies count such runs apart. Default: none."""
         return set()
 
+    def untrained_hint(self, history: list[dict]) -> str:
+        """What to change when ``untrained_heads`` is not empty: ``train``'s last line says it. Default: none."""
+        return ""
+
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every head; each is evaluated and reported."""
         features = self.features(x)

@@ -259,6 +259,15 @@ class ContextShiftAugmentation(DualBranch):
         fused = [record["fused"] for record in history if "fused" in record]
         return {"balanced", "ensemble"} if fused and not any(fused) else set()
 
+    def untrained_hint(self, history: list[dict]) -> str:
+        """Why no context was fused: warm-up as long as the run, or no image confident enough."""
+        p = self.params
+        if p.warmup_epochs >= self.epochs:
+            return (f"method.params.warmup_epochs={p.warmup_epochs} leaves none of the run's {self.epochs} epochs to "
+                    "fuse contexts in: lower it or train longer")
+        return (f"no training image reached the uniform head's confidence method.params.delta={p.delta}, so no "
+                "context was fused: lower it (e.g. method.params.delta=0.5) or train longer")
+
     def show_fused_batch(self, uniform_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], balanced_x: torch.Tensor,
                          lambdas: Iterable[float], generator: torch.Generator) -> FusedBatch:
         """Context shift of one balanced batch, as training does it, for showing: contexts of the
