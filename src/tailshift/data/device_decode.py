@@ -27,7 +27,6 @@ from .color import color_jitter
 from .lists import FileDataset
 from .transforms import JITTER_DRAWS, jitter_draws, resized_crop_box, to_8bit
 
-DECODES = ("cpu", "gpu")
 #: per image: crop left, top, width, height; flip; then the jitter draws (if any)
 GEOMETRY = 5
 
