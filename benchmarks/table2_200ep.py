@@ -7,6 +7,11 @@ re-scored, not retrained). After each run ends the combined table is rebuilt, an
 copies it with every run's curve, its wall and CPU time, the command and the CPU model into DIR
 (``benchmarks/results/table2_cifar10-lt_200ep`` of a checkout, to be committed). ``--publish-only``
 refreshes DIR from the runs as they stand, unfinished ones included, without training.
+
+A session's machine may be gone by the next session, and its runs with it. ``--carry DIR`` keeps each
+unfinished run's last checkpoint (and config) in DIR (a folder of the checkout, committed at the end of a
+session): publishing refreshes it, and training first restores any run whose carried checkpoint is ahead
+of its folder, so a new machine resumes from the last carried epoch, exactly, instead of from epoch 0.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from report import cpu_model
 
@@ -56,6 +63,48 @@ def finished(runs_dir: Path, run: str) -> bool:
     return (run_folder(runs_dir, run) / "metrics.json").exists()
 
 
+#: what a run folder needs to resume; curve.json is rewritten from the checkpoint's own history
+CARRIED = ("checkpoint.pt", "config.yaml")
+
+
+def checkpoint_epochs(path: Path) -> int:
+    """Epochs recorded in a checkpoint (0 if there is none)."""
+    if not path.exists():
+        return 0
+    return len(torch.load(path, map_location="cpu", weights_only=False)["history"])
+
+
+def carry_out(runs_dir: Path, runs: list[str], carry: Path) -> None:
+    """Keep each unfinished run's checkpoint and config in ``carry``; drop those of finished runs."""
+    for run in runs:
+        kept, folder = carry / run, run_folder(runs_dir, run)
+        if finished(runs_dir, run) or not (folder / "checkpoint.pt").exists():
+            if finished(runs_dir, run):
+                shutil.rmtree(kept, ignore_errors=True)
+            continue
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in CARRIED:  # the checkpoint is written atomically (io.atomic_write), so a copy is whole
+            shutil.copyfile(folder / name, kept / f"{name}.tmp")
+            (kept / f"{name}.tmp").replace(kept / name)
+
+
+def carry_in(runs_dir: Path, runs: list[str], carry: Path, note) -> None:
+    """Restore every unfinished run whose carried checkpoint holds more epochs than its folder's."""
+    for run in runs:
+        kept, folder = carry / run, run_folder(runs_dir, run)
+        if finished(runs_dir, run) or not (kept / "checkpoint.pt").exists():
+            continue
+        carried, local = checkpoint_epochs(kept / "checkpoint.pt"), checkpoint_epochs(folder / "checkpoint.pt")
+        if carried <= local:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in CARRIED:
+            shutil.copyfile(kept / name, folder / name)
+        history = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
+        (folder / "curve.json").write_text(json.dumps(history))
+        note(f"restored {run} at epoch {carried} from {kept} (its folder had {local})")
+
+
 def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
     """Re-score the finished runs (nothing is trained): those on the shipped recipe into ``table2.md`` /
     ``.json``, those on another recipe into ``table2_<recipe>.md`` / ``.json`` (``--recipe`` is one per table)."""
@@ -70,10 +119,10 @@ def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
                 (runs_dir / f"table2{suffix}").replace(runs_dir / f"table2_{recipe}{suffix}")
 
 
-def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log: Path) -> None:
+def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, carry: Path | None,
+          log: Path) -> None:
     """Keep ``slots`` runs training, in priority order; rebuild (and publish) the table as each ends.
     A failed run, or a signal, stops the others too: they resume from their checkpoints."""
-    waiting = [r for r in runs if not finished(runs_dir, r)]
     running: dict[str, subprocess.Popen] = {}
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with open(log, "a") as out:
@@ -81,6 +130,9 @@ def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log
             out.write(f"{time.strftime('%F %T')} {line}\n")
             out.flush()
 
+        if carry:
+            carry_in(runs_dir, runs, carry, note)
+        waiting = [r for r in runs if not finished(runs_dir, r)]
         try:
             while waiting or running:
                 while waiting and len(running) < slots:
@@ -100,6 +152,8 @@ def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, log
                     rebuild_table(runs_dir, runs)
                     if publish:
                         publish_results(runs_dir, runs, publish)
+                    if carry:
+                        carry_out(runs_dir, runs, carry)
         finally:
             for process in running.values():
                 process.terminate()
@@ -179,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {','.join(RUNS)}, in order")
     parser.add_argument("--slots", type=int, default=2, help="runs trained at once, one thread each")
     parser.add_argument("--publish", type=Path, help="copy the results here after each run ends")
-    parser.add_argument("--publish-only", action="store_true", help="refresh --publish from the runs and exit")
+    parser.add_argument("--publish-only", action="store_true",
+                        help="refresh --publish (and --carry) from the runs and exit")
+    parser.add_argument("--carry", type=Path, help="keep unfinished runs' checkpoints here; restore from it first")
     parser.add_argument("--no-nice", action="store_true", help="do not lower this study's CPU priority")
     args = parser.parse_args(argv)
     runs = args.runs.split(",")
@@ -192,11 +248,13 @@ def main(argv: list[str] | None = None) -> None:
         if not args.publish:
             parser.error("--publish-only needs --publish DIR")
         publish_results(args.runs_dir, runs, args.publish)
+        if args.carry:
+            carry_out(args.runs_dir, runs, args.carry)
         return
     if not args.no_nice:
         os.nice(19)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    train(args.runs_dir, runs, args.slots, args.publish, args.runs_dir / "study.log")
+    train(args.runs_dir, runs, args.slots, args.publish, args.carry, args.runs_dir / "study.log")
 
 
 if __name__ == "__main__":

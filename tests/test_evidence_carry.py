@@ -1,0 +1,50 @@
+"""benchmarks/table2_200ep.py's carry: an unfinished run's checkpoint kept in the checkout restores the run
+on a machine whose run folders are gone (or behind), and is never restored over a folder that is ahead."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import table2_200ep  # noqa: E402
+
+
+def fake_run(runs_dir: Path, run: str, epochs: int) -> Path:
+    folder = table2_200ep.run_folder(runs_dir, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    history = [{"stage": "main", "epoch": e, "seconds": 1.0} for e in range(epochs)]
+    torch.save({"history": history, "weights": torch.full((3,), float(epochs))}, folder / "checkpoint.pt")
+    (folder / "config.yaml").write_text(f"epochs_done: {epochs}\n")
+    (folder / "curve.json").write_text(json.dumps(history))
+    return folder
+
+
+def test_a_new_machine_resumes_from_the_carried_epoch(tmp_path):
+    old, new, carry = tmp_path / "old", tmp_path / "new", tmp_path / "carry"
+    fake_run(old, "crt", 7)
+    fake_run(old, "csa", 3)
+    table2_200ep.carry_out(old, ["crt", "csa"], carry)
+    notes = []
+    table2_200ep.carry_in(new, ["crt", "csa"], carry, notes.append)
+    for run, epochs in (("crt", 7), ("csa", 3)):
+        folder = table2_200ep.run_folder(new, run)
+        state = torch.load(folder / "checkpoint.pt", weights_only=False)
+        assert torch.equal(state["weights"], torch.full((3,), float(epochs)))
+        assert len(json.loads((folder / "curve.json").read_text())) == epochs
+        assert (folder / "config.yaml").read_text() == f"epochs_done: {epochs}\n"
+    assert len(notes) == 2 and "restored crt at epoch 7" in notes[0]
+
+
+def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_leaves_the_carry(tmp_path):
+    runs, carry = tmp_path / "runs", tmp_path / "carry"
+    fake_run(runs, "crt", 4)
+    table2_200ep.carry_out(runs, ["crt"], carry)
+    fake_run(runs, "crt", 9)  # trained on past the carried epoch
+    notes = []
+    table2_200ep.carry_in(runs, ["crt"], carry, notes.append)
+    assert notes == [] and table2_200ep.checkpoint_epochs(table2_200ep.run_folder(runs, "crt") / "checkpoint.pt") == 9
+    (table2_200ep.run_folder(runs, "crt") / "metrics.json").write_text("{}")
+    table2_200ep.carry_out(runs, ["crt"], carry)
+    assert not (carry / "crt").exists()
