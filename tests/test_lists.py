@@ -140,6 +140,44 @@ def test_list_options_only_for_list_datasets_and_filelist_needs_its_lists(tmp_pa
     assert split.train.num_classes == 2 and len(split.train) == 5
 
 
+def test_an_image_folder_is_read_as_files_of_any_size_with_its_folder_names(tmp_path):
+    root = write_imagenet_lt(tmp_path, counts=(3, 9, 5), test_per_class=2)  # two image sizes, test in val/
+    (root / "train" / ".cache").mkdir()  # hidden folders and files are not classes or images
+    (root / "train" / "n00000000" / "notes.txt").write_text("not an image")
+    split = load_dataset("imagefolder", str(root))
+    assert split.train.class_names == ("n00000000", "n00000001", "n00000002") and split.train.num_classes == 3
+    assert np.bincount(split.train.labels).tolist() == [3, 9, 5] and split.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert split.train.paths[0] == b"train/n00000000/n00000000_0.JPEG" and Path(split.test.path(0)).is_file()
+    assert split.source == f"{root} (class folders)"
+    counted = load_dataset("imagefolder", str(root), lists=ListOptions(class_order="count"))
+    assert counted.train.class_names == ("n00000001", "n00000002", "n00000000")
+    cfg = build_config({"data": {"dataset": "imagefolder", "root": str(root), "longtail": {"profile": "none"},
+                                 "groups": "count", "augment": "resized_crop", "crop_size": 32, "resize_size": 36}})
+    assert prepare_data(cfg.data).image_shape == (3, 32, 32)
+
+
+def test_a_bad_image_folder_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"^dataset 'imagefolder' needs data.root=PATH, a folder with train/ and test/"):
+        load_dataset("imagefolder", None)
+    with pytest.raises(DataError, match=r"needs train/ and test/ \(or val/\) folders with one sub-folder of images"):
+        load_dataset("imagefolder", str(tmp_path))
+    root = write_imagenet_lt(tmp_path / "a", counts=(3, 2), test_per_class=1)
+    with pytest.raises(DataError, match=r"^dataset 'imagefolder' reads data.root's class folders; data.train_list is "
+                                        r"for data.dataset=filelist$"):
+        load_dataset("imagefolder", str(root), lists=ListOptions(str(root / "ImageNet_LT_train.txt")))
+    (root / "val" / "n00000002").mkdir()
+    with pytest.raises(DataError, match=r"val class folders \['n00000000', 'n00000001', 'n00000002'\] differ from "
+                                        r".*train's \['n00000000', 'n00000001'\]"):
+        load_dataset("imagefolder", str(root))
+    (root / "train" / "n00000002").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*train/n00000002 holds no .png/.jpg/.jpeg/.bmp image"):
+        load_dataset("imagefolder", str(root))
+    (root / "train" / "n00000002" / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (8, 8)).save(root / "val" / "n00000002" / "x.png")
+    with pytest.raises(DataError, match=r"^.*a: image 'train/n00000002/broken.png' is not a readable image"):
+        load_dataset("imagefolder", str(root))
+
+
 def inat_json(path: Path, images: list[tuple[int, str]], annotations: list[tuple[int, int]], categories) -> Path:
     path.write_text(json.dumps({
         "images": [{"id": i, "file_name": f, "width": 8, "height": 8} for i, f in images],

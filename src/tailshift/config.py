@@ -462,11 +462,26 @@ def per_rho_values(per_rho: Any, rho: Any) -> dict:
     return chosen
 
 
+#: a value a template leaves to the user (``data.root: ???``): refused until an override gives it
+REQUIRED = "???"
+
+
+def _required(values: dict, prefix: str = "") -> list[str]:
+    """The keys of ``values`` (nested, dotted) still holding ``REQUIRED``."""
+    found = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            found += _required(value, f"{prefix}{key}.")
+        elif value == REQUIRED:
+            found.append(f"{prefix}{key}")
+    return found
+
+
 def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
     """A config from plain data plus ``key=value`` overrides, every field and cross-field rule checked.
     ``per_rho``'s entry for the run's imbalance ratio (after the overrides) is merged over the data and
     under the overrides, then dropped: a config serves every ratio, each with the values its authors
-    tuned for it, and resolves to the same form."""
+    tuned for it, and resolves to the same form. A value still ``REQUIRED`` (``???``) is refused."""
     values = json.loads(json.dumps(values))  # deep copy of plain data
     parsed = [parse_override(item) for item in overrides]
     for path, value in parsed:
@@ -480,6 +495,11 @@ def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
         values = merged(values, per_rho_values(values.pop(PER_RHO_KEY), _longtail(final).get("rho", LongTailConfig.rho)))
     for path, value in rest:
         merge(values, path, value)
+    missing = _required(values)
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        raise ConfigError(f"{', '.join(missing)} must be given: this config leaves {them} to you (add "
+                          f"{' '.join(key + '=...' for key in missing)} to the command)")
     cfg = build_dataclass(RunConfig, values, "")
     _check(cfg)
     return cfg

@@ -1,5 +1,6 @@
 """Datasets read image by image from disk: ImageNet-LT and Places-LT ("relative/path label"
-list files, Liu et al. 2019) and iNaturalist 2018 (COCO-style JSON annotations), each
+list files, Liu et al. 2019), iNaturalist 2018 (COCO-style JSON annotations) and image folders
+(``train/<class>/*``, ``test/<class>/*``: torchvision's ImageFolder layout, images of any size), each
 under an image root.
 
 A ``FileDataset`` holds paths and labels only; pixels are decoded by the host
@@ -31,6 +32,7 @@ from .checks import MAX_CLASSES, special_kind
 from .transforms import CONVERSIONS
 
 CLASS_ORDERS = ("list", "count")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,33 @@ def read_coco_json(path: str | Path, categories: list[int] | None = None
     return paths, np.asarray(labels, dtype=np.int64), np.asarray(numbers, dtype=np.int64), categories, class_names
 
 
+def read_image_folder(root: Path) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray], tuple[str, ...]]:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``): ((train paths, labels), (test paths,
+    labels), class names). Classes are the train folder's sub-folders in sorted order (hidden ones left out), a
+    class's label its place in that order; the test split must have the same class folders."""
+    test = "test" if (root / "test").is_dir() else "val"
+    if not (root / "train").is_dir() or not (root / test).is_dir():
+        raise DataError(f"{root} needs train/ and test/ (or val/) folders with one sub-folder of images per class")
+    splits, classes = [], None
+    for split in ("train", test):
+        names = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is not None and names != classes:
+            raise DataError(f"{root / split} class folders {names} differ from {root / 'train'}'s {classes}")
+        classes = names
+        if not names:
+            raise DataError(f"{root / split} holds no class folders")
+        paths, labels = [], []
+        for label, name in enumerate(names):
+            found = sorted(f"{split}/{name}/{p.name}" for p in (root / split / name).iterdir()
+                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            if not found:
+                raise DataError(f"class folder {root / split / name} holds no {'/'.join(IMAGE_EXTENSIONS)} image")
+            paths += found
+            labels += [label] * len(found)
+        splits.append((paths, np.asarray(labels, dtype=np.int64)))
+    return splits[0], splits[1], tuple(classes)
+
+
 def _image_problem(full: str, rel: str, wide: Counter) -> str | None:
     """Why the file cannot be an image, from its header (the pixels are decoded in training): not an
     image format Pillow knows, or more pixels than Pillow's decompression-bomb limit. A mode that
@@ -234,7 +263,8 @@ def check_files(root: Path, paths: list[str], numbers: np.ndarray, source: Path,
         for bad, chunk_wide in pool.map(first_problem, chunks):
             if bad is not None:
                 i, what = bad
-                where = f"{source}:{numbers[i]}" if entry == "line" else f"{source}: annotations[{numbers[i]}]"
+                where = {"line": f"{source}:{numbers[i]}", "annotation": f"{source}: annotations[{numbers[i]}]",
+                         "file": str(source)}[entry]
                 raise DataError(f"{where}: {what}")
             wide += chunk_wide
     return wide
@@ -258,7 +288,7 @@ class ListLayout:
     num_classes: int | None
     train_file: str | None
     test_file: str | None
-    kind: str = "txt"  # txt: "path label" lines; json: COCO-style annotations
+    kind: str = "txt"  # txt: "path label" lines; json: COCO-style annotations; folder: train/<class>/ folders
 
 
 LAYOUTS = {
@@ -266,6 +296,7 @@ LAYOUTS = {
     "places-lt": ListLayout(365, "Places_LT_train.txt", "Places_LT_test.txt"),
     "inat2018": ListLayout(None, "train2018.json", "val2018.json", "json"),
     "filelist": ListLayout(None, None, None),
+    "imagefolder": ListLayout(None, None, None, "folder"),
 }
 
 
@@ -289,23 +320,35 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
                       search: list[Path], allow_outside_root: bool = False) -> SplitDataset:
     """Read a list dataset's train and test splits under the image ``root``."""
     if root is None:
-        raise DataError(f"dataset {name!r} needs data.root=PATH, the folder the list paths are relative to")
+        what = "a folder with train/ and test/ class folders" if layout.kind == "folder" else \
+            "the folder the list paths are relative to"
+        raise DataError(f"dataset {name!r} needs data.root=PATH, {what}")
     if options.class_order not in CLASS_ORDERS:
         raise DataError(f"data.class_order must be one of {', '.join(CLASS_ORDERS)}; got {options.class_order!r}")
     image_root = Path(root)
     if not image_root.is_dir():
         raise DataError(f"{name}: data.root {root} is not a folder")
-    train_file = _find(name, "train_list", options.train_list, layout.train_file, image_root, search)
-    test_file = _find(name, "test_list", options.test_list, layout.test_file, image_root, search)
-    if layout.kind == "json":
-        train_paths, train_labels, train_numbers, categories, names = read_coco_json(train_file)
-        test_paths, test_labels, test_numbers, _, _ = read_coco_json(test_file, categories)
-        num_classes, entry = len(categories), "annotation"
+    if layout.kind == "folder":
+        for key in ("train_list", "test_list"):
+            if getattr(options, key) is not None:
+                raise DataError(f"dataset {name!r} reads data.root's class folders; data.{key} is for "
+                                "data.dataset=filelist")
+        (train_paths, train_labels), (test_paths, test_labels), names = read_image_folder(image_root)
+        train_numbers, test_numbers = np.arange(len(train_paths)), np.arange(len(test_paths))
+        train_file = test_file = image_root
+        num_classes, entry = len(names), "file"
     else:
-        train_paths, train_labels, train_numbers = read_list_file(train_file, layout.num_classes)
-        num_classes = int(train_labels.max()) + 1
-        test_paths, test_labels, test_numbers = read_list_file(test_file, num_classes)
-        names, entry = None, "line"
+        train_file = _find(name, "train_list", options.train_list, layout.train_file, image_root, search)
+        test_file = _find(name, "test_list", options.test_list, layout.test_file, image_root, search)
+        if layout.kind == "json":
+            train_paths, train_labels, train_numbers, categories, names = read_coco_json(train_file)
+            test_paths, test_labels, test_numbers, _, _ = read_coco_json(test_file, categories)
+            num_classes, entry = len(categories), "annotation"
+        else:
+            train_paths, train_labels, train_numbers = read_list_file(train_file, layout.num_classes)
+            num_classes = int(train_labels.max()) + 1
+            test_paths, test_labels, test_numbers = read_list_file(test_file, num_classes)
+            names, entry = None, "line"
     wide = (check_files(image_root, train_paths, train_numbers, train_file, entry, allow_outside_root)
             + check_files(image_root, test_paths, test_numbers, test_file, entry, allow_outside_root))
     if options.class_order == "count":
@@ -319,8 +362,8 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
         return FileDataset(str(image_root), np.array([p.encode() for p in paths], dtype=np.bytes_), labels,
                            num_classes, names)
 
-    return SplitDataset(split(train_paths, train_labels), split(test_paths, test_labels),
-                        source=f"{image_root} (lists {train_file}, {test_file})",
+    source = f"{image_root} (class folders)" if layout.kind == "folder" else f"{image_root} (lists {train_file}, {test_file})"
+    return SplitDataset(split(train_paths, train_labels), split(test_paths, test_labels), source=source,
                         caveat="; ".join(f"{wide[mode]} images of mode {CONVERSIONS[mode]}" for mode in sorted(wide)))
 
 

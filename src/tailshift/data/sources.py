@@ -29,7 +29,7 @@ except ImportError:  # numpy < 2
 
 from tailshift.data.arrays import ArrayDataset, DataError, SplitDataset, to_nchw
 from tailshift.data.checks import check_split, special_kind
-from tailshift.data.lists import LAYOUTS, ListLoader, ListOptions
+from tailshift.data.lists import IMAGE_EXTENSIONS, LAYOUTS, ListLoader, ListOptions
 from tailshift.data.transforms import CONVERSIONS, to_8bit
 from tailshift.registry import Registry
 
@@ -49,7 +49,6 @@ KNOWN_SHA256 = {
 KNOWN_CAVEATS = {
     "cifar10-jpeg.npz": "a JPEG-decoded copy of CIFAR-10, not the official pixels: accuracy is indicative only",
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
