@@ -36,12 +36,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 COUNTS = (60, 40, 25, 15, 10, 8, 6, 5, 4, 4)  # 177 images: the last batch of 30 splits 14 / 13
 
 
-def write_npz(path: Path) -> Path:
+def write_npz(path: Path, channels: int = 1, size: int = 16) -> Path:
     rng = np.random.default_rng(0)
 
     def make(per_class):
         labels = np.repeat(np.arange(len(per_class)), per_class).astype(np.int64)
-        images = rng.integers(0, 60, size=(len(labels), 1, 16, 16), dtype=np.uint8)
+        images = rng.integers(0, 60, size=(len(labels), channels, size, size), dtype=np.uint8)
         for i, c in enumerate(labels):
             r, col = divmod(int(c), 4)
             images[i, :, 1 + 5 * r: 4 + 5 * r, 1 + 4 * col: 4 + 4 * col] = 250
@@ -93,6 +93,10 @@ def _worker(rank: int, port: int, jobs: list, die_at: tuple[int, int] | None, ch
     """One of two spawned processes: run ``jobs`` (config values, overrides); die_at = (job, epoch):
     rank 1 kills itself (SIGKILL) at the start of that job's epoch; ``checks``: file for collective checks."""
     torch.set_num_threads(1)
+    if any(item.startswith("model.name=timm:") for _, overrides in jobs for item in overrides):
+        from conftest import import_real  # timm imports torchvision: its workaround, in this process too
+
+        import_real("timm")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if checks:
         world = World(rank, 2)
@@ -267,6 +271,38 @@ def test_every_method_trains_on_two_processes(tmp_path):
            for name in names])
     for name in names:
         assert json.loads((tmp_path / name / "metrics.json").read_text())["processes"] == 2, name
+
+
+#: a tiny random ViT (timm), lightweight-tuned: 3 x 32 x 32 images, a 2 x 2 patch grid
+VIT = {tune: ["method.name=ce", "model.name=timm:vit_tiny_patch16_224", "model.pretrained=none", f"model.tune={tune}",
+              "train.epochs=2", "train.optim.lr=0.01"] for tune in ("adaptformer", "lora")}
+
+
+def test_two_processes_train_the_weights_and_logits_of_one_on_a_lightweight_tuned_vit(tmp_path):
+    from conftest import import_real
+
+    from tailshift.data.pipeline import normalise
+    from tailshift.saved_run import load_run
+
+    import_real("timm")
+    npz = write_npz(tmp_path / "tiny.npz", channels=3, size=32)
+    spawn([(base(npz, tmp_path / "two" / tune), over) for tune, over in VIT.items()])
+    for tune, over in VIT.items():
+        one = train(build_config(base(npz, tmp_path / "one" / tune), over))
+        two = json.loads((tmp_path / "two" / tune / "metrics.json").read_text())
+        assert one["processes"] == 1 and two["processes"] == 2
+        assert one["trainable_parameters"] == two["trainable_parameters"]
+        w1, w2 = weights(tmp_path / "one" / tune), weights(tmp_path / "two" / tune)
+        assert set(w1) == set(w2)
+        for key in w1:  # the tolerance of the CNN runs (test_two_processes_train_the_weights_of_one)
+            torch.testing.assert_close(w2[key].float(), w1[key].float(), rtol=1e-3, atol=3e-4, msg=f"{tune}: {key}")
+        runs = [load_run(tmp_path / n / tune) for n in ("one", "two")]
+        images = torch.from_numpy(runs[0].data.test.images)
+        with torch.no_grad():
+            logits = [r.method.predict(normalise(images, *r.mean_std()))["main"] for r in runs]
+        torch.testing.assert_close(logits[1], logits[0], rtol=1e-3, atol=3e-4, msg=tune)
+        assert [e["loss"] for e in two["curve"]] == pytest.approx([e["loss"] for e in one["curve"]], rel=1e-3)
+        assert two["result"]["per_class"] == one["result"]["per_class"]
 
 
 def test_per_rank_banks_are_checkpointed_and_a_killed_rank_resumes_exactly(runs):
