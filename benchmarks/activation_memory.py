@@ -14,12 +14,22 @@ context (~0.3-0.5 GiB), cuDNN workspaces and the caching allocator's fragmentati
 usually add 10-30 % to the activations. CSA's step is measured with the bank full and
 fusion on (its steady state).
 
+``--tunes`` measures each ``model.tune`` mode (a frozen body saves no activations for its own
+backward, so the mode sets what a step holds); weights are random, which changes no byte. timm and
+open_clip import torchvision: where the installed torchvision was built for another torch (PyPI's
+CUDA build beside a CPU torch), ``import_torchvision`` declares the schemas of its two compiled
+detection ops, as the tests' ``conftest.import_real`` does; classification models never call them.
+
     python benchmarks/activation_memory.py        # about 1-2 minutes on 2 busy cores
+    python benchmarks/activation_memory.py --models timm:vit_base_patch16_224 --methods ce --batch 8 \
+        --tunes full,linear,bitfit,vpt_shallow,vpt_deep,lora,adapter,adaptformer,ssf --name activation_memory_vit-b16
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +40,30 @@ from tailshift.data.pipeline import Batch
 from tailshift.methods import METHODS
 from tailshift.methods.base import StepContext
 from tailshift.models import create_model
+from tailshift.models.tuning import lift_width
 
 MIB = 1 << 20
+WIDTH_MODES = ("lora", "adapter", "adaptformer")  # the modes model.tune_dim sizes
+_NMS_SCHEMAS = None  # the torchvision op library declared by import_torchvision, kept alive while it is used
+
+
+def import_torchvision() -> None:
+    """Import torchvision (timm and open_clip import it) beside a torch it was not built for: its import fails
+    registering fake kernels of ``torchvision::nms`` / ``qnms``, ops only its compiled library defines;
+    declaring their schemas lets the pure-Python model code import (tests/conftest.py ``import_real``)."""
+    global _NMS_SCHEMAS
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as err:
+        if "torchvision::nms does not exist" not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # the failed import's half-built submodules
+        _NMS_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            _NMS_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
 
 def saved_bytes(step) -> int:
@@ -49,9 +81,9 @@ def saved_bytes(step) -> int:
     return sum(storages.values())
 
 
-def measure(model: str, method: str, batch: int, classes: int) -> dict:
+def measure(model: str, method: str, batch: int, classes: int, tune: str = "full") -> dict:
     torch.manual_seed(0)
-    backbone = create_model(model)
+    backbone = create_model(model, tune=tune, num_classes=classes)
     params = {"warmup_epochs": 0, "delta": 0.0} if method == "csa" else {}
     counts = np.full(classes, 100)
     m = METHODS.get(method)(backbone, classes, counts, 90, params).to(memory_format=torch.channels_last)
@@ -68,6 +100,7 @@ def measure(model: str, method: str, batch: int, classes: int) -> dict:
         m.training_step(batches(), ctx)
     inputs = batches()
     activations = saved_bytes(lambda: m.training_step(inputs, ctx).loss)
+    trainable_count = sum(p.numel() for p in m.parameters() if p.requires_grad)
     trainable = sum(p.numel() * p.element_size() for p in m.parameters() if p.requires_grad)
     frozen = sum(p.numel() * p.element_size() for p in m.parameters() if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in m.buffers())
@@ -75,8 +108,11 @@ def measure(model: str, method: str, batch: int, classes: int) -> dict:
     input_bytes = sum(b.x.numel() * b.x.element_size() for b in inputs.values())
     state = 3 * trainable + frozen + buffers
     total = state + activations + input_bytes + bank
-    return {"model": model, "method": method, "batch_per_process": batch,
-            "state_mib": round(state / MIB), "activations_mib": round(activations / MIB),
+    # the bottleneck width / LoRA rank the tuned model was built with: LIFT's rule from the blocks before tuning
+    width = lift_width(classes, len(create_model(model).tunable_blocks())) if tune in WIDTH_MODES else None
+    return {"model": model, "method": method, "tune": tune, "tune_dim": width, "batch_per_process": batch,
+            "trainable_parameters": trainable_count, "state_mib": round(state / MIB),
+            "activations_mib": round(activations / MIB), "activations_per_image_mib": round(activations / batch / MIB, 2),
             "inputs_mib": round(input_bytes / MIB), "bank_mib": round(bank / MIB), "total_mib": round(total / MIB)}
 
 
@@ -85,19 +121,34 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--models", default="resnet10,resnet50")
     p.add_argument("--methods", default="ce,csa")
+    p.add_argument("--tunes", default="full", help="model.tune modes, comma-separated (models/tuning.py)")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--name", default="activation_memory", help="the result files' name in --output")
     p.add_argument("--output", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-    rows = [measure(model, method, args.batch, 1000) for model in args.models.split(",")
-            for method in args.methods.split(",")]
-    lines = ["| Backbone | Method | Batch / process | Model state (MiB) | Saved activations | Inputs | CSA bank | "
-             "Total (MiB) |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['method']} | {r['batch_per_process']} | {r['state_mib']} | {r['activations_mib']} | "
-              f"{r['inputs_mib']} | {r['bank_mib']} | {r['total_mib']} |" for r in rows]
-    note = ("1000 classes, 224 x 224, float32, channels-last; model state = parameters + gradients + momentum + "
-            "buffers. Add the CUDA context and allocator overhead on a GPU (not measurable here).")
+    torch.set_num_threads(max(1, args.threads))
+    if any(model.startswith(("timm:", "clip:")) for model in args.models.split(",")):
+        import_torchvision()
+    rows = []
+    for model in args.models.split(","):
+        for method in args.methods.split(","):
+            for tune in args.tunes.split(","):
+                rows.append(measure(model, method, args.batch, args.classes, tune))
+                print(rows[-1], flush=True)
+    lines = ["| Backbone | Method | Tune | Trainable parameters | Batch / process | Model state (MiB) | "
+             "Saved activations | per image | Inputs | CSA bank | Total (MiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['method']} | {r['tune']} | {r['trainable_parameters']:,} | {r['batch_per_process']} | "
+              f"{r['state_mib']} | {r['activations_mib']} | {r['activations_per_image_mib']} | {r['inputs_mib']} | "
+              f"{r['bank_mib']} | {r['total_mib']} |" for r in rows]
+    widths = sorted({r["tune_dim"] for r in rows if r["tune_dim"] is not None})
+    tuned = (f" (bottleneck width and LoRA rank {', '.join(map(str, widths))}: LIFT's rule for the class and block "
+             "counts; 10 VPT prompt tokens)") if widths else ""
+    note = (f"{args.classes} classes, 224 x 224, float32, channels-last, random weights; trainable parameters: the "
+            f"backbone's under the tune mode{tuned} plus the heads; model state = parameters + gradients and SGD momentum of "
+            "the trainable ones + buffers. Add the CUDA context and allocator overhead on a GPU (not measurable here).")
     write_report(args.output, "activation_memory", "Device memory per training process (estimated on CPU)", note,
-                 lines, {"rows": rows})
+                 lines, {"rows": rows}, file_name=args.name)
 
 if __name__ == "__main__":
     main()

@@ -28,13 +28,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_report(out: str | Path, name: str, title: str, note: str, lines: list[str], data: dict) -> None:
-    """Print ``# title``, ``note`` and the table ``lines``; write ``name``.md and ``name``.json to ``out``."""
+def write_report(out: str | Path, name: str, title: str, note: str, lines: list[str], data: dict,
+                 file_name: str | None = None) -> None:
+    """Print ``# title``, ``note`` and the table ``lines``; write ``file_name`` (default: the script's ``name``)
+    .md and .json to ``out``."""
     command = f"python benchmarks/{name}.py {' '.join(sys.argv[1:])}".rstrip()
     md = f"# {title}\n\n{note}\n\n" + "\n".join(lines) + "\n"
     print(md)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(md + f"\nCommand: `{command}`\n")
-    (out / f"{name}.json").write_text(json.dumps({"command": command, "load_average": os.getloadavg(),
+    file_name = file_name or name
+    (out / f"{file_name}.md").write_text(md + f"\nCommand: `{command}`\n")
+    (out / f"{file_name}.json").write_text(json.dumps({"command": command, "load_average": os.getloadavg(),
                                                   "versions": versions(), **data}, indent=1))
