@@ -161,6 +161,9 @@ def test_a_bad_image_folder_is_one_line(tmp_path):
         load_dataset("imagefolder", None)
     with pytest.raises(DataError, match=r"needs train/ and test/ \(or val/\) folders with one sub-folder of images"):
         load_dataset("imagefolder", str(tmp_path))
+    (tmp_path / "train").mkdir(), (tmp_path / "test").mkdir()
+    with pytest.raises(DataError, match=r"train holds 0 class folders; 1 to \d+ are allowed$"):
+        load_dataset("imagefolder", str(tmp_path))
     root = write_imagenet_lt(tmp_path / "a", counts=(3, 2), test_per_class=1)
     with pytest.raises(DataError, match=r"^dataset 'imagefolder' reads data.root's class folders; data.train_list is "
                                         r"for data.dataset=filelist$"):

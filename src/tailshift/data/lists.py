@@ -185,8 +185,8 @@ def read_image_folder(root: Path) -> tuple[tuple[list[str], np.ndarray], tuple[l
         if classes is not None and names != classes:
             raise DataError(f"{root / split} class folders {names} differ from {root / 'train'}'s {classes}")
         classes = names
-        if not names:
-            raise DataError(f"{root / split} holds no class folders")
+        if not names or len(names) > MAX_CLASSES:
+            raise DataError(f"{root / split} holds {len(names)} class folders; 1 to {MAX_CLASSES} are allowed")
         paths, labels = [], []
         for label, name in enumerate(names):
             found = sorted(f"{split}/{name}/{p.name}" for p in (root / split / name).iterdir()
