@@ -125,3 +125,14 @@ def test_lift_on_cifar100_lt_runs_end_to_end_on_the_cpu(tmp_path, capsys):
     assert run.method.head.scale == 25.0 and type(run.method.loss).__name__ == "LogitAdjusted"
     assert set(run.metrics["heads"]["main"]) >= {"all", "many", "med", "few"}
     assert "trainable parameters" in capsys.readouterr().out
+
+
+def test_reproduce_lift_plans_the_shipped_configs_beside_the_reported_numbers():
+    from tailshift.reproduce.lift import LIFT
+
+    studies = LIFT.studies(list(LIFT.datasets))
+    plan = LIFT.plan(studies, LIFT.select_rows(None), (0,), ())
+    assert {v.config for v in plan.variants.values()} == {f"lift/{d}_{run}" for d in LIFT.datasets
+                                                          for run in ("lift", "lift-csa")}
+    paper = LIFT.paper_rows(studies)
+    assert paper["imagenet-lt"]["lift"] == [78.3, None, None, None] and paper["inat2018"] == {}
