@@ -136,3 +136,21 @@ def test_reproduce_lift_plans_the_shipped_configs_beside_the_reported_numbers():
                                                           for run in ("lift", "lift-csa")}
     paper = LIFT.paper_rows(studies)
     assert paper["imagenet-lt"]["lift"] == [78.3, None, None, None] and paper["inat2018"] == {}
+
+
+def test_csa_on_a_tuned_vit_with_cosine_heads_masks_at_the_images_size_and_fuses_through_the_method():
+    """LIFT + CSA: Grad-CAM through the cosine uniform head on the ViT's patch grid, upsampled to the image."""
+    from tailshift.methods import METHODS
+
+    import_real("timm")
+    torch.manual_seed(0)
+    backbone = create_model(VIT, tune="adaptformer", num_classes=10, image_size=32, in_channels=3)
+    method = METHODS.get("csa")(backbone, 10, np.arange(10, 0, -1), 2,
+                                {"classifier": "cosine", "classifier_scale": 25.0, "delta": 0.0, "use_bank": False})
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    masks, confident = method.extract_contexts(x, y)
+    assert masks.shape == (6, 1, 32, 32) and confident.all()
+    assert 0 <= float(masks.min()) and float(masks.max()) <= 1 and float(masks.std()) > 0  # not a constant mask
+    generator = torch.Generator().manual_seed(0)
+    fused = method._fuse(x, method._draw_contexts(x, masks, confident, 6, generator), generator)
+    assert fused.shape == x.shape and not torch.equal(fused, x)

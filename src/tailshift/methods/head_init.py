@@ -59,12 +59,11 @@ def class_mean_rows(method, feed, num_classes: int, batch_size: int, world: Worl
     recipe); each process sums its share, the sums are averaged over processes (their ratio is the mean)."""
     was_training = method.training
     method.eval()
-    sums = counts = None
+    device = next(method.parameters()).device
+    sums = torch.zeros(num_classes, method.backbone.out_dim, device=device)
+    counts = torch.zeros(num_classes, device=device)
     for batch in feed.iterate(batch_size, *world.part(len(feed))):
         features = method.features(batch.x).float()
-        if sums is None:
-            sums = features.new_zeros(num_classes, features.shape[1])
-            counts = features.new_zeros(num_classes)
         sums.index_add_(0, batch.y, features)
         counts.index_add_(0, batch.y, torch.ones_like(batch.y, dtype=features.dtype))
     method.train(was_training)
