@@ -154,3 +154,20 @@ def test_csa_on_a_tuned_vit_with_cosine_heads_masks_at_the_images_size_and_fuses
     generator = torch.Generator().manual_seed(0)
     fused = method._fuse(x, method._draw_contexts(x, masks, confident, 6, generator), generator)
     assert fused.shape == x.shape and not torch.equal(fused, x)
+
+
+@pytest.mark.parametrize("name, epochs", [("lift/cifar100-lt_lift", 10), ("lift/inat2018_lift", 20)])
+def test_lift_learning_rate_is_cosine_annealing_stepped_once_an_epoch(name, epochs):
+    """shijxcs/LIFT trainer.py lines 281 and 526: CosineAnnealingLR(optim, num_epochs), stepped after each epoch."""
+    import math
+
+    from tailshift.config import config_path, load_config
+    from tailshift.engine import learning_rate
+
+    cfg = load_config(config_path(name))
+    optim = cfg.train.optim
+    assert (cfg.train.epochs, optim.lr, optim.momentum, optim.weight_decay) == (epochs, 0.01, 0.9, 5e-4)
+    for epoch in range(epochs):
+        lift = 0.01 * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        for within in (0.0, 0.999):
+            assert learning_rate(optim, optim.lr, optim.schedule, epochs, epoch + within) == pytest.approx(lift)
