@@ -10,7 +10,7 @@ from conftest import import_real, tiny_prepared, write_cifar100, write_imagenet_
 from PIL import Image
 
 from tailshift import cli
-from tailshift.config import build_config
+from tailshift.config import build_config, config_path, load_config
 from tailshift.data.arrays import ArrayDataset, DataError
 from tailshift.data.build import prepare_data
 from tailshift.data.sources import CIFAR100_CLASSES
@@ -161,7 +161,6 @@ def test_lift_learning_rate_is_cosine_annealing_stepped_once_an_epoch(name, epoc
     """shijxcs/LIFT trainer.py lines 281 and 526: CosineAnnealingLR(optim, num_epochs), stepped after each epoch."""
     import math
 
-    from tailshift.config import config_path, load_config
     from tailshift.engine import learning_rate
 
     cfg = load_config(config_path(name))
@@ -171,3 +170,22 @@ def test_lift_learning_rate_is_cosine_annealing_stepped_once_an_epoch(name, epoc
         lift = 0.01 * (1 + math.cos(math.pi * epoch / epochs)) / 2
         for within in (0.0, 0.999):
             assert learning_rate(optim, optim.lr, optim.schedule, epochs, epoch + within) == pytest.approx(lift)
+
+
+def test_lift_on_imagenet_lt_files_starts_from_the_class_names_text_embeddings(tmp_path):
+    """The image-file path: names from LOC_synset_mapping.txt, the CLIP text tower's rows, five crops of each file."""
+    import_real("open_clip")
+    root = write_imagenet_lt(tmp_path / "inet")
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"n{c:08d} class {c}, other name\n" for c in range(6)))
+    cfg = load_config(config_path("lift/imagenet-lt_lift"), [
+        f"model.name={CLIP}", "model.pretrained=none", f"data.root={root}", "data.crop_size=32", "data.resize_size=36",
+        "data.tte_resize_size=40", "data.workers=0", "train.epochs=1", "train.batch_size=32", "train.amp=off",
+        "device=cpu", "progress=false", f"output={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    assert trainer.data.train.class_names == tuple(f"class {c}" for c in range(6))
+    expected = F.normalize(trainer.method.backbone.inner.text_features(
+        [f"a photo of a class {c}." for c in range(6)]).float(), dim=-1)
+    trainer._train_epoch = lambda *args: {}  # no step: the head as the fresh run started it, then evaluated
+    metrics = trainer.fit()
+    torch.testing.assert_close(trainer.method.head.weight, expected)
+    assert metrics["heads"]["main"]["all"] >= 0
