@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import import_real, tiny_prepared, write_cifar100, write_imagenet_lt
+from conftest import fit_until_interrupted, import_real, tiny_prepared, write_cifar100, write_imagenet_lt
 from PIL import Image
 
 from tailshift import cli
@@ -189,3 +189,23 @@ def test_lift_on_imagenet_lt_files_starts_from_the_class_names_text_embeddings(t
     metrics = trainer.fit()
     torch.testing.assert_close(trainer.method.head.weight, expected)
     assert metrics["heads"]["main"]["all"] >= 0
+
+
+def test_a_run_with_initialised_heads_resumes_exactly(tmp_path):
+    """The class vectors start a fresh run only: a resumed run keeps its checkpoint's heads."""
+    import_real("timm")
+    prepared = tiny_prepared(channels=3, size=32)
+    overrides = [f"model.name={VIT}", "model.tune=adaptformer", "model.init_head=class_mean", "train.epochs=2",
+                 "train.batch_size=32", "train.optim.lr=0.01", "method.name=la",
+                 "method.params={classifier: cosine, classifier_scale: 25.0}"]
+
+    def config(name):
+        return build_config({"output": str(tmp_path / name), "device": "cpu", "progress": False}, overrides)
+
+    full = Trainer(config("full"), prepared)
+    full.fit()
+    fit_until_interrupted(Trainer(config("killed"), prepared), lambda stage, epoch, started: started == 2)
+    resumed = Trainer(config("killed"), prepared)
+    resumed.fit()
+    for name, value in full.method.state_dict().items():
+        assert torch.equal(value, resumed.method.state_dict()[name]), name
