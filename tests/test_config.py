@@ -76,7 +76,7 @@ def test_missing_data_path_is_reported(tmp_path):
 
 
 def test_unknown_config_name_lists_shipped_ones():
-    with pytest.raises(ValueError, match="known: .*own/cnn_ce, .*table1/cfashion-lt_cbrs"):
+    with pytest.raises(ValueError, match="known: .*lift/cifar100-lt_lift, .*own/cnn_ce, .*table1/cfashion-lt_cbrs"):
         config_path("table9/nothing")
 
 

@@ -187,9 +187,10 @@ def test_storage_choice_and_recipes_per_kind_of_data(tmp_path):
     assert choose_storage("auto", files, files, cpu) == "host"
     with pytest.raises(DataError, match="data.storage=device needs a dataset decoded in memory"):
         choose_storage("device", files, files, cpu)
-    cfg = build_config({}, ["data.augment=resized_crop"]).data
-    with pytest.raises(DataError, match="data.augment=resized_crop does not apply to in-memory arrays"):
-        make_feeds(arrays, arrays, cpu, cfg)
+    with pytest.raises(DataError, match="data.augment=resized_crop resizes images on the host"):
+        make_feeds(arrays, arrays, cpu, build_config({}, ["data.augment=resized_crop", "data.storage=device"]).data)
+    with pytest.raises(DataError, match="data.tte=fivecrop .* needs image files or data.augment=resized_crop"):
+        make_feeds(arrays, arrays, cpu, build_config({}, ["data.tte=fivecrop"]).data)
     host_cfg = build_config({}, ["data.storage=host", "data.augment=crop_flip", "data.workers=0"]).data
     assert [f.storage for f in make_feeds(arrays, arrays, cpu, host_cfg)] == ["host", "host"]
 

@@ -24,7 +24,7 @@ SHORTER = {"own/cnn_crt": ["method.params.retrain_epochs=1"],
            "own/cnn_csa": ["method.params.warmup_epochs=0", "method.params.delta=0.0"],
            "own/lift-csa": ["method.params.warmup_epochs=0", "method.params.delta=0.0"]}
 #: a tiny random ViT in place of the pretrained CLIP ViT-B/16 (nothing is downloaded)
-TINY_VIT = ["model.name=timm:vit_tiny_patch16_224", "model.pretrained=none"]
+TINY_VIT = ["model.name=timm:vit_tiny_patch16_224", "model.pretrained=none", "data.tte_resize_size=36"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_each_template_trains_end_to_end_on_an_image_folder(name, images, tmp_pa
     assert all(math.isfinite(r["loss"]) for r in metrics["curve"])
     if name in VIT:  # only AdaptFormer's modules and the heads train
         assert cfg["model"]["tune"] == "adaptformer"
-        heads = (2 if method == "csa" else 1) * (192 * 4 + 4)
+        heads = (2 if method == "csa" else 1) * 192 * 4  # LIFT's cosine heads: no bias
         adapters = 12 * (2 * 192 + 192 * 1 + 1 + 1 * 192 + 192 + 1)  # per block: LayerNorm, down, up, scale
         assert metrics["trainable_parameters"] == {"train": adapters + heads}
     if method == "csa":

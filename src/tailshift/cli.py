@@ -87,14 +87,16 @@ def parse_seeds(text: str) -> list[int]:
 #: ``mnist_root``); each command takes those its function names, with its own defaults
 REPRODUCE_OPTIONS = {
     "datasets": dict(type=_names, help="comma-separated, e.g. fashion-lt,cfashion-lt or cifar10-lt (default: all "
-                                       "found; figure3: cfashion-lt; figure10, figure11: cifar100-lt)"),
+                                       "found; figure3: cfashion-lt; figure10, figure11: cifar100-lt; lift: cifar100-lt,"
+                                       "imagenet-lt,places-lt,inat2018, one a command with its data.root)"),
     "methods": dict(type=_names, help="table rows, comma-separated: table1/figure4 ce,crt,cbrs,csa,csa-uniform,"
                                       "csa-ensemble (table1 default: ce,crt,cbrs; figure4: all); table2: every row of "
                                       "the paper's Table 2 (ce,focal,cb-focal,drs,ce-drw,ldam-drw,crt,lws,bbn,mixup,"
                                       "remix,m2m,cam-bs,cmo,crt-mixup,lws-mixup,csa,csa-mixup) and cbrs,la,cb-ce,"
                                       "balanced-softmax,tau-norm,dual,csa-uniform,csa-ensemble (default: all); table10: "
                                       "csa-cbrs,csa-la,csa-both (default); table11: bcl,csa-bcl; table3: ce,crt,cbrs,"
-                                      "csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa)"),
+                                      "csa,csa-uniform,csa-ensemble (default: ce,crt,cbrs,csa); lift: lift,lift-csa,"
+                                      "lift-csa-uniform (default: lift,lift-csa)"),
     "models": dict(type=_names, help="backbones, comma-separated of resnet10,resnet50 (default both)"),
     "recipe": dict(help="table2: paper (default: each row on its authors' recipe), shared (every row on the CSA "
                         "release's) or one recipe for every row: csa-release, ldam, bbn, mislas, kang"),
@@ -105,8 +107,8 @@ REPRODUCE_OPTIONS = {
                                      "study's backbone allows; table8 needs a pooled backbone)"),
     "seeds": dict(type=parse_seeds, help="training seeds per row: a count (5: seeds 0-4, the default), a range (5-19) "
                                          "or a list (0,3,7)"),
-    "workers": dict(type=int, help="parallel worker processes (default: one per core; table3: 1, each run takes the "
-                                   "machine)"),
+    "workers": dict(type=int, help="parallel worker processes (default: one per core; table3, lift: 1, each run "
+                                   "takes the machine)"),
     "nproc": dict(type=int, help="processes per run (one per GPU), each run launched with torchrun (default 1)"),
     "mnist_root": dict(help="folder with the MNIST idx files (for MNIST-LT / CMNIST-LT)"),
 }

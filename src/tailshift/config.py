@@ -33,6 +33,11 @@ from .schedules import SCHEDULES
 from .validation import ConfigError, bounded, build_dataclass, one_of
 
 
+#: model.init_head: how the heads' class vectors start (methods/head_init.py)
+INIT_HEADS = ("none", "text_feat", "class_mean", "auto")
+#: data.tte: the eval recipe's views of an image, their logits averaged (data/transforms.py)
+TTE_MODES = ("none", "fivecrop")
+
 #: seeds seed numpy's legacy RandomState, which takes 0 .. 2**32 - 1
 MAX_SEED = 2**32 - 1
 
@@ -95,6 +100,12 @@ class DataConfig:
     # image files, train recipe: cpu (loader workers decode with Pillow) | gpu (workers read the files; the
     # device decodes the JPEGs and augments the batch: data/device_decode.py)
     decode: str = added_later(one_of("cpu", ("cpu", "gpu")), neutral="cpu")
+    # test-time ensembling of the eval recipe: none | fivecrop (the shorter side to tte_resize_size, then the
+    # four corner and the central crop_size crops, logits averaged: LIFT's, shijxcs/LIFT trainer.py lines 116-123)
+    tte: str = added_later(one_of("none", TTE_MODES), neutral="none")
+    tte_resize_size: int = added_later(bounded(248, ge=1), neutral=248)  # LIFT: resolution + expand (224 + 24)
+    # a file of the classes' names (list datasets; None: the dataset's standard file, looked for as its lists are)
+    class_names: str | None = added_later(None, neutral=None)
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,16 @@ class ModelConfig:
     # adapter / AdaptFormer bottleneck width and LoRA rank; null: LIFT's rule from the class and block counts
     tune_dim: int | None = added_later(bounded(None, ge=1, note="or null: LIFT's rule"), neutral=None)
     vpt_length: int = added_later(bounded(10, ge=1), neutral=10)  # prompt tokens per block (vpt_*), LIFT's 10
+    # the heads' first class vectors (methods/head_init.py; LIFT's cfg.init_head, shijxcs/LIFT utils/config.py
+    # line 53): none (each head's own initialisation) | text_feat (the CLIP text tower's embeddings of init_prompt
+    # per class name) | class_mean (the mean embedding of each class's training images, eval recipe) | auto
+    # (text_feat on a backbone with a text tower, else class_mean: LIFT's per-backbone choice)
+    init_head: str = added_later(one_of("none", INIT_HEADS), neutral="none")
+    init_prompt: str = added_later("a photo of a {}.", neutral="a photo of a {}.")  # LIFT trainer.py line 344
 
     def __post_init__(self):
+        if self.init_prompt.count("{}") != 1:
+            raise ConfigError(f"model.init_prompt must hold one {{}} (where the class name goes), got {self.init_prompt!r}")
         if self.pretrained == "none":  # the word for null: the same run, the same fingerprint
             object.__setattr__(self, "pretrained", None)
 
@@ -240,6 +259,8 @@ def _check(cfg: RunConfig) -> None:
                           f"and {len(d.std)} values")
     if d.group_bounds is not None and (len(d.group_bounds) != 2 or d.group_bounds[0] > d.group_bounds[1]):
         raise ConfigError(f"data.group_bounds must be [b1, b2] with b1 <= b2, got {list(d.group_bounds)}")
+    if d.tte != "none" and d.tte_resize_size < d.crop_size:
+        raise ConfigError(f"data.tte_resize_size must be >= data.crop_size ({d.crop_size}), got {d.tte_resize_size}")
     if d.resize_size < d.crop_size:
         raise ConfigError(f"data.resize_size must be >= data.crop_size ({d.crop_size}), got {d.resize_size}")
     if tr.optim.warmup_epochs >= tr.epochs:

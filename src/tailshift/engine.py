@@ -34,11 +34,12 @@ from .data.arrays import ArrayDataset
 from .data.build import PreparedData, prepare_data
 from .data.pipeline import DeviceArrays, batch_plan, epoch_length
 from .data.sampling import Sampler, stream_spec
-from .data.host_loader import make_feeds
+from .data.host_loader import make_feeds, plain_feed
 from .distributed import BatchShard, World, current_world, launched, sync_batchnorm
 from .io import RunLock, atomic_open, atomic_write_json, check_folder_free
 from .methods import Method
 from .methods.base import MadeData, Stage, StepContext, TrainingImages
+from .methods.head_init import chosen_init, class_mean_rows, text_feature_rows
 from .metrics import summarize
 from .models import build_backbone
 from .optim import build_optimizer
@@ -167,6 +168,21 @@ def check_model_takes_images(cfg: RunConfig, method: Method, arrays, image_shape
         method.train()
 
 
+def mean_over_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Each image's logits averaged over its ``views`` consecutive rows (test-time ensembling, as LIFT averages
+    its crops' logits: shijxcs/LIFT trainer.py lines 571-573); one view: the logits as they are."""
+    return logits if views == 1 else logits.unflatten(0, (-1, views)).mean(1)
+
+
+def initial_head_rows(cfg: RunConfig, method: Method, data: PreparedData, device: torch.device,
+                      memory_format: torch.memory_format, world: World = World()) -> torch.Tensor:
+    """The class vectors ``model.init_head`` starts the heads from (``methods/head_init.py``)."""
+    if chosen_init(cfg.model.init_head, method.backbone) == "text_feat":
+        return text_feature_rows(method.backbone, data.train.class_names, cfg.model.init_prompt, cfg.model.name)
+    feed = plain_feed(data.train, device, cfg.data, memory_format)
+    return class_mean_rows(method, feed, data.num_classes, cfg.train.test_batch_size, world)
+
+
 @torch.inference_mode()
 def predicted_classes(method: Method, arrays, batch_size: int, world: World = World()) -> tuple[dict, np.ndarray]:
     """Each head's predicted class of every test sample, and the labels; each process predicts its
@@ -177,7 +193,7 @@ def predicted_classes(method: Method, arrays, batch_size: int, world: World = Wo
     for batch in arrays.iterate(batch_size, *world.part(len(arrays))):
         labels.append(batch.y)
         for head, logits in method.predict(batch.x).items():
-            preds.setdefault(head, []).append(logits.argmax(1))
+            preds.setdefault(head, []).append(mean_over_views(logits, batch.views).argmax(1))
     labels = world.gather(torch.cat(labels)).cpu().numpy()
     return {head: world.gather(torch.cat(p)).cpu().numpy() for head, p in preds.items()}, labels
 
@@ -465,6 +481,9 @@ class Trainer:
         stages = self.method.stages()
         batch = cfg.train.batch_size
         optimizer, results = None, None
+        if cfg.model.init_head != "none" and state.stage_index == 0 and state.epoch == 0:  # a fresh run
+            self.method.initialise_heads(initial_head_rows(cfg, self.method, self.data, self.device,
+                                                           self.speed.memory_format, self.world))
         for stage_index, stage in enumerate(stages):
             if stage_index < state.stage_index:
                 continue

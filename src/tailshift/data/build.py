@@ -27,7 +27,7 @@ class PreparedData:
     #: where the files were read from, and why results on them may differ (see SplitDataset)
     source: str = ""
     caveat: str = ""
-    #: C x H x W the network sees when it is not the stored images' shape (image files: the crop)
+    #: C x H x W the network sees when it is not the stored images' shape (image files, resized_crop: the crop)
     input_shape: tuple[int, int, int] | None = None
 
     @property
@@ -47,7 +47,7 @@ class PreparedData:
 def prepare_data(cfg: DataConfig) -> PreparedData:
     """The data of a config, memoised per process by the (frozen) data config: a study runs many
     seeds on one dataset."""
-    lists = ListOptions(cfg.train_list, cfg.test_list, cfg.class_order)
+    lists = ListOptions(cfg.train_list, cfg.test_list, cfg.class_order, cfg.class_names)
     if lists.is_default:
         split = load_dataset(cfg.dataset, cfg.root, cfg.allow_outside_root)
     else:
@@ -78,7 +78,12 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         test = make_coloured_test(test, np.random.RandomState(lt.seed), palette)
     groups = class_groups(clean_counts, cfg.groups, cfg.group_bounds)
     noise_free = clean_labels if ctx.enabled else None
-    input_shape = (3, cfg.crop_size, cfg.crop_size) if files else None
+    if files:
+        input_shape = (3, cfg.crop_size, cfg.crop_size)
+    elif cfg.augment == "resized_crop":  # in-memory images through the image-file recipe (LIFT's CIFAR at 224)
+        input_shape = (train.images.shape[1], cfg.crop_size, cfg.crop_size)
+    else:
+        input_shape = None
     return PreparedData(train, test, num_classes, groups, noise_free, split.source, split.caveat, input_shape)
 
 

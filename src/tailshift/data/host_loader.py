@@ -34,12 +34,12 @@ from .pack import Pack
 from .pipeline import Batch, DeviceArrays, batch_plan, epoch_length, normalise
 from .color import color_jitter
 from .device_decode import DeviceDecodedImages, gpu_jpeg_decoder
-from .transforms import (JITTER_DRAWS, crop_flip, eval_image, open_train_image, pillow_color_jitter, resized_crop_box,
-                         to_8bit, to_chw, train_crop)
+from .transforms import (JITTER_DRAWS, EvalViews, crop_flip, from_chw, open_train_image, pillow_color_jitter,
+                         resized_crop_box, to_8bit, to_chw, train_crop)
 
 STORAGES = ("auto", "device", "host")
 #: augmentations by kind of dataset (device and host storage agree on these)
-ARRAY_AUGMENTATIONS = ("none", "crop_flip")
+ARRAY_AUGMENTATIONS = ("none", "crop_flip", "resized_crop")
 FILE_AUGMENTATIONS = ("none", "resized_crop")
 #: share of the free device memory a decoded dataset may take for ``auto`` to keep it there
 DEVICE_SHARE = 0.5
@@ -68,11 +68,17 @@ class StackedImages:
 
 
 class ArrayImages(StackedImages):
-    """Rows of an in-memory uint8 dataset, optionally crop-flipped (host memory, not the device)."""
+    """Rows of an in-memory uint8 dataset (host memory, not the device): as stored, crop-flipped, or through
+    the image-file recipes, ``resized_crop`` to ``crop_size`` (``jitter`` applied here) to train and ``views``
+    (resize and crop, or LIFT's five crops) to test: how LIFT trains on CIFAR at 224."""
 
-    def __init__(self, data: ArrayDataset, augment: str = "none", padding: int = 4):
+    def __init__(self, data: ArrayDataset, augment: str = "none", padding: int = 4, crop_size: int = 224,
+                 jitter: float = 0.0, views: EvalViews | None = None):
         self.data, self.augment, self.padding = data, augment, padding
-        self.shape = data.images.shape[1:]
+        self.crop_size, self.jitter, self.views = crop_size, jitter, views
+        channels = data.images.shape[1]
+        side = crop_size if augment == "resized_crop" else None if views is None else views.size
+        self.shape = data.images.shape[1:] if side is None else (channels, side, side)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -83,7 +89,14 @@ class ArrayImages(StackedImages):
     def image(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """The image, and no draws for the device."""
         image = self.data.images[i]
-        return (crop_flip(image, self.padding, rng) if self.augment == "crop_flip" else image), NO_DRAWS
+        if self.augment == "crop_flip":
+            return crop_flip(image, self.padding, rng), NO_DRAWS
+        if self.augment == "resized_crop":
+            img = from_chw(image)
+            left, top, w, h = resized_crop_box(img.width, img.height, rng)
+            img, draws = train_crop(img, (left, top, left + w, top + h), self.crop_size, self.jitter, rng)
+            return to_chw(img if draws is None else pillow_color_jitter(img, draws)), NO_DRAWS
+        return (image if self.views is None else self.views(from_chw(image))), NO_DRAWS
 
 
 class FileImages(StackedImages):
@@ -93,8 +106,9 @@ class FileImages(StackedImages):
     else here with Pillow."""
 
     def __init__(self, data: FileDataset, augment: str, crop_size: int, resize_size: int, jitter: float,
-                 jitter_on_device: bool = False, pack: Pack | None = None):
+                 jitter_on_device: bool = False, pack: Pack | None = None, tte: str = "none", tte_resize_size: int = 248):
         self.data, self.augment = data, augment
+        self.views = EvalViews(resize_size, crop_size, tte, tte_resize_size)
         self.crop_size, self.resize_size, self.jitter = crop_size, resize_size, jitter
         self.pack = pack
         self.pack_rows = None if pack is None else pack.rows(data, resize_size)
@@ -112,7 +126,7 @@ class FileImages(StackedImages):
         path = self.data.path(i)
         try:
             if self.augment != "resized_crop":
-                return eval_image(self._whole(i), self.resize_size, self.crop_size), NO_DRAWS
+                return self.views(self._whole(i)), NO_DRAWS
             if self.pack is None:
                 img, box = open_train_image(path, self.crop_size, rng)
             else:
@@ -213,8 +227,10 @@ class HostFeed:
     def _to_device(self, parts: tuple, augmented: bool) -> Batch:
         *images, labels, index = parts
         raw = self.images.finish(tuple(images), self.device)
-        return Batch(normalise(raw, self.mean, self.std, self.memory_format), labels.to(self.device, non_blocking=True),
-                     index.to(self.device, non_blocking=True), augmented)
+        views = raw.shape[1] if raw.ndim == 5 else 1  # test-time ensembling: B x V x C x H x W, each image's views in a row
+        return Batch(normalise(raw.flatten(0, 1) if views > 1 else raw, self.mean, self.std, self.memory_format),
+                     labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True), augmented,
+                     views=views)
 
     def epoch(self, indices: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int,
               world: World = World()) -> Iterator[dict[str, Batch]]:
@@ -232,19 +248,23 @@ class HostFeed:
         return (item["eval"] for item in self._run(requests, False))
 
 
-def choose_storage(storage: str, train, test, device: torch.device) -> str:
-    """``device`` or ``host`` for a dataset; ``auto``: image files stay on the host (decoded by loader
-    workers), in-memory arrays go to the device when they take less than ``DEVICE_SHARE`` of its free
-    memory (else they stay on the host too)."""
+def choose_storage(storage: str, train, test, device: torch.device, augment: str = "none") -> str:
+    """``device`` or ``host`` for a dataset; ``auto``: image files, and in-memory arrays under the image-file
+    recipe (``augment="resized_crop"``, which Pillow runs), stay on the host (decoded by loader workers),
+    other in-memory arrays go to the device when they take less than ``DEVICE_SHARE`` of its free memory
+    (else they stay on the host too)."""
     if storage not in STORAGES:
         raise DataError(f"data.storage must be one of {', '.join(STORAGES)}; got {storage!r}")
     files = isinstance(train, FileDataset)
     if storage == "device" and files:
         raise DataError("data.storage=device needs a dataset decoded in memory; this one is read from "
                         "image files (use data.storage=host or auto)")
+    if storage == "device" and augment == "resized_crop":
+        raise DataError("data.augment=resized_crop resizes images on the host (loader workers): use data.storage=host "
+                        "or auto")
     if storage != "auto":
         return storage
-    if files:
+    if files or augment == "resized_crop":
         return "host"
     if device.type != "cuda":
         return "device"
@@ -262,10 +282,31 @@ def make_feeds(train, test, device: torch.device, data_cfg,
     return feeds
 
 
+def plain_feed(split, device: torch.device, data_cfg, memory_format: torch.memory_format = torch.channels_last):
+    """A feed of ``split`` (e.g. the training one) under the eval recipe resized straight to the input size (LIFT's
+    ``transform_plain``, Resize and CenterCrop to the resolution: shijxcs/LIFT trainer.py lines 109-114), one view
+    an image: what ``model.init_head=class_mean`` averages. Images held as they are stay as they are."""
+    d = data_cfg
+    files = isinstance(split, FileDataset)
+    storage = choose_storage(d.storage, split, split, device, d.augment)
+    if storage == "device":
+        feed = DeviceArrays(split, device, d.mean, d.std)
+    else:
+        views = EvalViews(d.crop_size, d.crop_size)
+        images = (FileImages(split, "none", d.crop_size, d.crop_size, 0.0, pack=None if d.pack is None else Pack(d.pack))
+                  if files else ArrayImages(split, views=views if d.augment == "resized_crop" else None))
+        feed = HostFeed(images, device, d.mean, d.std, False, d.workers, persistent=False)
+    feed.memory_format = memory_format
+    return feed
+
+
 def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
     d = data_cfg
-    storage = choose_storage(d.storage, train, test, device)
+    storage = choose_storage(d.storage, train, test, device, d.augment)
     files = isinstance(train, FileDataset)
+    if d.tte != "none" and not (files or d.augment == "resized_crop"):
+        raise DataError(f"data.tte={d.tte} views images through the eval recipe's resize: it needs image files or "
+                        f"data.augment=resized_crop, got data.augment={d.augment}")
     allowed = FILE_AUGMENTATIONS if files else ARRAY_AUGMENTATIONS
     if d.augment not in allowed:
         kind = "image files" if files else "in-memory arrays"
@@ -288,8 +329,11 @@ def _feeds(train, test, device: torch.device, data_cfg) -> tuple:
                         if d.decode == "gpu" else
                         FileImages(train, d.augment, d.crop_size, d.resize_size, d.color_jitter,
                                    jitter_on_device=device.type == "cuda", pack=pack))
-        test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter, pack=pack)
+        test_images = FileImages(test, "none", d.crop_size, d.resize_size, d.color_jitter, pack=pack, tte=d.tte,
+                                 tte_resize_size=d.tte_resize_size)
     else:
-        train_images, test_images = ArrayImages(train, d.augment, d.padding), ArrayImages(test)
+        views = EvalViews(d.resize_size, d.crop_size, d.tte, d.tte_resize_size) if d.augment == "resized_crop" else None
+        train_images = ArrayImages(train, d.augment, d.padding, d.crop_size, d.color_jitter)
+        test_images = ArrayImages(test, views=views)
     return (HostFeed(train_images, device, d.mean, d.std, d.augment != "none", d.workers),
             HostFeed(test_images, device, d.mean, d.std, False, d.workers, persistent=False))

@@ -74,6 +74,7 @@ class ListOptions:
     train_list: str | None = None
     test_list: str | None = None
     class_order: str = "list"
+    class_names: str | None = None
 
     @property
     def is_default(self) -> bool:
@@ -199,6 +200,37 @@ def read_image_folder(root: Path) -> tuple[tuple[list[str], np.ndarray], tuple[l
     return splits[0], splits[1], tuple(classes)
 
 
+def read_class_names(path: str | Path, paths: list[str], labels: np.ndarray, num_classes: int) -> tuple[str, ...]:
+    """Each class's name from a "folder name" file, matched by the folder its training images are in: ImageNet's
+    LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca": the first name), Places365's categories_places365.txt
+    ("/a/apartment_building/outdoor 8": the folder, apartment_building-outdoor, as Places-LT names it and LIFT
+    prompts it, shijxcs/LIFT datasets/Places_LT/classnames.txt), or LIFT's own classnames.txt files."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read class-name file {path}: {e}") from None
+    by_folder = {}
+    for line in text.splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if not key:
+            continue
+        if key.startswith("/"):  # Places365: /<letter>/<name>[/<sub>]
+            key = "-".join(key.split("/")[2:])
+        rest = rest.strip()
+        by_folder[key] = key if not rest or rest.isdigit() else rest.split(",")[0].strip()
+    folder_of = {}
+    for rel, label in zip(paths, labels):
+        folder_of.setdefault(int(label), PurePosixPath(rel).parent.name)
+    names = []
+    for label in range(num_classes):
+        folder = folder_of.get(label)
+        if folder not in by_folder:
+            raise DataError(f"class-name file {path} has no line for class {label} (training folder {folder!r})")
+        names.append(by_folder[folder])
+    return tuple(names)
+
+
 def _image_problem(full: str, rel: str, wide: Counter) -> str | None:
     """Why the file cannot be an image, from its header (the pixels are decoded in training): not an
     image format Pillow knows, or more pixels than Pillow's decompression-bomb limit. A mode that
@@ -289,15 +321,30 @@ class ListLayout:
     train_file: str | None
     test_file: str | None
     kind: str = "txt"  # txt: "path label" lines; json: COCO-style annotations; folder: train/<class>/ folders
+    names_file: str | None = None  # the classes' names (``read_class_names``), looked for as the lists are
 
 
 LAYOUTS = {
-    "imagenet-lt": ListLayout(1000, "ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
-    "places-lt": ListLayout(365, "Places_LT_train.txt", "Places_LT_test.txt"),
+    "imagenet-lt": ListLayout(1000, "ImageNet_LT_train.txt", "ImageNet_LT_test.txt", names_file="LOC_synset_mapping.txt"),
+    "places-lt": ListLayout(365, "Places_LT_train.txt", "Places_LT_test.txt", names_file="categories_places365.txt"),
     "inat2018": ListLayout(None, "train2018.json", "val2018.json", "json"),
     "filelist": ListLayout(None, None, None),
     "imagefolder": ListLayout(None, None, None, "folder"),
 }
+
+
+def _places(standard: str, root: Path, search: list[Path]) -> list[Path]:
+    """Where a standard file is looked for: the image root, then each data folder's lists/ and itself."""
+    return [root / standard] + [d / sub / standard for d in search for sub in ("lists", ".")]
+
+
+def _names_file(name: str, given: str | None, standard: str | None, root: Path, search: list[Path]) -> Path | None:
+    """The class-name file: ``data.class_names`` or the dataset's standard one where found (None: no names)."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise DataError(f"{name}: data.class_names {given} is not a file")
+        return Path(given)
+    return next((p for p in _places(standard, root, search) if p.is_file()), None) if standard else None
 
 
 def _find(name: str, key: str, given: str | None, standard: str | None, root: Path, search: list[Path]) -> Path:
@@ -308,7 +355,7 @@ def _find(name: str, key: str, given: str | None, standard: str | None, root: Pa
         return path
     if standard is None:
         raise DataError(f"dataset {name!r} needs data.{key}=PATH (a 'relative/path label' list)")
-    looked = [root / standard] + [d / sub / standard for d in search for sub in ("lists", ".")]
+    looked = _places(standard, root, search)
     for candidate in looked:
         if candidate.is_file():
             return candidate
@@ -337,10 +384,15 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
         train_numbers, test_numbers = np.arange(len(train_paths)), np.arange(len(test_paths))
         train_file = test_file = image_root
         num_classes, entry = len(names), "file"
+        if options.class_names is not None:  # better prompts than the folder names, matched by folder
+            names = read_class_names(options.class_names, train_paths, train_labels, num_classes)
     else:
         train_file = _find(name, "train_list", options.train_list, layout.train_file, image_root, search)
         test_file = _find(name, "test_list", options.test_list, layout.test_file, image_root, search)
         if layout.kind == "json":
+            if options.class_names is not None:
+                raise DataError(f"{name}: the class names come from the annotation files' categories; data.class_names "
+                                "applies to 'path label' lists")
             train_paths, train_labels, train_numbers, categories, names = read_coco_json(train_file)
             test_paths, test_labels, test_numbers, _, _ = read_coco_json(test_file, categories)
             num_classes, entry = len(categories), "annotation"
@@ -348,7 +400,9 @@ def load_list_dataset(name: str, layout: ListLayout, root: str | None, options: 
             train_paths, train_labels, train_numbers = read_list_file(train_file, layout.num_classes)
             num_classes = int(train_labels.max()) + 1
             test_paths, test_labels, test_numbers = read_list_file(test_file, num_classes)
-            names, entry = None, "line"
+            names_file = _names_file(name, options.class_names, layout.names_file, image_root, search)
+            names = None if names_file is None else read_class_names(names_file, train_paths, train_labels, num_classes)
+            entry = "line"
     wide = (check_files(image_root, train_paths, train_numbers, train_file, entry, allow_outside_root)
             + check_files(image_root, test_paths, test_numbers, test_file, entry, allow_outside_root))
     if options.class_order == "count":

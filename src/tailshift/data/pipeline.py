@@ -48,6 +48,8 @@ class Batch:
     augmented: bool = False
     #: the images before augmentation (images held on the device); None where a host loader augments them
     raw: RawImages | None = None
+    #: views per image (test-time ensembling): ``x`` holds each image's ``views`` in a row, ``y`` one label an image
+    views: int = 1
 
 
 def batch_plan(length: int, steps: int, batch_size: int, world: World) -> Iterator[tuple[int, int, int, int]]:

@@ -42,6 +42,19 @@ CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
+#: CIFAR-100's fine label names in label order, as its meta file lists them (used when the meta file is absent)
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
 KNOWN_SHA256 = {
     "cifar10-jpeg.npz": "b07ae050623c0a8632271f8e08ad3bb0060058fdcacc5acfcab8445d32e85be2",
 }
@@ -216,7 +229,7 @@ def load_cifar(root: str | Path, num_classes: int, allow_outside_root: bool = Fa
         raise DataError(f"CIFAR-{num_classes} folder {found} lacks {', '.join(missing)}")
     for name in (*train_files, test_file, meta_file):
         inside_root(found / name, root, allow_outside_root)
-    names = CIFAR10_CLASSES if num_classes == 10 else None
+    names = CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES
     if (found / meta_file).is_file():
         meta = _unpickle(found / meta_file)
         if names_key in meta:
@@ -384,7 +397,7 @@ def load_dataset(name: str, root: str | None = None, allow_outside_root: bool = 
     if getattr(loader, "reads_lists", False):
         split = loader(root, allow_outside_root, lists)
     elif lists is not None and not lists.is_default:
-        raise DataError(f"data.train_list, data.test_list and data.class_order apply to the list datasets "
+        raise DataError(f"data.train_list, data.test_list, data.class_order and data.class_names apply to the list datasets "
                         f"({', '.join(LAYOUTS)}), not to {name!r}")
     else:
         split = loader(root, allow_outside_root)

@@ -9,6 +9,9 @@ The standard ImageNet recipes, drawn the way torchvision draws them:
   batch on the device (``data/color.py``, equal pixel for pixel), which takes a third of the
   per-image host time off the loader workers; on a CPU device the workers apply it with Pillow;
 * eval: the shorter side resized to ``resize`` (bilinear), the central ``size`` x ``size`` crop;
+* test-time ensembling (``data.tte=fivecrop``, LIFT's): the shorter side resized, then the four corner
+  crops and the central one (``five_crops``), whose logits the evaluation averages;
+* images held in memory take the same recipes (decoded to Pillow images first): LIFT's CIFAR-100-LT at 224;
 * ``crop_flip`` for images held in memory: zero-pad, random crop back, random flip (as the
   device pipeline's ``random_crop_flip``).
 
@@ -20,6 +23,7 @@ training device after the copy (a quarter of the bytes of floats).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -98,7 +102,14 @@ def to_8bit(img: Image.Image, mode: str) -> Image.Image:
 
 
 def to_chw(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    """uint8 C x H x W of an RGB or greyscale (L) image."""
+    pixels = np.asarray(img, dtype=np.uint8)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def from_chw(image: np.ndarray) -> Image.Image:
+    """A uint8 C x H x W array (C = 1 or 3) as a Pillow image (L or RGB)."""
+    return Image.fromarray(image[0], "L") if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0), "RGB")
 
 
 def open_train_image(path: str, size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
@@ -127,17 +138,37 @@ def train_crop(img: Image.Image, box: tuple, size: int, jitter: float,
     return img, (jitter_draws(jitter, rng) if jitter > 0 else None)
 
 
-def eval_image(img: Image.Image, resize: int, size: int) -> np.ndarray:
-    """Shorter side to ``resize`` (aspect kept), then the central size x size crop; uint8 3 x size x size."""
+def _shorter_side_to(img: Image.Image, resize: int) -> Image.Image:
+    """Shorter side to ``resize``, aspect kept (torchvision's Resize(int))."""
     w, h = img.size
     if w <= h:
         new_w, new_h = resize, int(resize * h / w)
     else:
         new_w, new_h = int(resize * w / h), resize
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    return to_chw(img.crop((left, top, left + size, top + size)))
+    return img.resize((new_w, new_h), Image.BILINEAR)
+
+
+def _central_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def eval_image(img: Image.Image, resize: int, size: int) -> np.ndarray:
+    """Shorter side to ``resize`` (aspect kept), then the central size x size crop; uint8 C x size x size."""
+    img = _shorter_side_to(img, resize)
+    return to_chw(img.crop(_central_box(img.width, img.height, size)))
+
+
+def five_crops(img: Image.Image, resize: int, size: int) -> np.ndarray:
+    """LIFT's test-time ensemble views (shijxcs/LIFT trainer.py lines 117-123: Resize(resolution + expand),
+    FiveCrop(resolution)): the shorter side to ``resize``, then torchvision's FiveCrop order, the top-left,
+    top-right, bottom-left and bottom-right corners and the centre; uint8 5 x C x size x size."""
+    img = _shorter_side_to(img, resize)
+    w, h = img.size
+    corners = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size)]
+    boxes = [(left, top, left + size, top + size) for left, top in corners] + [_central_box(w, h, size)]
+    return np.stack([to_chw(img.crop(box)) for box in boxes])
 
 
 def crop_flip(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
@@ -148,3 +179,19 @@ def crop_flip(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.n
     padded[:, padding: padding + h, padding: padding + w] = image
     out = padded[:, off_y: off_y + h, off_x: off_x + w]
     return out[:, :, ::-1] if rng.random() < 0.5 else out
+
+
+@dataclass(frozen=True)
+class EvalViews:
+    """How the eval recipe views an image: the shorter side to ``resize``, the central ``size`` crop; with
+    ``tte="fivecrop"`` the shorter side to ``tte_resize`` and ``five_crops`` (5 x C x size x size)."""
+
+    resize: int
+    size: int
+    tte: str = "none"
+    tte_resize: int = 248
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        if self.tte == "fivecrop":
+            return five_crops(img, self.tte_resize, self.size)
+        return eval_image(img, self.resize, self.size)

@@ -193,6 +193,22 @@ class Method(nn.Module):
         """What to change when ``untrained_heads`` is not empty: ``train``'s last line says it. Default: none."""
         return ""
 
+    @torch.no_grad()
+    def initialise_heads(self, rows: torch.Tensor) -> None:
+        """Start every head that classifies ``features(x)`` from ``rows`` (C x D class vectors, ``model.init_head``):
+        each module among ``heads()`` whose ``weight`` is C x D takes them (a bias is zeroed, as LIFT's linear
+        head starts: shijxcs/LIFT models/classifiers.py line 27). A method whose heads read something else overrides
+        this."""
+        heads = [h for h in dict.fromkeys(self.heads().values()) if isinstance(getattr(h, "weight", None), torch.Tensor)
+                 and h.weight.shape == rows.shape]
+        if not heads:
+            raise ValueError(f"model.init_head: method {type(self).__name__} has no head of {rows.shape[0]} classes on "
+                             f"{rows.shape[1]} features to start from the class vectors")
+        for head in heads:
+            head.weight.copy_(rows.to(head.weight))
+            if getattr(head, "bias", None) is not None:
+                head.bias.zero_()
+
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every head; each is evaluated and reported."""
         features = self.features(x)

@@ -9,7 +9,7 @@ from ..validation import bounded, one_of
 from .base import METHODS, StepContext, StepOutput
 from .contrastive import BalancedContrastive, contrastive_params_field
 from .erm import ERM
-from .heads import CLASSIFIERS, new_classifier
+from .heads import CLASSIFIERS
 
 
 @METHODS.register("bcl")
@@ -38,9 +38,6 @@ class BalancedContrastiveLearning(ERM):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.contrastive = BalancedContrastive(backbone.out_dim, self.params.contrastive_weight,
                                                self.params.contrastive_params)
-
-    def new_head(self):
-        return new_classifier(self.backbone, self.num_classes, self.params.classifier, scale=self.params.classifier_scale)
 
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]

@@ -18,6 +18,7 @@ from ..fingerprint import added_later
 from ..data.pipeline import Batch
 from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
+from .heads import CLASSIFIERS, new_classifier
 from .contrastive import BalancedContrastive, contrastive_params_field
 from .losses import LossOptions, loss_field
 from .mixing_ops import mixup, mixup_loss
@@ -63,14 +64,17 @@ class DualBranch(Method):
         contrastive_weight: float = bounded(0.0, ge=0, note="0: off")
         contrastive_params: dict = contrastive_params_field()
         joint_forward: bool = added_later(False, neutral=False)  # both branches in one concatenated forward (see the class docstring)
+        # both heads' kind and the cosine one's s (as SingleHead's): LIFT's cosine head for lift/*_lift-csa
+        classifier: str = added_later(one_of("linear", CLASSIFIERS), neutral="linear")
+        classifier_scale: float = added_later(bounded(1.0, gt=0, note="the cosine classifier's s"), neutral=1.0)
 
     default_head = "balanced"
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         p = self.params
-        self.uniform_head = backbone.new_head(num_classes)
-        self.balanced_head = backbone.new_head(num_classes)
+        self.uniform_head = new_classifier(backbone, num_classes, p.classifier, scale=p.classifier_scale)
+        self.balanced_head = new_classifier(backbone, num_classes, p.classifier, scale=p.classifier_scale)
         self.uniform_loss = p.build_loss("uniform_loss", class_counts)
         self.balanced_loss = p.build_loss("balanced_loss", class_counts)
         self.contrastive = (BalancedContrastive(backbone.out_dim, p.contrastive_weight, p.contrastive_params)

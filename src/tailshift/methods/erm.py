@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..fingerprint import added_later
 from ..validation import bounded, one_of
 from .base import METHODS, STREAM_ROLES, Method, Stage, StepContext, StepOutput, StreamRequest
 from .heads import CLASSIFIERS, new_classifier
@@ -15,7 +16,8 @@ from .losses import LossOptions, loss_field
 
 class SingleHead(Method):
     """One head and one loss; subclasses say which streams feed it (``stages``).
-    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine;
+    ``loss`` with its ``loss_params``: any registered loss; ``classifier``: linear or cosine (``classifier_scale``
+    times the cosines);
     ``sigmoid_prior`` pi: the linear head's bias starts at -log((1 - pi) / pi), so every class
     starts at probability pi under a sigmoid loss (Lin et al. 2017, Sec. 4.1). Cui et al. use pi = 1 / C
     (richardaecn/class-balanced-loss src/model_base.py line 196: bias -log(C - 1)) and exempt that bias
@@ -25,6 +27,8 @@ class SingleHead(Method):
     class Params(LossOptions):
         loss: str = loss_field("ce")
         classifier: str = one_of("linear", CLASSIFIERS)
+        # the cosine classifier's s (its logits are s times the cosines; LIFT's 25: shijxcs/LIFT utils/config.py line 30)
+        classifier_scale: float = added_later(bounded(1.0, gt=0, note="the cosine classifier's s"), neutral=1.0)
         sigmoid_prior: float | None = bounded(None, gt=0, lt=1)
 
         def __post_init__(self):
@@ -45,7 +49,7 @@ class SingleHead(Method):
 
     def new_head(self):
         """The classifier, of the kind ``classifier`` names."""
-        return new_classifier(self.backbone, self.num_classes, self.params.classifier)
+        return new_classifier(self.backbone, self.num_classes, self.params.classifier, scale=self.params.classifier_scale)
 
     def trainable_parameters(self, stage: Stage) -> list:
         parameters = super().trainable_parameters(stage)
