@@ -27,6 +27,7 @@ import yaml
 from . import fingerprint
 from .fingerprint import added_later, unhashed
 from .io import atomic_write_text
+from .models.timm_backbone import check_timm_args
 from .models.tuning import TUNE_MODES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -125,6 +126,9 @@ class ModelConfig:
     # (text_feat on a backbone with a text tower, else class_mean: LIFT's per-backbone choice)
     init_head: str = added_later(one_of("none", INIT_HEADS), neutral="none")
     init_prompt: str = added_later("a photo of a {}.", neutral="a photo of a {}.")  # LIFT trainer.py line 344
+    # timm:NAME only: keyword arguments of timm.create_model that shape the architecture (e.g. a small ViT:
+    # {patch_size: 4, embed_dim: 96, depth: 4, num_heads: 3}); {}: the named model as timm defines it
+    timm_args: dict = added_later(field(default_factory=dict), neutral={})
 
     def __post_init__(self):
         if self.init_prompt.count("{}") != 1:
@@ -263,6 +267,11 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"data.tte_resize_size must be >= data.crop_size ({d.crop_size}), got {d.tte_resize_size}")
     if d.resize_size < d.crop_size:
         raise ConfigError(f"data.resize_size must be >= data.crop_size ({d.crop_size}), got {d.resize_size}")
+    if cfg.model.timm_args:
+        try:
+            check_timm_args(cfg.model.name, cfg.model.timm_args)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if tr.optim.warmup_epochs >= tr.epochs:
         raise ConfigError(f"train.optim.warmup_epochs must be in [0, epochs), got {tr.optim.warmup_epochs}")
     if len(tr.optim.betas) != 2:

@@ -8,6 +8,7 @@ import inspect
 from . import clip_backbone, lenet, resnet, resnet_cifar, timm_backbone, torchvision_backbone  # noqa: F401
 from .base import MODELS, Backbone
 from .pretrained import load_pretrained
+from .timm_backbone import check_timm_args
 from .tuning import TUNE_MODES, TunedBackbone
 
 def from_hub(pretrained: str | None) -> bool:
@@ -16,18 +17,24 @@ def from_hub(pretrained: str | None) -> bool:
 
 
 def create_model(name: str, pretrained: str | None = None, tune: str = "full", tune_dim: int | None = None,
-                 vpt_length: int = 10, num_classes: int = 1, **kwargs) -> Backbone:
+                 vpt_length: int = 10, num_classes: int = 1, timm_args: dict | None = None, **kwargs) -> Backbone:
     """A backbone by name; ``pretrained``: a local weights file loaded into it (or into the part that takes
     them, ``pretrained_target``), ``hub`` (the model library's own download: timm, open_clip) or None.
-    ``tune``: which of its parameters train (``models/tuning.py``; ``full``: all)."""
+    ``tune``: which of its parameters train (``models/tuning.py``; ``full``: all). ``timm_args``: keyword
+    arguments of timm.create_model (``timm:NAME`` models only)."""
     factory = MODELS.get(name)
+    if timm_args:
+        check_timm_args(name, timm_args)
+        kwargs["timm_args"] = timm_args
     downloads = "pretrained" in inspect.signature(factory).parameters
     if from_hub(pretrained) and not downloads:
         raise ValueError(f"model.pretrained={pretrained} needs a model whose library downloads weights (timm:NAME, "
                          f"clip:NAME); model.name={name} takes a local file (model.pretrained=PATH)")
     model = factory(pretrained=pretrained, **kwargs) if downloads else factory(**kwargs)
     if pretrained is not None and not from_hub(pretrained):
-        load_pretrained(model.pretrained_target(), pretrained, model.pretrained_ignored)
+        target = model.pretrained_target()
+        within = next(f"{path}." for path, module in model.named_modules() if module is target).lstrip(".")
+        load_pretrained(target, pretrained, model.pretrained_ignored, within)
     elif pretrained is None and model.needs_pretrained:
         raise ValueError(f"model {name} keeps its pretrained body frozen: pass model.pretrained=PATH "
                          "(e.g. torchvision's ImageNet weights file)")
@@ -40,6 +47,7 @@ def build_backbone(model_cfg, in_channels: int, image_size: int, num_classes: in
     """The backbone a run's ``model`` section describes, for images of ``in_channels`` x ``image_size``."""
     return create_model(model_cfg.name, pretrained=model_cfg.pretrained, tune=model_cfg.tune,
                         tune_dim=model_cfg.tune_dim, vpt_length=model_cfg.vpt_length, num_classes=num_classes,
+                        timm_args=model_cfg.timm_args,
                         in_channels=in_channels, image_size=image_size)
 
 

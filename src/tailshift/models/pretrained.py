@@ -13,9 +13,12 @@ from torch import nn
 TORCHVISION_PREFIXES = (("conv1.", "stem.0."), ("bn1.", "stem.1."))
 
 
-def _state_dict(payload, path: Path) -> dict[str, torch.Tensor]:
+def _state_dict(payload, path: Path, within: str = "") -> dict[str, torch.Tensor]:
+    """The weights a file holds; of a tailshift checkpoint, its backbone's under ``within`` (the target's path
+    in the backbone, e.g. ``net.`` of a timm model), relative to it."""
     if isinstance(payload, dict) and isinstance(payload.get("method"), dict):  # a tailshift checkpoint
-        return {k[len("backbone."):]: v for k, v in payload["method"].items() if k.startswith("backbone.")}
+        prefix = "backbone." + within
+        return {k[len(prefix):]: v for k, v in payload["method"].items() if k.startswith(prefix)}
     for key in ("state_dict", "model"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
@@ -37,9 +40,10 @@ def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_pretrained(target: nn.Module, path: str | Path, ignored: tuple[str, ...] = ()) -> None:
+def load_pretrained(target: nn.Module, path: str | Path, ignored: tuple[str, ...] = (), within: str = "") -> None:
     """Load ``path`` into ``target`` (strictly: every tensor present, of the right shape), leaving out
-    the file's keys that start with one of ``ignored``."""
+    the file's keys that start with one of ``ignored``; ``within``: the target's key prefix in its backbone,
+    where a tailshift run's checkpoint holds it."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model.pretrained {path} is not a file")
@@ -52,7 +56,7 @@ def load_pretrained(target: nn.Module, path: str | Path, ignored: tuple[str, ...
                          "containers are loaded") from None
     except Exception as err:  # a truncated or foreign file: say which and why, on one line
         raise ValueError(f"cannot read pretrained weights {path}: {str(err).splitlines()[0]}") from None
-    state = {k: v for k, v in _state_dict(payload, path).items() if not k.startswith(ignored)}
+    state = {k: v for k, v in _state_dict(payload, path, within).items() if not k.startswith(ignored)}
     expected = target.state_dict()
     if "conv1.weight" in state and "stem.0.weight" in expected:  # torchvision's layout into this package's ResNet
         state = from_torchvision(state)

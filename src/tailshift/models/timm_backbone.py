@@ -57,9 +57,29 @@ def timm_builder(arch: str):
 
 MODELS.register_family("timm", timm_builder)
 
+#: keyword arguments of timm.create_model that tailshift sets itself (the readout, the image size, the weights)
+TIMM_ARGS_RESERVED = ("pretrained", "num_classes", "global_pool", "img_size", "fc_norm", "use_fc_norm",
+                      "in_chans", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
-def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, pretrained: str | None = None
-               ) -> "TimmBackbone":
+
+def check_timm_args(model_name: str, timm_args: dict) -> None:
+    """``model.timm_args`` (keyword arguments of timm.create_model) fit ``model.name``: a timm model, no
+    argument tailshift sets itself, values plain numbers, strings, true/false or lists of them."""
+    if not model_name.startswith("timm:"):
+        raise ValueError(f"model.timm_args applies to timm:NAME models; model.name={model_name} is not one "
+                         "(leave model.timm_args empty)")
+    for key, value in timm_args.items():
+        if key in TIMM_ARGS_RESERVED:
+            raise ValueError(f"model.timm_args.{key} is set by tailshift (from the data, model.pretrained and its "
+                             f"readout); allowed: architecture arguments other than {', '.join(TIMM_ARGS_RESERVED)}")
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (bool, int, float, str)) for v in values):
+            raise ValueError(f"model.timm_args.{key} must be a number, string, true/false or a list of them, "
+                             f"got {value!r}")
+
+
+def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, pretrained: str | None = None,
+               timm_args: dict | None = None) -> "TimmBackbone":
     timm = import_optional("timm", "timm", "model.name=timm:...")
     hub = pretrained == "hub"
     if not hub and pretrained is not None and pretrained.startswith("hub:"):
@@ -67,9 +87,18 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
                          f"(timm:{arch.split('.')[0]}.TAG, e.g. timm:vit_base_patch16_224.augreg2_in21k_ft_in1k); "
                          "use model.pretrained=hub")
 
+    architecture = dict(timm_args or {})
+    check_timm_args(f"timm:{arch}", architecture)
+
     def create(**kwargs):
         try:
-            return timm.create_model(arch, pretrained=hub, num_classes=0, **kwargs)
+            return timm.create_model(arch, pretrained=hub, num_classes=0, **architecture, **kwargs)
+        except TypeError as err:
+            unknown = [key for key in architecture if f"'{key}'" in str(err)]
+            if not unknown:
+                raise
+            raise ValueError(f"model.timm_args.{unknown[0]} is not an argument of timm:{arch} "
+                             f"({str(err).splitlines()[0]})") from None
         except (OSError, RuntimeError, ValueError) as err:
             if not hub:
                 raise
