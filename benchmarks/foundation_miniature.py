@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train in this process (timm must import here), not in niced child processes")
     args = parser.parse_args(argv)
     report = study(args)
-    report["command"] = "python benchmarks/foundation_miniature.py " + shlex.join(argv)
+    report["command"] = ("python benchmarks/foundation_miniature.py " + shlex.join(argv)).rstrip()
     text = render(report)
     print(text)
     out = Path(args.output)
