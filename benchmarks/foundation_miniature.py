@@ -234,7 +234,7 @@ def study(args) -> dict:
                 commands.append("tailshift " + shlex.join(command))
                 finetunes[(tune, method, seed)] = run(command, log, args.in_process)
                 r = finetunes[(tune, method, seed)]["result"]
-                print(f"{tune:12s} {method:4s} seed {seed}: " + "  ".join(f"{g} {r[g]}" for g in GROUPS), flush=True)
+                print(f"{tune:12s} {method:4s} seed {seed}: " + "  ".join(f"{g} {r[g]:.2f}" for g in GROUPS), flush=True)
     for tune in TUNES:
         for method in METHODS:
             found = [finetunes[(tune, method, seed)] for seed in args.seeds]
