@@ -6,7 +6,7 @@ import inspect
 
 # each module registers its backbones
 from . import clip_backbone, lenet, resnet, resnet_cifar, timm_backbone, torchvision_backbone  # noqa: F401
-from .base import MODELS, Backbone
+from .base import MODELS, READOUTS, Backbone
 from .pretrained import load_pretrained
 from .tuning import TUNE_MODES, TunedBackbone
 
@@ -16,15 +16,24 @@ def from_hub(pretrained: str | None) -> bool:
 
 
 def create_model(name: str, pretrained: str | None = None, tune: str = "full", tune_dim: int | None = None,
-                 vpt_length: int = 10, num_classes: int = 1, **kwargs) -> Backbone:
+                 vpt_length: int = 10, num_classes: int = 1, readout: str = "avg", **kwargs) -> Backbone:
     """A backbone by name; ``pretrained``: a local weights file loaded into it (or into the part that takes
     them, ``pretrained_target``), ``hub`` (the model library's own download: timm, open_clip) or None.
-    ``tune``: which of its parameters train (``models/tuning.py``; ``full``: all)."""
+    ``tune``: which of its parameters train (``models/tuning.py``; ``full``: all). ``readout``: how a vision
+    transformer's embedding is read out (``READOUTS``; other backbones take ``avg`` only)."""
+    if readout not in READOUTS:
+        raise ValueError(f"model.readout must be one of {', '.join(READOUTS)}; got {readout!r}")
     factory = MODELS.get(name)
-    downloads = "pretrained" in inspect.signature(factory).parameters
+    parameters = inspect.signature(factory).parameters
+    downloads = "pretrained" in parameters
     if from_hub(pretrained) and not downloads:
         raise ValueError(f"model.pretrained={pretrained} needs a model whose library downloads weights (timm:NAME, "
                          f"clip:NAME); model.name={name} takes a local file (model.pretrained=PATH)")
+    if "readout" in parameters:
+        kwargs["readout"] = readout
+    elif readout != "avg":
+        raise ValueError(f"model.readout={readout} needs a vision transformer with a class token (timm:NAME, "
+                         f"clip:NAME); model.name={name} has none (use model.readout=avg)")
     model = factory(pretrained=pretrained, **kwargs) if downloads else factory(**kwargs)
     if pretrained is not None and not from_hub(pretrained):
         load_pretrained(model.pretrained_target(), pretrained, model.pretrained_ignored)
@@ -40,7 +49,7 @@ def build_backbone(model_cfg, in_channels: int, image_size: int, num_classes: in
     """The backbone a run's ``model`` section describes, for images of ``in_channels`` x ``image_size``."""
     return create_model(model_cfg.name, pretrained=model_cfg.pretrained, tune=model_cfg.tune,
                         tune_dim=model_cfg.tune_dim, vpt_length=model_cfg.vpt_length, num_classes=num_classes,
-                        in_channels=in_channels, image_size=image_size)
+                        readout=model_cfg.readout, in_channels=in_channels, image_size=image_size)
 
 
 __all__ = ["Backbone", "MODELS", "TUNE_MODES", "build_backbone", "create_model"]
