@@ -215,14 +215,13 @@ def test_the_class_token_reads_every_blocks_prompts(model):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompts)
 
 
-def test_the_token_readout_needs_a_vision_transformer_with_a_class_token(timm):
-    for name in ("resnet32", "timm:convnext_atto"):
-        with pytest.raises(ValueError, match=rf"^model.readout=token needs a vision transformer with a class token"
-                                             rf".*; model.name={name} has none \(use model.readout=avg\)$"):
+def test_the_token_readout_needs_a_vision_transformer_that_reads_out_its_class_token(timm):
+    for name, has in (("resnet32", "has none"), ("timm:convnext_atto", "has none"),
+                      ("timm:vit_wee_patch16_reg1_gap_256", "has none"),  # register tokens, no class token
+                      ("timm:eva02_tiny_patch14_224", r"pools its tokens \('avg'\)")):  # a class token it does not read
+        with pytest.raises(ValueError, match=rf"^model.readout=token needs a vision transformer that reads out its "
+                                             rf"class token.*; model.name={name} {has} \(use model.readout=avg\)$"):
             create_model(name, readout="token")
-    with pytest.raises(ValueError, match=r"^model.readout=token needs a vision transformer with a class token; "
-                                         r"model.name=timm:vit_wee_patch16_reg1_gap_256 has none"):
-        create_model("timm:vit_wee_patch16_reg1_gap_256", readout="token")  # register tokens, no class token
     with pytest.raises(ConfigError, match=r"^model.readout must be one of avg, token; got 'cls'$"):
         build_config({}, ["model.readout=cls"])
 

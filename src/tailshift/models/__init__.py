@@ -32,8 +32,8 @@ def create_model(name: str, pretrained: str | None = None, tune: str = "full", t
     if "readout" in parameters:
         kwargs["readout"] = readout
     elif readout != "avg":
-        raise ValueError(f"model.readout={readout} needs a vision transformer with a class token (timm:NAME, "
-                         f"clip:NAME); model.name={name} has none (use model.readout=avg)")
+        raise ValueError(f"model.readout={readout} needs a vision transformer that reads out its class token "
+                         f"(timm:NAME, clip:NAME); model.name={name} has none (use model.readout=avg)")
     model = factory(pretrained=pretrained, **kwargs) if downloads else factory(**kwargs)
     if pretrained is not None and not from_hub(pretrained):
         load_pretrained(model.pretrained_target(), pretrained, model.pretrained_ignored)

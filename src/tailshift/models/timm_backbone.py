@@ -11,7 +11,8 @@ the embedding is their mean (timm's ``global_pool='avg'``; the model built with 
 where it allows, as class-token models are trained): the embedding is then a function of the map alone, as
 CAM and CSA's Grad-CAM need (``models/base.py``), and the class token takes part in attention but is not read
 out. With ``model.readout=token`` it is the class token after the final norm, as the model was pretrained to
-output it (timm's ``global_pool='token'``, ``forward_head(pre_logits=True)``), which the map does not determine.
+output it (timm's ``global_pool='token'``, ``forward_head(pre_logits=True)``), which the map does not determine;
+a model whose timm default pools otherwise (EVA-02's ``'avg'``) is refused.
 For a convolutional model the map is ``forward_features`` and the embedding timm's own
 ``forward_head(pre_logits=True)``; channels-last models (Swin) are refused.
 """
@@ -86,9 +87,11 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
                          "timm models whose features are NCHW maps or token sequences (ViT, DeiT, EVA, ResNet, ConvNeXt)")
     grid = getattr(getattr(net, "patch_embed", None), "img_size", None)
     vit = hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens")
-    if readout == "token" and not (vit and getattr(net, "cls_token", None) is not None):
-        raise ValueError(f"model.readout=token needs a vision transformer with a class token; model.name=timm:{arch} "
-                         "has none (use model.readout=avg)")
+    if readout == "token" and not (vit and getattr(net, "cls_token", None) is not None
+                                   and getattr(net, "global_pool", None) == "token"):
+        has = "has none" if getattr(net, "cls_token", None) is None else f"pools its tokens ({net.global_pool!r})"
+        raise ValueError(f"model.readout=token needs a vision transformer that reads out its class token; "
+                         f"model.name=timm:{arch} {has} (use model.readout=avg)")
     if vit and readout == "token":  # timm's own class-token readout: the final norm, then the class token
         net = create(global_pool="token", img_size=image_size or grid[0])
     elif vit:  # read out the mean of its patches
