@@ -11,8 +11,9 @@ MODELS: Registry = Registry("model")
 
 #: model.readout: how a vision transformer's embedding is read out of its last block: avg (the mean of the patch
 #: tokens, a function of the feature map) or token (its class token as the model was pretrained to output it,
-#: which the patch grid does not determine); only these readouts give ``embed(feature_map(x)) == forward(x)``
+#: which the patch grid does not determine)
 READOUTS = ("avg", "token")
+#: the readouts whose embedding is a function of the feature map: ``embed(feature_map(x)) == forward(x)``
 MAP_READOUTS = ("avg",)
 
 
