@@ -93,11 +93,12 @@ def test_options_added_later_keep_older_fingerprints_at_their_neutral_value():
     # writes is this one: pinned, so that a change to it is deliberate
     assert run.fingerprint() == "8d4a4690ce86a1e8"
     for later in ("data.context.palette=tab10", "train.optim.clip_grad_norm=5", "train.optim.name=adamw",
-                  "train.optim.betas=[0.8, 0.99]"):
+                  "train.optim.betas=[0.8, 0.99]", "model.readout=token"):
         changed = resolve_run(build_config(run.config.to_dict(), [later]))
         assert changed.fingerprint() != run.fingerprint()
         assert changed.legacy_fingerprint() != run.legacy_fingerprint()
-    for neutral in ("train.optim.betas=[0.9, 0.999]", "train.optim.name=sgd", "data.storage=auto"):  # spelled out
+    for neutral in ("train.optim.betas=[0.9, 0.999]", "train.optim.name=sgd", "data.storage=auto",
+                    "model.readout=avg"):  # spelled out
         assert resolve_run(build_config(run.config.to_dict(), [neutral])).legacy_fingerprint() == run.legacy_fingerprint()
 
 

@@ -51,14 +51,19 @@ def test_every_mode_is_listed():
     assert set(TRAINS) == set(TUNE_MODES)
 
 
-@pytest.mark.parametrize("tune", TUNE_MODES)
+#: the class-token readout with the modes that change the token sequence (prompts) or the blocks' branches
+TOKEN_MODES = ("vpt_shallow", "vpt_deep", "adaptformer", "lora")
+
+
+@pytest.mark.parametrize("tune, readout", [(tune, "avg") for tune in TUNE_MODES] +
+                         [(tune, "token") for tune in TOKEN_MODES])
 @pytest.mark.parametrize("model", [VIT, CLIP])
-def test_each_tune_mode_trains_exactly_its_parameters(model, tune):
+def test_each_tune_mode_trains_exactly_its_parameters(model, tune, readout):
     import_real(LIBRARY[model])
     torch.manual_seed(0)
-    backbone = create_model(model, tune=tune, num_classes=4, image_size=64, in_channels=3)
+    backbone = create_model(model, tune=tune, num_classes=4, image_size=64, in_channels=3, readout=readout)
     backbone.requires_grad_(True)  # a method unfreezing "the backbone" (decoupled stage 1) reaches only the mode's
-    run = resolve_run(build_config({}, ["method.name=ce"]))
+    run = resolve_run(build_config({}, ["method.name=ce", f"model.readout={readout}"]))
     method = run.method_class(backbone, 4, np.array([8, 4, 2, 1]), 1, run.params)
     trainable = {id(p) for p in method.trainable_parameters(None)}
     named = dict(method.backbone.named_parameters())
@@ -154,31 +159,142 @@ def test_clip_image_tower_is_open_clips_and_its_text_tower_stays_reachable():
     assert plain.text_features(["a photo of a cat.", "a photo of a dog."]).shape == (2, 384)
 
 
+def _tiny_clip(readout):
+    """A tiny random open_clip CLIP whose image width (64) differs from its joint space (24), as ViT-B/16's (768, 512)."""
+    open_clip = import_real("open_clip")
+    from tailshift.models.clip_backbone import ClipBackbone
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=24, vision_cfg={"layers": 2, "width": 64, "head_width": 32, "patch_size": 16,
+                                                     "image_size": 32},
+                           text_cfg={"layers": 1, "width": 32, "heads": 2})
+    return ClipBackbone(model.eval(), "ViT-S-32", readout=readout)
+
+
+def test_clip_token_readout_is_the_class_token_after_ln_post_before_proj():
+    """LIFT's readout (shijxcs/LIFT models/peft_vit.py lines 457-459): open_clip's own image embedding is it times proj."""
+    backbone = _tiny_clip("token")
+    model = backbone.pretrained_target()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        embedding = backbone(x)
+        assert embedding.shape == (3, 64) and backbone.out_dim == 64 and not backbone.embeds_feature_map
+        torch.testing.assert_close(embedding @ backbone.visual.proj, model.encode_image(x), rtol=1e-5, atol=1e-5)
+        fmap = backbone.feature_map(x)
+    assert fmap.shape == (3, 64, 2, 2)  # the patch grid is still there, for reading, not for the embedding
+    with pytest.raises(ValueError, match=r"^model.readout=token: the embedding is the class token, not a function of "
+                                         r"the feature map; read it with backbone\(x\) \(what reads the patch grid "
+                                         r"needs model.readout=avg\)$"):
+        backbone.embed(fmap)
+    assert _tiny_clip("avg").out_dim == 24  # the mean of the patches times proj, in the joint space
+
+
+def test_timm_token_readout_is_timms_own_class_token_readout(timm):
+    torch.manual_seed(0)
+    backbone = _vit(readout="token").eval()
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0).eval()  # global_pool='token'
+    reference.load_state_dict(backbone.net.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(backbone(x), expected)
+        assert not torch.allclose(backbone.feature_map(x).mean(dim=(2, 3)), expected, atol=1e-3)  # not the mean
+    assert backbone.out_dim == 192 and not backbone.pooled_linear and not backbone.embeds_feature_map
+    with pytest.raises(ValueError, match=r"^model.readout=token: the embedding is the class token"):
+        backbone.embed(backbone.feature_map(x))
+
+
+@pytest.mark.parametrize("model", [VIT, CLIP])
+def test_the_class_token_reads_every_blocks_prompts(model):
+    import_real(LIBRARY[model])
+    torch.manual_seed(0)
+    backbone = create_model(model, tune="vpt_deep", num_classes=4, image_size=64, readout="token")
+    backbone(torch.rand(2, 3, 64, 64)).square().sum().backward()
+    prompts = [p for name, p in backbone.named_parameters() if name.endswith(".prompts.prompt")]
+    assert len(prompts) == (12 if model == VIT else len(backbone.inner.tunable_blocks()))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompts)
+
+
+def test_the_token_readout_needs_a_vision_transformer_that_reads_out_its_class_token(timm):
+    for name, has in (("resnet32", "has none"), ("timm:convnext_atto", "has none"),
+                      ("timm:vit_wee_patch16_reg1_gap_256", "has none"),  # register tokens, no class token
+                      ("timm:eva02_tiny_patch14_224", r"pools its tokens \('avg'\)")):  # a class token it does not read
+        with pytest.raises(ValueError, match=rf"^model.readout=token needs a vision transformer that reads out its "
+                                             rf"class token.*; model.name={name} {has} \(use model.readout=avg\)$"):
+            create_model(name, readout="token")
+    with pytest.raises(ConfigError, match=r"^model.readout must be one of avg, token; got 'cls'$"):
+        build_config({}, ["model.readout=cls"])
+
+
+@pytest.mark.parametrize("method, reason", [("csa", "Grad-CAM"), ("dual", "its heads embed the branches' feature maps"),
+                                            ("cam-bs", "CAM"), ("bbn", "its second last block's map")])
+def test_a_method_that_reads_the_patch_grid_is_refused_under_the_token_readout(method, reason):
+    with pytest.raises(ConfigError, match=rf"^model.readout=token: method {method} reads the patch grid \({reason}"
+                                          rf".*\); use model.readout=avg$"):
+        resolve_run(build_config({}, [f"method.name={method}", "model.readout=token"]))
+    resolve_run(build_config({}, [f"method.name={method}", "model.readout=avg"]))
+
+
+def test_a_method_built_on_a_token_backbone_by_hand_is_refused_and_the_others_read_its_forward(timm):
+    from tailshift.methods import METHODS
+
+    backbone = _vit("adaptformer", image_size=32, readout="token")
+    with pytest.raises(ValueError, match=r"^model.readout=token: ContextShiftAugmentation reads the patch grid "
+                                         r"\(Grad-CAM\); use model.readout=avg$"):
+        METHODS.get("csa")(backbone, 4, np.array([8, 4, 2, 1]), 1)
+    x = torch.rand(2, 3, 32, 32)
+    for name in ("la", "crt", "lws", "tau-norm"):  # their heads read backbone(x), the class token
+        method = METHODS.get(name)(backbone, 4, np.array([8, 4, 2, 1]), 1).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(method.features(x), backbone(x))
+            assert all(logits.shape == (2, 4) for logits in method.predict(x).values())
+
+
+@pytest.mark.parametrize("readout, compiled", [("avg", "feature_map"), ("token", "forward")])
+def test_train_compile_compiles_what_the_embedding_runs_through(timm, monkeypatch, readout, compiled):
+    """train.compile replaces feature_map, which forward runs through under avg; under token forward does not."""
+    from tailshift.speed import Speed
+
+    backbone = _vit("adaptformer", image_size=32, readout=readout).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone(x)
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda f, **kwargs: seen.append(f.__name__) or f)
+    Speed(compile="default").compile_backbone(backbone)
+    assert seen == [compiled] and compiled in vars(backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), expected)
+
+
 def _write_npz(path):
     data = tiny_prepared(channels=3, size=32, counts=(9, 7, 5, 4, 3, 3, 2, 2, 2, 2))
     np.savez(path, x_train=data.train.images, y_train=data.train.labels, x_test=data.test.images[::4],
              y_test=data.test.labels[::4])
 
 
-def _args(tmp_path, tune):
+def _args(tmp_path, tune, readout="avg"):
     return [f"output={tmp_path / tune}", "device=cpu", "data.dataset=npz",
             f"data.root={tmp_path / 'data.npz'}", "data.longtail.profile=none", "data.groups=count", "train.epochs=2",
             "train.batch_size=8",
-            "train.optim.lr=0.01", f"model.name={VIT}", "model.pretrained=none", f"model.tune={tune}"]
+            "train.optim.lr=0.01", f"model.name={VIT}", "model.pretrained=none", f"model.tune={tune}",
+            f"model.readout={readout}"]
 
 
-@pytest.mark.parametrize("tune", ["adaptformer", "lora"])  # lora: its export is the merged weights
-def test_train_on_the_cpu_resumes_exactly_and_exports_the_runs_logits(timm, tmp_path, capsys, tune):
+# lora: its export is the merged weights; vpt_deep with the class token: the prompts and the token readout exported
+@pytest.mark.parametrize("tune, readout", [("adaptformer", "avg"), ("lora", "avg"), ("vpt_deep", "token")])
+def test_train_on_the_cpu_resumes_exactly_and_exports_the_runs_logits(timm, tmp_path, capsys, tune, readout):
     _write_npz(tmp_path / "data.npz")
     (tmp_path / "run.yaml").write_text("method: {name: ce}\n")
-    assert cli.main(["train", str(tmp_path / "run.yaml"), *_args(tmp_path, tune)]) == 0
+    assert cli.main(["train", str(tmp_path / "run.yaml"), *_args(tmp_path, tune, readout)]) == 0
     out = capsys.readouterr().out
     count = int(re.search(r"train: ([\d,]+) trainable parameters", out).group(1).replace(",", ""))
     full = load_run(tmp_path / tune)
+    assert full.method.backbone.readout == readout
     assert full.metrics["trainable_parameters"] == {"train": count}
     assert count == sum(p.numel() for p in full.method.parameters() if p.requires_grad)
 
-    killed = [*_args(tmp_path, tune)[1:], f"output={tmp_path / 'killed'}", "progress=false"]
+    killed = [*_args(tmp_path, tune, readout)[1:], f"output={tmp_path / 'killed'}", "progress=false"]
     cfg = load_config(tmp_path / "run.yaml", killed)
     fit_until_interrupted(Trainer(cfg), lambda stage, epoch, started: started == 2)
     resumed = train(cfg)

@@ -122,6 +122,7 @@ def test_lift_on_cifar100_lt_runs_end_to_end_on_the_cpu(tmp_path, capsys):
     assert cli.main(args) == 0
     run = load_run(tmp_path / "run")
     assert run.cfg.model.tune == "adaptformer" and run.cfg.data.tte == "fivecrop" and run.cfg.data.crop_size == 32
+    assert run.cfg.model.readout == "token" and run.method.backbone.inner.net.global_pool == "token"  # LIFT's readout
     assert run.method.head.scale == 25.0 and type(run.method.loss).__name__ == "LogitAdjusted"
     assert set(run.metrics["heads"]["main"]) >= {"all", "many", "med", "few"}
     assert "trainable parameters" in capsys.readouterr().out
@@ -173,8 +174,9 @@ def test_lift_learning_rate_is_cosine_annealing_stepped_once_an_epoch(name, epoc
 
 
 def test_lift_on_imagenet_lt_files_starts_from_the_class_names_text_embeddings(tmp_path):
-    """The image-file path: names from LOC_synset_mapping.txt, the CLIP text tower's rows, five crops of each file."""
-    import_real("open_clip")
+    """The image-file path: names from LOC_synset_mapping.txt, the CLIP text tower's rows mapped back through proj to
+    the class token's space (text @ proj.T, normalised: shijxcs/LIFT trainer.py lines 349-351), five crops of each file."""
+    open_clip = import_real("open_clip")
     root = write_imagenet_lt(tmp_path / "inet")
     (root / "LOC_synset_mapping.txt").write_text("".join(f"n{c:08d} class {c}, other name\n" for c in range(6)))
     cfg = load_config(config_path("lift/imagenet-lt_lift"), [
@@ -183,8 +185,12 @@ def test_lift_on_imagenet_lt_files_starts_from_the_class_names_text_embeddings(t
         "device=cpu", "progress=false", f"output={tmp_path / 'run'}"])
     trainer = Trainer(cfg)
     assert trainer.data.train.class_names == tuple(f"class {c}" for c in range(6))
-    expected = F.normalize(trainer.method.backbone.inner.text_features(
-        [f"a photo of a class {c}." for c in range(6)]).float(), dim=-1)
+    backbone = trainer.method.backbone
+    assert cfg.model.readout == "token" and backbone.out_dim == backbone.inner.visual.ln_post.normalized_shape[0]
+    clip = backbone.pretrained_target()
+    with torch.no_grad():
+        text = clip.encode_text(open_clip.get_tokenizer("ViT-S-32")([f"a photo of a class {c}." for c in range(6)]))
+        expected = F.normalize(text @ clip.visual.proj.t(), dim=-1)
     trainer._train_epoch = lambda *args: {}  # no step: the head as the fresh run started it, then evaluated
     metrics = trainer.fit()
     torch.testing.assert_close(trainer.method.head.weight, expected)

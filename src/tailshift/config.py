@@ -27,6 +27,7 @@ import yaml
 from . import fingerprint
 from .fingerprint import added_later, unhashed
 from .io import atomic_write_text
+from .models.base import READOUTS
 from .models.timm_backbone import check_timm_args
 from .models.tuning import TUNE_MODES
 from .optim import OPTIMIZERS
@@ -120,6 +121,10 @@ class ModelConfig:
     # adapter / AdaptFormer bottleneck width and LoRA rank; null: LIFT's rule from the class and block counts
     tune_dim: int | None = added_later(bounded(None, ge=1, note="or null: LIFT's rule"), neutral=None)
     vpt_length: int = added_later(bounded(10, ge=1), neutral=10)  # prompt tokens per block (vpt_*), LIFT's 10
+    # a vision transformer's embedding (models/base.py): avg (the mean of the last block's patch tokens, a function
+    # of the patch grid that Grad-CAM and CSA read) | token (the class token as the model was pretrained to output
+    # it: CLIP's after ln_post and before proj, as LIFT reads it, shijxcs/LIFT models/peft_vit.py lines 457-459)
+    readout: str = added_later(one_of("avg", READOUTS), neutral="avg")
     # the heads' first class vectors (methods/head_init.py; LIFT's cfg.init_head, shijxcs/LIFT utils/config.py
     # line 53): none (each head's own initialisation) | text_feat (the CLIP text tower's embeddings of init_prompt
     # per class name) | class_mean (the mean embedding of each class's training images, eval recipe) | auto

@@ -15,8 +15,9 @@ from .config import RunConfig, config_differences, config_fingerprint, plain
 from .data.sources import DATASETS
 from .methods import METHODS, Method
 from .models import MODELS
+from .models.base import MAP_READOUTS
 from .tensorboard_log import require_tensorboard
-from .validation import build_params
+from .validation import ConfigError, build_params
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,14 @@ class ResolvedRun:
 
 def resolve_run(cfg: RunConfig) -> ResolvedRun:
     """``cfg`` checked against the registries (an unknown name lists the known ones) and its method's
-    params built and checked (one-line ``ConfigError``); train.tensorboard needs TensorBoard installed."""
+    params built and checked (one-line ``ConfigError``); a method that reads the feature map is refused under a
+    readout the map does not determine; train.tensorboard needs TensorBoard installed."""
     if cfg.train.tensorboard:
         require_tensorboard()
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     method_class = METHODS.get(cfg.method.name)
+    if method_class.reads_feature_map and cfg.model.readout not in MAP_READOUTS:
+        raise ConfigError(f"model.readout={cfg.model.readout}: method {cfg.method.name} reads the patch grid "
+                          f"({method_class.reads_feature_map}); use model.readout=avg")
     return ResolvedRun(cfg, method_class, build_params(method_class, cfg.method.params))

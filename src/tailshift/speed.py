@@ -2,8 +2,9 @@
 ``train.fused_optimizer``), each "auto" resolved for the run's device (config.py says which way
 and why), and what the engine does with them.
 
-What is compiled is the backbone's feature map (every convolution, its backward included), not
-the method's whole step: the steps hold Python decisions (warm-up, a full bank, mixup phases),
+What is compiled is the backbone's feature map (every convolution, its backward included; its
+whole forward when the embedding is not read from that map, ``model.readout=token``), not the method's
+whole step: the steps hold Python decisions (warm-up, a full bank, mixup phases),
 generators and bank state that would cut the graph or recompile it, while the backbone is
 where the kernels are. ``reduce-overhead`` replays that region as CUDA graphs.
 """
@@ -47,7 +48,8 @@ class Speed:
         return torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
 
     def compile_backbone(self, backbone: torch.nn.Module) -> None:
-        """Replace ``backbone.feature_map`` (which ``forward`` and the methods call) by its compiled form.
+        """Replace ``backbone.feature_map`` (which ``forward`` and the methods call) by its compiled form; on a
+        backbone whose ``forward`` does not go through it (``embeds_feature_map`` False), ``forward``.
 
         The batch dimension is marked dynamic on every call: training batches, the epoch's last partial
         batch (12,406 = 96 x 128 + 118 on CIFAR-10-LT), CAM passes and test batches then share one graph
@@ -56,13 +58,14 @@ class Speed:
         if self.compile == "off":
             return
         options = {"mode": self.compile} if self.backend == "inductor" else {}
-        compiled = torch.compile(backbone.feature_map, backend=self.backend, **options)
+        name = "feature_map" if getattr(backbone, "embeds_feature_map", True) else "forward"
+        compiled = torch.compile(getattr(backbone, name), backend=self.backend, **options)
 
-        def feature_map(x: torch.Tensor) -> torch.Tensor:
+        def region(x: torch.Tensor) -> torch.Tensor:
             torch._dynamo.maybe_mark_dynamic(x, 0)
             return compiled(x)
 
-        backbone.feature_map = feature_map
+        setattr(backbone, name, region)
 
     def step_begins(self) -> None:
         """Tell CUDA graphs a new training step starts (the previous step's graph outputs may be reused)."""

@@ -128,12 +128,19 @@ class Method(nn.Module):
     #: (``find_unused_parameters``, a walk of the autograd graph); a method that skips parameters without
     #: saying so fails there, at its next step, with DDP's error naming them
     may_skip_parameters: ClassVar[bool] = False
+    #: what the method reads the backbone's feature map for (through ``feature_map`` and ``embed``, e.g.
+    #: "Grad-CAM"), or "" when it reads only ``backbone(x)``: a backbone whose embedding the map does not
+    #: determine (``Backbone.embeds_feature_map`` False: ``model.readout=token``) is refused for it
+    reads_feature_map: ClassVar[str] = ""
 
     def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int,
                  params: Any = None):
         """``params``: this class's ``Params`` as resolved (``resolve.resolve_run``), or a mapping
         of them as a config gives them (checked and completed here), or None for the defaults."""
         super().__init__()
+        if self.reads_feature_map and not getattr(backbone, "embeds_feature_map", True):
+            raise ValueError(f"model.readout={backbone.readout}: {type(self).__name__} reads the patch grid "
+                             f"({self.reads_feature_map}); use model.readout=avg")
         self.backbone = backbone
         self.num_classes = num_classes
         self.register_buffer("class_counts", torch.as_tensor(np.asarray(class_counts), dtype=torch.float32))

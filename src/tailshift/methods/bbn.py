@@ -27,6 +27,7 @@ class BilateralBranch(Method):
         loss: str = loss_field("ce")
 
     default_head = "main"
+    reads_feature_map = "its second last block's map, embedded"
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)

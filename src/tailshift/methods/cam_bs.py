@@ -155,6 +155,8 @@ def paste_foreground(images: torch.Tensor, cam: torch.Tensor, kinds: torch.Tenso
 class CamBalanceSampling(Method):
     """CE, then CAM-generated images that balance the classes, then class-balanced fine-tuning on both."""
 
+    reads_feature_map = "CAM"
+
     @dataclass
     class Params(LossOptions):
         loss: str = loss_field("ce")  # both stages: CrossEntropy (first_stage yaml lines 25-26, second_stage 31-32)

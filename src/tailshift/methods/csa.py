@@ -62,6 +62,7 @@ class ContextShiftAugmentation(DualBranch):
     """
 
     may_skip_parameters = True  # the balanced head, on steps without contexts
+    reads_feature_map = "Grad-CAM"
 
     @dataclass
     class Params(DualBranch.Params):

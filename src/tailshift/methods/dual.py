@@ -46,6 +46,8 @@ class DualBranch(Method):
     map: CSA's Grad-CAM then takes its own forward, as with ``cam_mode: eval``, which (in eval mode) reads
     the running statistics before this step's batch enters them."""
 
+    reads_feature_map = "its heads embed the branches' feature maps, which CSA's Grad-CAM shares"
+
     @dataclass
     class Params(LossOptions):
         driver: str = one_of("uniform", DRIVERS)  # which stream's epoch sets the steps per epoch

@@ -3,10 +3,11 @@ shijxcs/LIFT@661ead9 trainer.py lines 236-241): one row per class, normalised, c
 ``Method.initialise_heads`` before the first step of a fresh run (a resumed run has them in its checkpoint).
 
 * ``text_feat``: the CLIP text tower's embedding of ``model.init_prompt`` ("a photo of a {}.", trainer.py line
-  344) per class name, underscores read as spaces (line 306), normalised (line 347). LIFT's image feature
-  is the class token before CLIP's ``proj`` (models/peft_vit.py lines 457-459), so it maps the text
-  embeddings back through ``proj`` (trainer.py lines 349-351); ours is the pooled patch tokens after ``proj``,
-  in the joint space (``clip_backbone.py``), so the rows are the normalised text embeddings themselves.
+  344) per class name, underscores read as spaces (line 306), in the image embedding's space, normalised
+  (line 347). Under ``model.readout=token`` the image embedding is LIFT's, the class token before CLIP's
+  ``proj`` (models/peft_vit.py lines 457-459), so the text embeddings are mapped back through ``proj``,
+  text @ proj.T, then normalised (trainer.py lines 349-351); under ``avg`` it is the pooled patch tokens
+  after ``proj``, in the joint space (``clip_backbone.py``), so the rows are the normalised text embeddings.
 * ``class_mean``: each class's mean embedding over the training split under the eval recipe (LIFT's
   ``transform_plain``, resize and centre crop to the input size: trainer.py lines 109-114, 355-390),
   normalised. LIFT computes it without its tuner (``use_tuner=False``); ours is the backbone as built, which
@@ -41,7 +42,8 @@ def chosen_init(init_head: str, backbone) -> str:
 
 
 def text_feature_rows(backbone, class_names, template: str, model_name: str) -> torch.Tensor:
-    """C x D: the normalised text embeddings of the class prompts (``backbone.text_features``, a CLIP model's)."""
+    """C x D: the normalised text embeddings of the class prompts in the image embedding's space
+    (``backbone.text_features``, a CLIP model's)."""
     tower = text_tower(backbone)
     if tower is None:
         raise ValueError(f"model.init_head=text_feat needs a text tower (model.name=clip:NAME); model.name={model_name} "

@@ -9,6 +9,13 @@ from ..registry import Registry
 
 MODELS: Registry = Registry("model")
 
+#: model.readout: how a vision transformer's embedding is read out of its last block: avg (the mean of the patch
+#: tokens, a function of the feature map) or token (its class token as the model was pretrained to output it,
+#: which the patch grid does not determine)
+READOUTS = ("avg", "token")
+#: the readouts whose embedding is a function of the feature map: ``embed(feature_map(x)) == forward(x)``
+MAP_READOUTS = ("avg",)
+
 
 class Backbone(nn.Module):
     """A feature extractor without classifier.
@@ -28,6 +35,19 @@ class Backbone(nn.Module):
 
     #: key prefixes of a weights file that the backbone does not hold (a classifier it leaves to the heads)
     pretrained_ignored: tuple[str, ...] = ()
+    #: ``model.readout`` (``READOUTS``): every backbone reads out avg; a vision transformer may read its class token
+    readout: str = "avg"
+
+    @property
+    def embeds_feature_map(self) -> bool:
+        """Whether ``forward(x) == embed(feature_map(x))``, so what reads the feature map (Grad-CAM, CSA, a
+        second last block) sees what the heads see."""
+        return self.readout in MAP_READOUTS
+
+    def embed_refused(self) -> ValueError:
+        """The error of ``embed`` on a backbone whose embedding the feature map does not determine."""
+        return ValueError(f"model.readout={self.readout}: the embedding is the class token, not a function of the "
+                          "feature map; read it with backbone(x) (what reads the patch grid needs model.readout=avg)")
 
     def pretrained_target(self) -> nn.Module:
         """The module that ``model.pretrained`` weights load into."""

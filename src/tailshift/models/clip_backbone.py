@@ -7,8 +7,10 @@ open_clip lists for the model) or ``hub:TAG``; a path loads a local state dict o
 (``visual.*`` and the text tower); null or ``none``: random weights. Nothing is downloaded otherwise.
 
 As for timm's vision transformers (``timm_backbone.py``), the feature map is the last block's patch
-tokens after ``ln_post`` on the patch grid, and the embedding their mean times ``proj`` (open_clip's
-``pool_type='avg'``), in the joint image-text space.
+tokens after ``ln_post`` on the patch grid. With ``model.readout=avg`` the embedding is their mean times
+``proj`` (open_clip's ``pool_type='avg'``), in the joint image-text space; with ``model.readout=token`` it is
+the class token after ``ln_post`` and before ``proj``, as LIFT reads it (shijxcs/LIFT models/peft_vit.py lines
+457-459), and the text embeddings are mapped back through ``proj`` to meet it (trainer.py lines 349-351).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ def clip_builder(arch: str):
 MODELS.register_family("clip", clip_builder)
 
 
-def build_clip(arch: str, in_channels: int = 3, image_size: int | None = None, pretrained: str | None = None
-               ) -> "ClipBackbone":
+def build_clip(arch: str, in_channels: int = 3, image_size: int | None = None, pretrained: str | None = None,
+               readout: str = "avg") -> "ClipBackbone":
     open_clip = import_optional("open_clip", "clip", "model.name=clip:...")
     tag = None
     if pretrained is not None and (pretrained == "hub" or pretrained.startswith("hub:")):
@@ -56,7 +58,7 @@ def build_clip(arch: str, in_channels: int = 3, image_size: int | None = None, p
                           f"run open_clip.create_model('{arch}', pretrained='{tag}') where it is reachable and copy "
                           "its cache (~/.cache/huggingface or ~/.cache/clip) here, or save the model's "
                           "state_dict() to a file and pass model.pretrained=PATH") from None
-    return ClipBackbone(model, arch, in_channels)
+    return ClipBackbone(model, arch, in_channels, readout)
 
 
 class SplitAttention(nn.Module):
@@ -107,7 +109,7 @@ class ClipBackbone(Backbone):
 
     anatomy = ClipAnatomy
 
-    def __init__(self, model: nn.Module, arch: str, in_channels: int = 3):
+    def __init__(self, model: nn.Module, arch: str, in_channels: int = 3, readout: str = "avg"):
         super().__init__()
         visual = model.visual
         if in_channels not in (1, 3):
@@ -121,7 +123,9 @@ class ClipBackbone(Backbone):
         self.grid = tuple(visual.grid_size)
         self.sequence_length = 1 + self.grid[0] * self.grid[1]
         self.patch_area = visual.patch_size[0] * visual.patch_size[1]
-        self.out_dim = visual.proj.shape[1] if visual.proj is not None else visual.ln_post.normalized_shape[0]
+        self.readout = readout
+        projected = visual.proj is not None and readout == "avg"  # token: before proj, as LIFT
+        self.out_dim = visual.proj.shape[1] if projected else visual.ln_post.normalized_shape[0]
 
     def pretrained_target(self) -> nn.Module:
         return self._clip[0]
@@ -132,24 +136,39 @@ class ClipBackbone(Backbone):
     def replace_block(self, index: int, block: nn.Module) -> None:
         self.visual.transformer.resblocks[index] = block
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's tokens after ``ln_post``: the class token, the patches, then any prompts (VPT)."""
         if self.grey:
             x = x.expand(-1, 3, -1, -1)
-        tokens = self.visual.ln_post(self.visual.transformer(self.visual._embeds(x)))
-        patches = tokens[:, 1:self.sequence_length]  # prompts (VPT) come after the patches
+        return self.visual.ln_post(self.visual.transformer(self.visual._embeds(x)))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self._tokens(x)[:, 1:self.sequence_length]
         return patches.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
 
     def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        if not self.embeds_feature_map:
+            raise self.embed_refused()
         pooled = feature_map.mean(dim=(2, 3))
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embeds_feature_map:
+            return super().forward(x)
+        return self._tokens(x)[:, 0]
+
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        """The text tower's embeddings of ``texts`` (N x out_dim, not normalised), on the image tower's
-        device: e.g. "a photo of a {}." per class name, for a cosine head's initial rows."""
+        """The text tower's embeddings of ``texts`` in the image embedding's space (N x out_dim, not normalised),
+        on the image tower's device: e.g. "a photo of a {}." per class name, for a cosine head's initial rows.
+        Under the class-token readout (before ``proj``) they are mapped back through ``proj``: text @ proj.T
+        (shijxcs/LIFT trainer.py lines 349-351)."""
         import open_clip
 
         model, arch = self._clip
         device = self.visual.proj.device if self.visual.proj is not None else self.visual.conv1.weight.device
         model.to(device)
-        return model.encode_text(open_clip.get_tokenizer(arch)(texts).to(device))
+        text = model.encode_text(open_clip.get_tokenizer(arch)(texts).to(device))
+        if self.visual.proj is not None and self.readout == "token":
+            return text @ self.visual.proj.t()
+        return text

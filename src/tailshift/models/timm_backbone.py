@@ -6,11 +6,14 @@ a path loads a local state dict (timm's layout; its classifier ``head.`` / ``fc.
 ``none``: random weights. Nothing is downloaded otherwise.
 
 For a vision transformer the feature map is the last block's patch tokens, after the final norm,
-reshaped to the patch grid (B x C x h x w; prefix tokens and prompts left out), and the embedding is
-their mean (timm's ``global_pool='avg'``; the model built with its final norm on the tokens where it
-allows, as class-token models are trained): the embedding is then a function of the map alone, as CAM
-and CSA's Grad-CAM need (``models/base.py``). The class token still takes part in attention but is not
-read out. For a convolutional model the map is ``forward_features`` and the embedding timm's own
+reshaped to the patch grid (B x C x h x w; prefix tokens and prompts left out). With ``model.readout=avg``
+the embedding is their mean (timm's ``global_pool='avg'``; the model built with its final norm on the tokens
+where it allows, as class-token models are trained): the embedding is then a function of the map alone, as
+CAM and CSA's Grad-CAM need (``models/base.py``), and the class token takes part in attention but is not read
+out. With ``model.readout=token`` it is the class token after the final norm, as the model was pretrained to
+output it (timm's ``global_pool='token'``, ``forward_head(pre_logits=True)``), which the map does not determine;
+a model whose timm default pools otherwise (EVA-02's ``'avg'``) is refused.
+For a convolutional model the map is ``forward_features`` and the embedding timm's own
 ``forward_head(pre_logits=True)``; channels-last models (Swin) are refused.
 """
 from __future__ import annotations
@@ -79,7 +82,7 @@ def check_timm_args(model_name: str, timm_args: dict) -> None:
 
 
 def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, pretrained: str | None = None,
-               timm_args: dict | None = None) -> "TimmBackbone":
+               timm_args: dict | None = None, readout: str = "avg") -> "TimmBackbone":
     timm = import_optional("timm", "timm", "model.name=timm:...")
     hub = pretrained == "hub"
     if not hub and pretrained is not None and pretrained.startswith("hub:"):
@@ -112,7 +115,15 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
         raise ValueError(f"model.name=timm:{arch} gives {net.output_fmt} feature maps (channels last); tailshift reads "
                          "timm models whose features are NCHW maps or token sequences (ViT, DeiT, EVA, ResNet, ConvNeXt)")
     grid = getattr(getattr(net, "patch_embed", None), "img_size", None)
-    if hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens"):  # a vision transformer: read out its patches
+    vit = hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens")
+    if readout == "token" and not (vit and getattr(net, "cls_token", None) is not None
+                                   and getattr(net, "global_pool", None) == "token"):
+        has = "has none" if getattr(net, "cls_token", None) is None else f"pools its tokens ({net.global_pool!r})"
+        raise ValueError(f"model.readout=token needs a vision transformer that reads out its class token; "
+                         f"model.name=timm:{arch} {has} (use model.readout=avg)")
+    if vit and readout == "token":  # timm's own class-token readout: the final norm, then the class token
+        net = create(global_pool="token", img_size=image_size or grid[0])
+    elif vit:  # read out the mean of its patches
         size = image_size or grid[0]
         # the final norm on the tokens, as the class-token models were trained (ViT: fc_norm, EVA: use_fc_norm)
         for final_norm in ({"fc_norm": False}, {"use_fc_norm": False}, {}):
@@ -122,7 +133,7 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
             except TypeError:
                 if not final_norm:
                     raise
-    return TimmBackbone(net, in_channels)
+    return TimmBackbone(net, in_channels, readout)
 
 
 class TimmAnatomy(BlockAnatomy):
@@ -157,12 +168,13 @@ class TimmBackbone(Backbone):
     anatomy = TimmAnatomy
     pretrained_ignored = ("head.", "fc.", "classifier.")
 
-    def __init__(self, net: nn.Module, in_channels: int = 3):
+    def __init__(self, net: nn.Module, in_channels: int = 3, readout: str = "avg"):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"timm models take 1 (repeated) or 3 image channels, got {in_channels}")
         self.grey = in_channels == 1
         self.net = net
+        self.readout = readout
         self.out_dim = net.num_features
         self.tokens = hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens")
         if self.tokens:
@@ -170,7 +182,7 @@ class TimmBackbone(Backbone):
             self.prefix = net.num_prefix_tokens
             self.sequence_length = self.prefix + self.grid[0] * self.grid[1]
             self.patch_area = net.patch_embed.patch_size[0] * net.patch_embed.patch_size[1]
-            self.pooled_linear = isinstance(net.fc_norm, nn.Identity)
+            self.pooled_linear = readout == "avg" and isinstance(net.fc_norm, nn.Identity)
 
     def pretrained_target(self) -> nn.Module:
         return self.net
@@ -187,16 +199,24 @@ class TimmBackbone(Backbone):
     def replace_block(self, index: int, block: nn.Module) -> None:
         self.net.blocks[index] = block
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x.expand(-1, 3, -1, -1) if self.grey else x)
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grey:
-            x = x.expand(-1, 3, -1, -1)
-        features = self.net.forward_features(x)
+        features = self._features(x)
         if not self.tokens:
             return features
         patches = features[:, self.prefix:self.sequence_length]  # prompts (VPT) come after the patches
         return patches.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
 
     def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        if not self.embeds_feature_map:
+            raise self.embed_refused()
         if self.tokens:
             return self.net.fc_norm(feature_map.mean(dim=(2, 3)))
         return self.net.forward_head(feature_map, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embeds_feature_map:
+            return super().forward(x)
+        return self.net.forward_head(self._features(x), pre_logits=True)  # the class token (first; prompts last)

@@ -186,6 +186,7 @@ class TunedBackbone(Backbone):
         super().__init__()
         self.inner = inner
         self.out_dim, self.pooled_linear, self.head_init = inner.out_dim, inner.pooled_linear, inner.head_init
+        self.readout = inner.readout
         if mode in BLOCK_MODES:
             if not hasattr(inner, "tunable_blocks") or inner.tunable_blocks() is None:
                 raise ValueError(f"model.tune={mode} needs vision transformer blocks of timm's or open_clip's form; "
@@ -241,6 +242,11 @@ class TunedBackbone(Backbone):
 
     def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.inner.embed(feature_map)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embeds_feature_map:
+            return super().forward(x)  # through this module's feature_map, which train.compile may replace
+        return self.inner(x)
 
 
 class Residual(nn.Module):
