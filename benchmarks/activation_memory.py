@@ -18,7 +18,7 @@ fusion on (its steady state).
 backward, so the mode sets what a step holds); weights are random, which changes no byte. timm and
 open_clip import torchvision: where the installed torchvision was built for another torch (PyPI's
 CUDA build beside a CPU torch), ``import_torchvision`` declares the schemas of its two compiled
-detection ops, as the tests' ``conftest.import_real`` does; classification models never call them.
+detection ops through the tests' ``conftest.import_real``; classification models never call them.
 
     python benchmarks/activation_memory.py        # about 1-2 minutes on 2 busy cores
     python benchmarks/activation_memory.py --models timm:vit_base_patch16_224 --methods ce --batch 8 \
@@ -27,7 +27,6 @@ detection ops, as the tests' ``conftest.import_real`` does; classification model
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -44,26 +43,15 @@ from tailshift.models.tuning import lift_width
 
 MIB = 1 << 20
 WIDTH_MODES = ("lora", "adapter", "adaptformer")  # the modes model.tune_dim sizes
-_NMS_SCHEMAS = None  # the torchvision op library declared by import_torchvision, kept alive while it is used
 
 
 def import_torchvision() -> None:
-    """Import torchvision (timm and open_clip import it) beside a torch it was not built for: its import fails
-    registering fake kernels of ``torchvision::nms`` / ``qnms``, ops only its compiled library defines;
-    declaring their schemas lets the pure-Python model code import (tests/conftest.py ``import_real``)."""
-    global _NMS_SCHEMAS
-    if importlib.util.find_spec("torchvision") is None:
-        return
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        if "torchvision::nms does not exist" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]  # the failed import's half-built submodules
-        _NMS_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
-        for op in ("nms", "qnms"):
-            _NMS_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    """torchvision (which timm and open_clip import) through the tests' ``conftest.import_real``: beside a torch
+    it was not built for, it declares the schemas of torchvision's two compiled detection ops first."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import import_real
+
+    import_real("torchvision")
 
 
 def saved_bytes(step) -> int:
