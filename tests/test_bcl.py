@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_prepared
 from tailshift.config import build_config
+from tailshift.validation import ConfigError
 from tailshift.data.pipeline import Batch, RawImages, random_crop_flip
 from tailshift.data.strong_augment import color_jitter, crop_boxes, gaussian_blur, resized_crop_flip
 from tailshift.engine import train
@@ -229,3 +230,17 @@ def test_bcl_trains_end_to_end(name, params, tmp_path):
                        ["train.epochs=2", "train.batch_size=64", "train.eval_every=0"])
     metrics = train(cfg, tiny_prepared(channels=3))
     assert all(np.isfinite(r["loss"]) and r["loss_contrastive"] > 0 for r in metrics["curve"])
+
+
+@pytest.mark.parametrize("name, params", [("bcl", {}), ("csa", {"contrastive_weight": 0.6})])
+def test_host_storage_is_refused_before_any_training(name, params, tmp_path):
+    cfg = build_config({"output": str(tmp_path / "run"), "progress": False, "method": {"name": name, "params": params}},
+                       ["data.storage=host", "data.workers=0"])
+    with pytest.raises(ConfigError, match=f"^method {name} draws its views from the stored images, which "
+                                          "data.storage=host does not keep with a batch: use data.storage=device$"):
+        train(cfg, tiny_prepared(channels=3))
+    assert not (tmp_path / "run").exists()
+
+
+def test_csa_without_the_contrastive_term_takes_host_storage():
+    assert not _method("csa").reads_stored_images() and _method("csa", contrastive_weight=0.6).reads_stored_images()

@@ -248,6 +248,9 @@ class Trainer:
         if making and self.training_images() is None:
             raise ConfigError(f"stage {making[0]!r} of method {cfg.method.name} makes images from the training split "
                               f"on the device; data.storage={cfg.data.storage} keeps it on the host: use data.storage=device")
+        if self.method.reads_stored_images() and not isinstance(self.train_arrays, DeviceArrays):
+            raise ConfigError(f"method {cfg.method.name} draws its views from the stored images, which "
+                              f"data.storage={cfg.data.storage} does not keep with a batch: use data.storage=device")
         self.speed.compile_backbone(self.method.backbone)  # after the check: it compiles nothing for one image
         self.scaler = self.speed.grad_scaler(self.device)
         self.out = Path(cfg.output)

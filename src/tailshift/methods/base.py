@@ -196,6 +196,11 @@ class Method(nn.Module):
         logs): their scores are a random head's, so studies count such runs apart. Default: none."""
         return set()
 
+    def reads_stored_images(self) -> bool:
+        """Whether a step reads the batch's stored uint8 images (``Batch.raw``, e.g. BCL's strong views), which
+        only device storage keeps with a batch: the engine refuses host storage before training starts."""
+        return False
+
     def untrained_hint(self, history: list[dict]) -> str:
         """What to change when ``untrained_heads`` is not empty: ``train``'s last line says it. Default: none."""
         return ""

@@ -39,6 +39,9 @@ class BalancedContrastiveLearning(ERM):
         self.contrastive = BalancedContrastive(backbone.out_dim, self.params.contrastive_weight,
                                                self.params.contrastive_params)
 
+    def reads_stored_images(self) -> bool:
+        return True
+
     def training_step(self, batches, ctx: StepContext) -> StepOutput:
         batch = batches["main"]
         views = self.contrastive.views(batch, ctx.generator)

@@ -99,6 +99,9 @@ class DualBranch(Method):
         two strong views of each uniform image when ``contrastive_weight`` > 0."""
         return None if self.contrastive is None else self.contrastive.views(uniform, ctx.generator)
 
+    def reads_stored_images(self) -> bool:
+        return self.contrastive is not None
+
     def uniform_term(self, uniform: Batch, view_embeddings: torch.Tensor | None, ctx: StepContext
                      ) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """A further loss on the uniform batch, added to the step's (None: none), and its logs, given the
