@@ -273,9 +273,13 @@ def test_every_method_trains_on_two_processes(tmp_path):
         assert json.loads((tmp_path / name / "metrics.json").read_text())["processes"] == 2, name
 
 
-#: a tiny random ViT (timm), lightweight-tuned: 3 x 32 x 32 images, a 2 x 2 patch grid
+#: a tiny random ViT (timm), lightweight-tuned: 3 x 32 x 32 images, a 2 x 2 patch grid; the LoRA run as LIFT's
+#: head takes it (the class token, a cosine head started from class means, which each process sums over its part)
 VIT = {tune: ["method.name=ce", "model.name=timm:vit_tiny_patch16_224", "model.pretrained=none", f"model.tune={tune}",
-              "train.epochs=2", "train.optim.lr=0.01"] for tune in ("adaptformer", "lora")}
+              "train.epochs=2", "train.optim.lr=0.01", *extra]
+       for tune, extra in (("adaptformer", []), ("lora", ["model.readout=token", "model.init_head=class_mean",
+                                                          "method.params.classifier=cosine",
+                                                          "method.params.classifier_scale=25"]))}
 
 
 def test_two_processes_train_the_weights_and_logits_of_one_on_a_lightweight_tuned_vit(tmp_path):
