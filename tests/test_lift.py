@@ -19,7 +19,8 @@ from tailshift.data.transforms import EvalViews, five_crops
 from tailshift.engine import Trainer, mean_over_views
 from tailshift.methods.head_init import class_prompts
 from tailshift.models import create_model
-from tailshift.saved_run import load_run
+from tailshift.data.pipeline import normalise
+from tailshift.saved_run import load_run, predict_images
 
 VIT, CLIP = "timm:vit_tiny_patch16_224", "clip:ViT-S-32"
 
@@ -126,6 +127,16 @@ def test_lift_on_cifar100_lt_runs_end_to_end_on_the_cpu(tmp_path, capsys):
     assert run.method.head.scale == 25.0 and type(run.method.loss).__name__ == "LogitAdjusted"
     assert set(run.metrics["heads"]["main"]) >= {"all", "many", "med", "few"}
     assert "trainable parameters" in capsys.readouterr().out
+    # predict views an image as the evaluation does: the five crops of its resized copy, logits averaged
+    image = np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    (top,) = predict_images(run, [str(tmp_path / "image.png")], top_k=3)
+    crops = torch.from_numpy(five_crops(Image.fromarray(image), 36, 32))
+    with torch.no_grad():
+        probabilities = run.method.predict(normalise(crops, *run.mean_std()))["main"].mean(0).softmax(0)
+    expected = probabilities.topk(3)
+    assert [c for c, _, _ in top["top"]] == expected.indices.tolist()
+    assert [p for _, _, p in top["top"]] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
 def test_reproduce_lift_plans_the_shipped_configs_beside_the_reported_numbers():

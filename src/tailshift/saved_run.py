@@ -20,8 +20,8 @@ from .data.build import PreparedData, prepare_data
 from .data.lists import FileDataset
 from .data.pipeline import normalise
 from .data.host_loader import make_feeds
-from .data.transforms import eval_image, to_8bit
-from .engine import _load_failure, build_method, predicted_classes, resolve_device, verify_checkpoint
+from .data.transforms import EvalViews, to_8bit
+from .engine import _load_failure, build_method, mean_over_views, predicted_classes, resolve_device, verify_checkpoint
 from .io import RunLock, atomic_open, atomic_write_json
 from .models.tuning import merge_lora
 from .methods import Method
@@ -174,7 +174,8 @@ def write_evaluation(run: SavedRun, result: dict, out: Path) -> tuple[Path, Path
 # --- predict --------------------------------------------------------------------------------------
 def read_image(path: str | Path, run: SavedRun) -> np.ndarray:
     """An image file as the run's test pipeline feeds it: uint8 C x H x W, grey or colour as the run's
-    data, resized to its images' size (or, for image-file datasets, resized and centre-cropped)."""
+    data, resized to its images' size (or, under the image-file recipes, resized and centre-cropped, or
+    LIFT's five crops, V x C x H x W, under ``data.tte``)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image {path} not found")
@@ -184,8 +185,9 @@ def read_image(path: str | Path, run: SavedRun) -> np.ndarray:
             img = to_8bit(img, "L" if channels == 1 else "RGB")  # 16-bit and float images scaled, not clipped
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
-    if isinstance(run.data.train, FileDataset):
-        return eval_image(img, run.cfg.data.resize_size, run.cfg.data.crop_size)
+    d = run.cfg.data
+    if isinstance(run.data.train, FileDataset) or d.augment == "resized_crop":
+        return EvalViews(d.resize_size, d.crop_size, d.tte, d.tte_resize_size)(img)
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(img, dtype=np.uint8)
@@ -198,7 +200,9 @@ def predict_images(run: SavedRun, paths: list[str], top_k: int = 5) -> list[dict
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
     raw = torch.from_numpy(np.stack([read_image(p, run) for p in paths])).to(run.device)
-    logits = run.method.predict(normalise(raw, *run.mean_std()))[run.head]
+    views = raw.shape[1] if raw.ndim == 5 else 1  # test-time ensembling: each image's views averaged, as evaluated
+    logits = run.method.predict(normalise(raw.flatten(0, 1) if views > 1 else raw, *run.mean_std()))[run.head]
+    logits = mean_over_views(logits, views)
     probs, classes = logits.softmax(dim=1).topk(min(top_k, logits.shape[1]), dim=1)
     names = run.class_names
     return [{"image": str(path), "top": [(int(c), names[c], float(p)) for c, p in zip(cs.tolist(), ps.tolist())]}
