@@ -123,9 +123,12 @@ def build_timm(arch: str, in_channels: int = 3, image_size: int | None = None, p
                          f"model.name=timm:{arch} {has} (use model.readout=avg)")
     if vit and readout == "token":  # timm's own class-token readout: the final norm, then the class token
         net = create(global_pool="token", img_size=image_size or grid[0])
+    elif vit and net.global_pool == "avg":  # pretrained on the mean of its patches (EVA-02): its own norms and keys
+        net = create(img_size=image_size or grid[0])
     elif vit:  # read out the mean of its patches
         size = image_size or grid[0]
-        # the final norm on the tokens, as the class-token models were trained (ViT: fc_norm, EVA: use_fc_norm)
+        # the final norm on the tokens, as the class-token models were trained (ViT: fc_norm, EVA: use_fc_norm), so
+        # their weights load: the pooled models' fc_norm after the mean would leave the trained norm out
         for final_norm in ({"fc_norm": False}, {"use_fc_norm": False}, {}):
             try:
                 net = create(global_pool="avg", img_size=size, **final_norm)
