@@ -156,6 +156,17 @@ def test_an_image_folder_is_read_as_files_of_any_size_with_its_folder_names(tmp_
     assert prepare_data(cfg.data).image_shape == (3, 32, 32)
 
 
+def test_an_image_folder_takes_its_class_names_from_a_names_file_matched_by_folder(tmp_path):
+    root = write_imagenet_lt(tmp_path, counts=(3, 2), test_per_class=1)
+    names = tmp_path / "names.txt"
+    names.write_text("n00000001 goldfish, Carassius auratus\nn00000000 tench, Tinca tinca\n")
+    split = load_dataset("imagefolder", str(root), lists=ListOptions(class_names=str(names)))
+    assert split.train.class_names == ("tench", "goldfish")
+    names.write_text("n00000000 tench\n")
+    with pytest.raises(DataError, match=r"names.txt has no line for class 1 \(training folder 'n00000001'\)$"):
+        load_dataset("imagefolder", str(root), lists=ListOptions(class_names=str(names)))
+
+
 def test_a_bad_image_folder_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^dataset 'imagefolder' needs data.root=PATH, a folder with train/ and test/"):
         load_dataset("imagefolder", None)
