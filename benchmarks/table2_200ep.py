@@ -30,6 +30,8 @@ import torch
 
 from report import cpu_model
 
+from tailshift.io import LOCK_NAME
+
 #: run -> the Table 2 rows read from it, in the issue's order of priority
 RUNS = {
     "crt": ("ce", "crt"),
@@ -102,6 +104,7 @@ def carry_in(runs_dir: Path, runs: list[str], carry: Path, note) -> None:
             shutil.copyfile(kept / name, folder / name)
         history = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
         (folder / "curve.json").write_text(json.dumps(history))
+        (folder / LOCK_NAME).touch()  # the marker of a tailshift run folder (io.py), which the run then takes
         note(f"restored {run} at epoch {carried} from {kept} (its folder had {local})")
 
 

@@ -9,6 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import table2_200ep  # noqa: E402
+from tailshift.io import check_folder_free  # noqa: E402
 
 
 def fake_run(runs_dir: Path, run: str, epochs: int) -> Path:
@@ -34,6 +35,7 @@ def test_a_new_machine_resumes_from_the_carried_epoch(tmp_path):
         assert torch.equal(state["weights"], torch.full((3,), float(epochs)))
         assert len(json.loads((folder / "curve.json").read_text())) == epochs
         assert (folder / "config.yaml").read_text() == f"epochs_done: {epochs}\n"
+        check_folder_free(folder)  # a run folder tailshift resumes, not a foreign one
     assert len(notes) == 2 and "restored crt at epoch 7" in notes[0]
 
 
