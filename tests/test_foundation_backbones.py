@@ -89,13 +89,6 @@ def test_feature_map_is_the_patch_grid_and_the_embedding_timms_own_pooling(timm)
     assert fmap.shape == (3, 192, 4, 4) and backbone.pooled_linear
     net = backbone.net
     torch.testing.assert_close(backbone.embed(fmap), net.forward_head(net.forward_features(x), pre_logits=True))
-
-
-def test_a_vit_pretrained_on_its_patch_mean_keeps_timms_parameters_so_its_weights_load(timm):
-    """EVA-02 pools the mean of its patches through fc_norm (no norm on the tokens): built as timm builds it."""
-    arch = "eva02_tiny_patch14_224"
-    backbone = create_model(f"timm:{arch}", image_size=56)
-    assert set(backbone.net.state_dict()) == set(timm.create_model(arch, num_classes=0, img_size=56).state_dict())
     head = torch.nn.Linear(192, 4)
     cam = grad_cam(fmap, lambda a: head(backbone.embed(a)), torch.tensor([0, 1, 2])).cam
     assert cam.shape == (3, 4, 4) and (cam >= 0).all() and cam.sum() > 0
