@@ -9,7 +9,7 @@ from PIL import Image
 import tailshift.reproduce.figures as figures
 from conftest import tiny_prepared, write_cifar100
 from tailshift import plots
-from tailshift.config import load_config
+from tailshift.config import ConfigError, load_config
 from tailshift.data.build import prepare_data
 from tailshift.data.longtail import profile_counts
 from tailshift.data.sampling import Sampler, StreamRequest, class_probabilities, stream_spec
@@ -110,6 +110,13 @@ def test_figure3_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     bank = saved["context_shift"]
     assert 0 < bank["bank_entries"] <= bank["bank_capacity"] == 32 and len(bank["balanced_labels"]) == 10
     assert (out / "runs" / "csa" / "metrics.json").exists()
+
+
+def test_figure3_refuses_a_readout_csa_cannot_map_before_training_any_run(tmp_path):
+    out = tmp_path / "fig3"
+    with pytest.raises(ConfigError, match="model.readout=token: method csa reads the patch grid"):
+        figure_commands.figure3(out, ["model.readout=token", "train.epochs=1"])
+    assert not (out / "runs").exists()  # CE and CB-RS did not train first
 
 
 def test_figure3_needs_a_coloured_dataset(tmp_path):

@@ -15,6 +15,7 @@ from ..config import config_path, load_config
 from ..data.build import prepare_data
 from ..engine import Trainer
 from ..methods.context_shift import FIGURE3_LAMBDAS, context_shift_example
+from ..resolve import resolve_run
 from ..io import atomic_write_json
 from .grid import Study
 from .plan import overrides_for_run
@@ -112,12 +113,17 @@ def _grad_cams(trainer: Trainer, head_name: str, index: torch.Tensor) -> tuple[n
 def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, object]:
     """Seed 0 of each of ``FIGURE3_MODELS``' runs of ``config`` ("{run}" standing for the run), trained in this
     process (a finished run is re-read) in ``runs``/<run> on one copy of the data; ``RUN:key=value`` overrides
-    reach only that run. Returns the trainers, their test results and the data."""
+    reach only that run. Every run's config is checked before any trains (CSA's Grad-CAM refuses a readout that
+    is not the patch grid), so a bad override fails in seconds, not after the first runs' training. Returns
+    the trainers, their test results and the data."""
+    configs = {method: load_config(config_path(config.format(run=method)),
+                                   ["seed=0", f"output={runs / method}", *extra,
+                                    *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
+               for method in FIGURE3_MODELS}
+    for cfg in configs.values():
+        resolve_run(cfg)
     trainers, results, data, data_cfg = {}, {}, None, None
-    for method in FIGURE3_MODELS:
-        cfg = load_config(config_path(config.format(run=method)),
-                          ["seed=0", f"output={runs / method}", *extra,
-                           *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
+    for method, cfg in configs.items():
         if data is None or cfg.data != data_cfg:
             data, data_cfg = prepare_data(cfg.data), cfg.data
         trainer = Trainer(cfg, data)
