@@ -10,6 +10,7 @@ from PIL import Image
 from tailshift import cli
 from tailshift.config import build_config
 from tailshift.data.pipeline import normalise
+from tailshift.data.transforms import five_crops
 from tailshift.engine import train
 from tailshift.saved_run import export_run, load_run, predict_images
 
@@ -94,6 +95,37 @@ def test_exported_model_gives_the_runs_logits_without_tailshift(run_folder, tmp_
         path = export_run(run, fmt, tmp_path / "model.onnx")
         got = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"images": batch.numpy()})[0])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_under_resized_crop_and_five_crops_scores_what_the_run_scored(tmp_path, fmt, capsys):
+    """The network sees 16 x 16 crops of the 28 x 28 arrays (LeNet's classifier fixes that size) and each test
+    image's five crops, logits averaged: the exported model, fed those crops, matches the run's accuracy."""
+    write_npz(tmp_path / "data.npz")
+    cfg = build_config({"output": str(tmp_path / "run"), "device": "cpu", "progress": False},
+                       ["data.dataset=npz", f"data.root={tmp_path / 'data.npz'}", "data.longtail.profile=none",
+                        "train.epochs=1", "train.batch_size=32", "data.augment=resized_crop", "data.resize_size=20",
+                        "data.crop_size=16", "data.tte=fivecrop", "data.tte_resize_size=20"])
+    metrics = train(cfg)
+    run = load_run(tmp_path / "run")
+    crops = torch.from_numpy(np.stack([five_crops(Image.fromarray(image.transpose(1, 2, 0)), 20, 16)
+                                       for image in run.data.test.images]))
+    assert crops.shape == (200, 5, 3, 16, 16)
+    if fmt == "torchscript":
+        assert cli.main(["export", str(tmp_path / "run"), "--format", fmt]) == 0
+        assert "uint8 images N x 5 x 3 x 16 x 16 (each image's 5 views, as data.tte=fivecrop makes them; " \
+               "logits averaged)" in capsys.readouterr().out
+        logits = torch.jit.load(str(tmp_path / "run" / "model.pt"))(crops)
+    else:
+        pytest.importorskip("onnx")
+        ort = pytest.importorskip("onnxruntime")
+        path = export_run(run, fmt, tmp_path / "model.onnx")
+        logits = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"images": crops.numpy()})[0])
+    with torch.no_grad():
+        views = run.method.predict(normalise(crops.flatten(0, 1), *run.mean_std()))[run.head]
+    torch.testing.assert_close(logits, views.unflatten(0, (200, 5)).mean(1), rtol=1e-4, atol=1e-4)
+    correct = (logits.argmax(1).numpy() == run.data.test.labels).mean() * 100
+    assert correct == pytest.approx(metrics["result"]["all"], abs=1e-6)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -201,13 +201,15 @@ def _predict(args) -> None:
 
 
 def _export(args) -> None:
-    from .saved_run import export_run, load_run
+    from .saved_run import export_run, exported_input_shape, load_run
 
     run = load_run(args.run, args.overrides, args.allow_unfinished)
     path = export_run(run, args.format, args.output)
-    c, h, w = run.data.image_shape
-    print(f"wrote {path}: uint8 images N x {c} x {h} x {w} (pixels 0-255, normalisation inside) -> "
-          f"logits N x {run.data.num_classes} of the {run.head} head")
+    shape = exported_input_shape(run)
+    views = f" (each image's {shape[0]} views, as data.tte={run.cfg.data.tte} makes them; logits averaged)" \
+        if len(shape) == 4 else ""
+    print(f"wrote {path}: uint8 images N x {' x '.join(map(str, shape))}{views} (pixels 0-255, normalisation "
+          f"inside) -> logits N x {run.data.num_classes} of the {run.head} head")
 
 
 def _add_run_commands(sub) -> None:

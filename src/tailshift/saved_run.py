@@ -210,9 +210,21 @@ def predict_images(run: SavedRun, paths: list[str], top_k: int = 5) -> list[dict
 
 
 # --- export ---------------------------------------------------------------------------------------
+#: the views of each image an exported model takes, by ``data.tte`` (FiveCrop: LIFT's five crops)
+EXPORTED_VIEWS = {"none": 1, "fivecrop": 5}
+
+
+def exported_input_shape(run: SavedRun) -> tuple[int, ...]:
+    """An exported model's input without the batch: C x H x W, or V x C x H x W under test-time ensembling."""
+    views = EXPORTED_VIEWS[run.cfg.data.tte]
+    return (views, *run.data.image_shape) if views > 1 else tuple(run.data.image_shape)
+
+
 class ExportedClassifier(nn.Module):
     """The run's backbone and reported head as one model that needs no tailshift: uint8 pixels
-    N x C x H x W in (the run's C, H, W; 0-255), the run's normalisation inside, logits N x K out."""
+    N x C x H x W in (the run's C, H, W; 0-255), the run's normalisation inside, logits N x K out. Under
+    ``data.tte=fivecrop`` it takes N x 5 x C x H x W (each image's five crops, as torchvision's FiveCrop
+    orders them) and averages their logits, so that it scores what the run's evaluation scored."""
 
     def __init__(self, run: SavedRun):
         super().__init__()
@@ -220,15 +232,15 @@ class ExportedClassifier(nn.Module):
         for module in self.method.modules():  # hand-written autograd fast paths (LeNet) cannot be exported;
             if hasattr(module, "use_fast_path"):  # the plain layers compute the same
                 module.use_fast_path = False
-        self.head = run.head
+        self.head, self.views = run.head, EXPORTED_VIEWS[run.cfg.data.tte]
         channels = run.data.image_shape[0]
         mean, std = run.mean_std()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(1, channels, 1, 1, device=run.device))
         self.register_buffer("std", std if std is not None else torch.ones(1, channels, 1, 1, device=run.device))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return self.method.predict(x)[self.head]
+        x = (images.flatten(0, 1) if self.views > 1 else images).float() / 255.0
+        return mean_over_views(self.method.predict((x - self.mean) / self.std)[self.head], self.views)
 
 
 def export_run(run: SavedRun, fmt: str, output: str | Path | None = None) -> Path:
@@ -237,8 +249,8 @@ def export_run(run: SavedRun, fmt: str, output: str | Path | None = None) -> Pat
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     path = Path(output) if output else run.folder / f"model{EXPORT_FORMATS[fmt]}"
     model = ExportedClassifier(run).eval()
-    example = torch.from_numpy(run.data.test.images[:2] if not isinstance(run.data.test, FileDataset)
-                               else np.zeros((2, *run.data.image_shape), dtype=np.uint8)).to(run.device)
+    # the shape the network sees (under data.augment=resized_crop not the stored arrays'); tracing needs no real image
+    example = torch.zeros((2, *exported_input_shape(run)), dtype=torch.uint8, device=run.device)
     buffer = io.BytesIO()
     with torch.no_grad():
         if fmt == "torchscript":
