@@ -34,6 +34,13 @@ def test_generated_counts_fill_every_class_to_n_max_plus_n_min():
         generated_counts([4, 0, 2])
 
 
+def test_the_non_cifar_cap_skips_classes_at_the_cap_and_caps_the_others():
+    # ImageNet-LT's CAM_NUMBER_THRES 100: n_max 1280, n_min 5; classes of >= 100 images get none
+    assert generated_counts([1280, 400, 100, 99, 20, 5], cap=100).tolist() == [0, 0, 0, 100, 100, 100]
+    assert generated_counts([10, 6, 3], cap=8).tolist() == [0, 7, 8]
+    assert generated_counts([10, 6, 3], cap=0).tolist() == generated_counts([10, 6, 3]).tolist()
+
+
 def test_foreground_is_the_cam_at_least_three_quarters_of_its_mean():
     cam = torch.tensor([[[0.0, 40.0, 45.0], [75.0, 120.0, 80.0]]])  # mean 60: threshold 45, kept (>=) at 45
     assert foreground_mask(cam).tolist() == [[[False, False, True], [True, True, True]]]
@@ -214,6 +221,13 @@ def test_end_to_end_first_generation_then_balanced_second_stage(full_run):
     assert all(np.isfinite(r["loss"]) for r in metrics["curve"]) and set(metrics["heads"]) == {"main"}
     payload = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert payload["made"]["cam-generation"]["count"] == made.sum()
+
+
+def test_the_cap_reaches_the_generation_stage(tmp_path):
+    cfg = cfg_for(tmp_path, "capped", "method.params.number_cap=8")
+    fit_until_interrupted(Trainer(cfg, PREPARED), lambda stage, epoch, started: stage == "second")
+    labels = np.load(tmp_path / "capped" / MADE[1])  # counts 30 .. 3: classes of >= 8 images get none
+    assert np.bincount(labels, minlength=10).tolist() == [0, 0, 0, 0, 8, 8, 8, 8, 8, 8]
 
 
 def strip(curve):

@@ -7,7 +7,7 @@ Three stages, each the original's:
 1. ``first``: plain CE on uniformly shuffled batches (first_stage/*.yaml lines 25-47: CrossEntropy,
    MAX_EPOCH 160, default sampler; the optimiser is the run's recipe, ``recipes/bag-of-tricks.yaml``).
 2. ``cam-generation`` (a ``makes_data`` stage): class c gets n_max + n_min - n_c new images
-   (lib/utils/cam_based_sampling.py line 36; the cap of lines 38-52 is skipped for CIFAR). Each copies
+   (lib/utils/cam_based_sampling.py line 36; the cap of lines 38-52, skipped for CIFAR, is ``number_cap``). Each copies
    a training image of its class drawn uniformly (line 79), takes the ground-truth CAM of the model
    as it ended stage 1 (``cam_image``: lib/net/network.py lines 189-212), keeps the pixels whose CAM is
    at least 3/4 of its mean as foreground (cam_based_sampling.py lines 84-85), and pastes a transformed
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cam import class_activation_map, normalize_cam
+from ..fingerprint import added_later
 from ..schedules import SCHEDULES
 from ..validation import bounded, one_of
 from .base import METHODS, MadeData, Method, Stage, StepContext, StepOutput, StreamRequest, TrainingImages
@@ -54,13 +55,15 @@ FOREGROUND_FRACTION = 0.75
 TRANSFORMS = ("rotate-scale", "translate", "flip")
 
 
-def generated_counts(class_counts) -> np.ndarray:
+def generated_counts(class_counts, cap: int = 0) -> np.ndarray:
     """Images generated per class: n_max + n_min - n_c (cam_based_sampling.py line 36), so each class ends
-    with n_max + n_min, the largest too."""
+    with n_max + n_min, the largest too. With ``cap`` > 0, the original's rule for every set but CIFAR
+    (lines 38-52, ``CAM_NUMBER_THRES``): a class of at least ``cap`` images gets none, any other at most ``cap``."""
     counts = np.asarray(class_counts, dtype=np.int64)
     if counts.ndim != 1 or not len(counts) or counts.min() < 1:
         raise ValueError(f"CAM-based sampling needs at least one image of every class, got counts {counts.tolist()}")
-    return counts.max() + counts.min() - counts
+    made = counts.max() + counts.min() - counts
+    return made if cap == 0 else np.where(counts >= cap, 0, np.minimum(made, cap))
 
 
 def cam_image(feature_map: torch.Tensor, classifier_weight: torch.Tensor, targets: torch.Tensor,
@@ -167,6 +170,9 @@ class CamBalanceSampling(Method):
         second_schedule: str = one_of("step", SCHEDULES)
         second_milestones: tuple[int, ...] = bounded((19,), ge=0)
         second_gamma: float = bounded(0.01, gt=0)
+        # generated images per class capped (generated_counts): 0, none, as the original on CIFAR; it caps every
+        # other set, e.g. at 100 on ImageNet-LT (IM-DRSwithCAMbasedsampling-Finetune/cam_generation.yaml line 16)
+        number_cap: int = added_later(bounded(0, ge=0, note="0: no cap"), neutral=0)
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
@@ -199,7 +205,7 @@ class CamBalanceSampling(Method):
         arrays = images.arrays
         labels = arrays.labels
         counts = torch.bincount(labels, minlength=self.num_classes)
-        made = generated_counts(counts.cpu().numpy())
+        made = generated_counts(counts.cpu().numpy(), self.params.number_cap)
         made_labels = torch.repeat_interleave(torch.arange(self.num_classes, device=labels.device),
                                               torch.as_tensor(made, device=labels.device))
         # line 79: each generated image copies a uniformly drawn image of its class
