@@ -32,13 +32,14 @@ from report import cpu_model
 
 from tailshift.io import LOCK_NAME
 
-#: run -> the Table 2 rows read from it, in the issue's order of priority
+#: run -> the Table 2 rows read from it, in the issue's order of priority (LDAM-DRW third: its authors' recipe
+#: has landed)
 RUNS = {
     "crt": ("ce", "crt"),
     "csa": ("csa", "csa-uniform", "csa-ensemble"),
+    "ldam-drw": ("ldam-drw",),
     "cbrs": ("cbrs",),
     "la": ("la",),
-    "ldam-drw": ("ldam-drw",),
 }
 #: the runs trained off the shipped configs' recipe (the CSA release's), on their authors' (``--recipe``);
 #: such a run lives in a folder of its recipe
