@@ -9,9 +9,10 @@ from torch import nn
 import tailshift.methods.m2m as m2m
 from conftest import fit_until_interrupted, tiny_prepared
 from tailshift.config import build_config
-from tailshift.engine import Trainer, train
+from tailshift.engine import Trainer, build_method, train
 from tailshift.methods import METHODS
 from tailshift.models import create_model
+from tailshift.resolve import resolve_run
 from test_recipes import config, ldam, ours_stage1
 
 COUNTS = np.array([60, 40, 25, 15, 10, 8, 6, 5, 4, 3])
@@ -207,6 +208,25 @@ def _cfg(tmp_path, name):
         "train": {"epochs": 2, "batch_size": 32, "test_batch_size": 100, "optim": {"lr": 0.02}},
         "device": "cpu", "threads": 1, "progress": False, "output": str(tmp_path / name),
     })
+
+
+@pytest.mark.parametrize("judge_init", ["independent", "shared"])
+def test_the_judges_backbone_is_built_apart_or_shared_as_asked(tmp_path, judge_init):
+    """As the engine builds it: independent, g's backbone starts from weights of its own (the authors' g is
+    another run, another seed) while f's are what the run's seed gives either way; shared, from f's."""
+    def built(init):
+        cfg = _cfg(tmp_path, init)
+        cfg.method.params["judge_init"] = init
+        torch.manual_seed(3)  # as the Trainer seeds before it builds
+        return build_method(resolve_run(cfg), tiny_prepared(channels=3))
+
+    method = built(judge_init)
+    f, g = method.backbone.state_dict(), method.judge["backbone"].state_dict()
+    weights = [k for k in f if k.endswith("weight")]
+    assert f.keys() == g.keys() and len(weights) == 5
+    assert [torch.equal(f[k], g[k]) for k in weights] == [judge_init == "shared"] * 5
+    f_shared = built("shared").backbone.state_dict()
+    assert all(torch.equal(f[k], f_shared[k]) for k in f)
 
 
 def _strip(curve):

@@ -149,6 +149,8 @@ def build_method(run: ResolvedRun, data: PreparedData) -> Method:
     channels, height, _ = data.image_shape
     backbone = build_backbone(cfg.model, in_channels=channels, image_size=height, num_classes=data.num_classes)
     method = run.method_class(backbone, data.num_classes, data.class_counts, cfg.train.epochs, run.params)
+    method.take_independent_backbone(lambda: build_backbone(cfg.model, in_channels=channels, image_size=height,
+                                                            num_classes=data.num_classes))
     method.set_input_normalisation(cfg.data.mean, cfg.data.std)
     return method
 

@@ -158,6 +158,11 @@ class Method(nn.Module):
             self.input_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.input_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
+    def take_independent_backbone(self, build: Callable[[], nn.Module]) -> None:
+        """``build`` makes a further backbone as the run's own was made, its random draws after every other
+        draw of the method's construction, for a network that its original trains as another run (M2m's judge
+        g). The engine offers it once the method is built; a method that needs none ignores it."""
+
     # --- what the engine asks -------------------------------------------------
     def stages(self) -> list[Stage]:
         raise NotImplementedError

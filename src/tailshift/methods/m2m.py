@@ -7,12 +7,15 @@ Followed from the authors' code, alinlab/M2m (``train.py``, ``config.py``, ``uti
   long-tailed set for the whole schedule (README.md lines 18-21: ``--no_over --warm 200 --epoch 200``), then
   loaded from its checkpoint and frozen (train.py lines 325-329, ``net_g.eval()`` at line 233). Here it is
   the run's first stage, ``generator`` (``generator_epochs``, default the run's epochs, on the run's recipe, CE
-  on uniform batches), a copy of the built backbone with its own head, kept in the checkpoint with everything
+  on uniform batches), a backbone of its own with its own head, kept in the checkpoint with everything
   else, so a run is one folder and resumes exactly, g included. A parameter naming a finished CE run would
   make this run depend on files outside its folder and its fingerprint, and the table's jobs run in parallel
-  with no order between them. Departures: g is g's final epoch (the authors keep the best epoch on a
-  validation split of the test set, train.py lines 399-408; their shipped checkpoint/erm_r100_c10_trial1.t7 is
-  epoch 180 of 200), and it starts from the same initial weights as f (the authors' g is another run).
+  with no order between them. g's backbone is built apart from f's (``judge_init=independent``), as the
+  authors' g is another run under another random seed (config.py line 30 and lines 79-84: without ``--seed``,
+  which run.sh never gives, each run draws its own); ``shared`` starts it from f's initial weights, as runs
+  before the option did.
+  Departure: g is g's final epoch (the authors keep the best epoch on a validation split of the test set,
+  train.py lines 399-408; their shipped checkpoint/erm_r100_c10_trial1.t7 is epoch 180 of 200).
 - **f**, the classifier trained (stage ``train``), starts afresh (``-r`` with ``--net_g`` only: train.py lines
   307-329 load g, not f) and trains by ERM on uniform batches until ``start_epoch`` (``--warm 160``, run.sh;
   train.py line 386), then on re-sampled batches, each sample drawn with weight 1 / n_y, N draws an epoch
@@ -57,7 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import bounded
+from ..fingerprint import added_later
+from ..validation import bounded, one_of
 from .base import METHODS, Method, Stage, StepContext, StepOutput, StreamRequest
 from .losses import LossOptions, loss_field
 
@@ -132,6 +136,8 @@ class MajorToMinor(Method):
         gamma: float = bounded(0.9, ge=0, le=1)  # --gamma 0.9 (run.sh)
         step_size: float = bounded(0.1, gt=0)  # --step_size 0.1 (run.sh)
         attack_iter: int = bounded(10, ge=1)  # --attack_iter 10 (run.sh)
+        # g's backbone: built apart from f's (independent), or a copy of f's initial one (shared); module docstring
+        judge_init: str = added_later(one_of("independent", ("independent", "shared")), neutral="shared")
 
     default_head = "main"
 
@@ -140,6 +146,10 @@ class MajorToMinor(Method):
         self.loss = self.params.build_loss("loss", class_counts)
         self.head = backbone.new_head(num_classes)
         self.judge = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": backbone.new_head(num_classes)})
+
+    def take_independent_backbone(self, build) -> None:
+        if self.params.judge_init == "independent":
+            self.judge["backbone"] = build()
 
     def stages(self) -> list[Stage]:
         streams = {"main": StreamRequest("uniform"), "resampled": StreamRequest("power", 0.0)}
