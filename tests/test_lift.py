@@ -19,6 +19,7 @@ from tailshift.data.transforms import EvalViews, five_crops
 from tailshift.engine import Trainer, mean_over_views
 from tailshift.methods.head_init import class_prompts
 from tailshift.models import create_model
+from tailshift.models.tuning import tuner_bypassed
 from tailshift.data.pipeline import normalise
 from tailshift.saved_run import load_run, predict_images
 
@@ -55,17 +56,36 @@ def test_text_initialisation_needs_a_text_tower_and_class_names():
         text_feature_rows(backbone, ("a", "b"), "a photo of a {}.", VIT)
 
 
-def test_class_mean_initialisation_gives_each_class_its_normalised_mean_embedding(tmp_path):
+@pytest.mark.parametrize("tune", ["vpt_shallow", "vpt_deep", "ssf", "lora", "adapter", "adaptformer"])
+def test_the_tuner_bypassed_leaves_the_pretrained_model_alone(tune):
+    import_real("timm")
+    x = torch.rand(6, 3, 32, 32)
+    torch.manual_seed(0)
+    plain = create_model(VIT, image_size=32).eval()
+    torch.manual_seed(0)  # the same pretrained weights, then the mode's modules
+    tuned = create_model(VIT, tune=tune, num_classes=4, image_size=32).eval()
+    with torch.no_grad():
+        with tuner_bypassed(tuned):
+            bypassed = tuned(x)
+        on = tuned(x)
+    torch.testing.assert_close(bypassed, plain(x))
+    # prompts and ssf change the features from the start; the others' modules start at zero output
+    assert torch.allclose(on, bypassed) == (tune in ("lora", "adapter", "adaptformer"))
+
+
+@pytest.mark.parametrize("tune", ["adaptformer", "vpt_deep"])
+def test_class_mean_initialisation_gives_each_class_its_normalised_mean_embedding(tmp_path, tune):
+    """The mean embedding of the pretrained model without its tuner, as LIFT computes it (``use_tuner=False``)."""
     import_real("timm")
     prepared = tiny_prepared(channels=3, size=32)
     cfg = build_config({"output": str(tmp_path / "run"), "device": "cpu", "progress": False},
-                       [f"model.name={VIT}", "model.tune=adaptformer", "model.init_head=class_mean", "train.epochs=1",
+                       [f"model.name={VIT}", f"model.tune={tune}", "model.init_head=class_mean", "train.epochs=1",
                         "method.name=la", "method.params={classifier: cosine, classifier_scale: 25.0}"])
     trainer = Trainer(cfg, prepared)
     trainer._train_epoch = lambda *args: {}
     trainer.fit()
     method = trainer.method.eval()
-    with torch.no_grad():
+    with torch.no_grad(), tuner_bypassed(method):
         features = method.features(torch.from_numpy(prepared.train.images).float() / 255)
     labels = torch.from_numpy(prepared.train.labels)
     expected = F.normalize(torch.stack([features[labels == c].mean(0) for c in range(10)]), dim=-1)

@@ -10,9 +10,8 @@ shijxcs/LIFT@661ead9 trainer.py lines 236-241): one row per class, normalised, c
   after ``proj``, in the joint space (``clip_backbone.py``), so the rows are the normalised text embeddings.
 * ``class_mean``: each class's mean embedding over the training split under the eval recipe (LIFT's
   ``transform_plain``, resize and centre crop to the input size: trainer.py lines 109-114, 355-390),
-  normalised. LIFT computes it without its tuner (``use_tuner=False``); ours is the backbone as built, which
-  is the same for the modes whose modules start at zero output (adaptformer, adapter, lora) and not for
-  prompts (vpt_*) or ssf.
+  normalised, as LIFT computes it: without its tuner (``use_tuner=False``), which matters for the modes whose
+  modules do not start at zero output (prompts, vpt_*; ssf's scales and shifts drawn about 1 and 0).
 """
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import World
+from ..models.tuning import tuner_bypassed
 
 
 def class_prompts(class_names, template: str) -> list[str]:
@@ -64,10 +64,11 @@ def class_mean_rows(method, feed, num_classes: int, batch_size: int, world: Worl
     device = next(method.parameters()).device
     sums = torch.zeros(num_classes, method.backbone.out_dim, device=device)
     counts = torch.zeros(num_classes, device=device)
-    for batch in feed.iterate(batch_size, *world.part(len(feed))):
-        features = method.features(batch.x).float()
-        sums.index_add_(0, batch.y, features)
-        counts.index_add_(0, batch.y, torch.ones_like(batch.y, dtype=features.dtype))
+    with tuner_bypassed(method):
+        for batch in feed.iterate(batch_size, *world.part(len(feed))):
+            features = method.features(batch.x).float()
+            sums.index_add_(0, batch.y, features)
+            counts.index_add_(0, batch.y, torch.ones_like(batch.y, dtype=features.dtype))
     method.train(was_training)
     sums, counts = world.mean_(sums), world.mean_(counts)
     missing = np.flatnonzero(counts.cpu().numpy() == 0)

@@ -25,6 +25,7 @@ The bottleneck width and LoRA rank ``model.tune_dim`` default to LIFT's rule
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -52,14 +53,38 @@ def _bottleneck(dim: int, width: int) -> tuple[nn.LayerNorm, nn.Linear, nn.Linea
     return nn.LayerNorm(dim), down, up
 
 
-class Adapter(nn.Module):
-    """LIFT's ``Adapter`` (``peft_modules.py``): up(ReLU(down(LN(x))))."""
+class TuningModule(nn.Module):
+    """A module a ``model.tune`` mode adds; ``bypassed`` (``tuner_bypassed``) leaves the pretrained model's
+    computation as it was without the module."""
+
+    bypassed = False
+
+
+@contextmanager
+def tuner_bypassed(module: nn.Module):
+    """Within the block, ``module`` computes as its pretrained model alone: every ``TuningModule`` in it passes
+    its input on (LIFT's ``use_tuner=False``, with which it computes class means: shijxcs/LIFT@661ead9
+    trainer.py lines 355-390)."""
+    tuners = [m for m in module.modules() if isinstance(m, TuningModule)]
+    for m in tuners:
+        m.bypassed = True
+    try:
+        yield
+    finally:
+        for m in tuners:
+            m.bypassed = False
+
+
+class Adapter(TuningModule):
+    """LIFT's ``Adapter`` (``peft_modules.py``): up(ReLU(down(LN(x)))); bypassed, zero."""
 
     def __init__(self, dim: int, width: int):
         super().__init__()
         self.ln, self.down_proj, self.up_proj = _bottleneck(dim, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypassed:
+            return torch.zeros_like(x)
         return self.up_proj(torch.relu(self.down_proj(self.ln(x))))
 
 
@@ -74,7 +99,7 @@ class AdaptFormer(Adapter):
         return super().forward(x) * self.scale
 
 
-class SSF(nn.Module):
+class SSF(TuningModule):
     """LIFT's ``SSF`` (``peft_modules.py``): x * scale + shift on the last dimension, scale ~ N(1, 0.02),
     shift ~ N(0, 0.02)."""
 
@@ -84,7 +109,7 @@ class SSF(nn.Module):
         self.shift = nn.Parameter(torch.empty(dim).normal_(0.0, 0.02))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        return x if self.bypassed else x * self.scale + self.shift
 
 
 class Scaled(nn.Module):
@@ -98,7 +123,7 @@ class Scaled(nn.Module):
         return self.ssf(self.layer(x))
 
 
-class LoRAQKV(nn.Module):
+class LoRAQKV(TuningModule):
     """A fused qkv Linear plus LIFT's ``LoRA`` on q and v (``peft_vit.py``: ``q + lora["q"](x)``,
     ``v + lora["v"](x)``): x A B / rank, A Kaiming-uniform (a = sqrt(5)), B zero."""
 
@@ -117,11 +142,13 @@ class LoRAQKV(nn.Module):
         return torch.cat([q.t(), torch.zeros_like(q), v.t()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypassed:
+            return self.qkv(x)
         q, v = ((x @ self.lora_a[i]) @ self.lora_b[i] / self.rank for i in range(2))
         return self.qkv(x) + torch.cat([q, torch.zeros_like(q), v], dim=-1)
 
 
-class Prompts(nn.Module):
+class Prompts(TuningModule):
     """LIFT's ``VPT`` (``peft_modules.py``): drop the previous block's prompts (the first ``seq_len`` tokens
     kept) and append ``length`` learned ones, uniform in +-sqrt(6 / (3 * patch area + dim))."""
 
@@ -132,6 +159,8 @@ class Prompts(nn.Module):
         self.prompt = nn.Parameter(torch.empty(length, dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypassed:
+            return x
         return torch.cat([x[:, :self.seq_len], self.prompt.expand(x.shape[0], -1, -1)], dim=1)
 
 
