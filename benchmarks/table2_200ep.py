@@ -66,8 +66,10 @@ def finished(runs_dir: Path, run: str) -> bool:
     return (run_folder(runs_dir, run) / "metrics.json").exists()
 
 
-#: what a run folder needs to resume; curve.json is rewritten from the checkpoint's own history
+#: what a run folder needs to resume; curve.json is rewritten from the checkpoint's own history. A finished
+#: run keeps its metrics.json too, so that a new machine re-scores it into the table instead of training it again
 CARRIED = ("checkpoint.pt", "config.yaml")
+FINISHED = "metrics.json"
 
 
 def checkpoint_epochs(path: Path) -> int:
@@ -78,21 +80,20 @@ def checkpoint_epochs(path: Path) -> int:
 
 
 def carry_out(runs_dir: Path, runs: list[str], carry: Path) -> None:
-    """Keep each unfinished run's checkpoint and config in ``carry``; drop those of finished runs."""
+    """Keep each run's checkpoint and config in ``carry``, and a finished run's metrics.json."""
     for run in runs:
         kept, folder = carry / run, run_folder(runs_dir, run)
-        if finished(runs_dir, run) or not (folder / "checkpoint.pt").exists():
-            if finished(runs_dir, run):
-                shutil.rmtree(kept, ignore_errors=True)
+        if not (folder / "checkpoint.pt").exists():
             continue
         kept.mkdir(parents=True, exist_ok=True)
-        for name in CARRIED:  # the checkpoint is written atomically (io.atomic_write), so a copy is whole
-            shutil.copyfile(folder / name, kept / f"{name}.tmp")
+        for name in CARRIED + ((FINISHED,) if finished(runs_dir, run) else ()):
+            shutil.copyfile(folder / name, kept / f"{name}.tmp")  # each written atomically (io), so a copy is whole
             (kept / f"{name}.tmp").replace(kept / name)
 
 
 def carry_in(runs_dir: Path, runs: list[str], carry: Path, note) -> None:
-    """Restore every unfinished run whose carried checkpoint holds more epochs than its folder's."""
+    """Restore every unfinished run whose carried checkpoint holds more epochs than its folder's (a carried
+    finished run comes back finished: re-scored, not trained)."""
     for run in runs:
         kept, folder = carry / run, run_folder(runs_dir, run)
         if finished(runs_dir, run) or not (kept / "checkpoint.pt").exists():
@@ -101,7 +102,7 @@ def carry_in(runs_dir: Path, runs: list[str], carry: Path, note) -> None:
         if carried <= local:
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        for name in CARRIED:
+        for name in CARRIED + ((FINISHED,) if (kept / FINISHED).exists() else ()):
             shutil.copyfile(kept / name, folder / name)
         history = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
         (folder / "curve.json").write_text(json.dumps(history))

@@ -39,7 +39,7 @@ def test_a_new_machine_resumes_from_the_carried_epoch(tmp_path):
     assert len(notes) == 2 and "restored crt at epoch 7" in notes[0]
 
 
-def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_leaves_the_carry(tmp_path):
+def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_comes_back_finished(tmp_path):
     runs, carry = tmp_path / "runs", tmp_path / "carry"
     fake_run(runs, "crt", 4)
     table2_200ep.carry_out(runs, ["crt"], carry)
@@ -47,6 +47,9 @@ def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_leaves_the_carry
     notes = []
     table2_200ep.carry_in(runs, ["crt"], carry, notes.append)
     assert notes == [] and table2_200ep.checkpoint_epochs(table2_200ep.run_folder(runs, "crt") / "checkpoint.pt") == 9
-    (table2_200ep.run_folder(runs, "crt") / "metrics.json").write_text("{}")
+    (table2_200ep.run_folder(runs, "crt") / "metrics.json").write_text('{"result": 1}')
     table2_200ep.carry_out(runs, ["crt"], carry)
-    assert not (carry / "crt").exists()
+    new = tmp_path / "new"  # a machine without the run folders: the finished run is re-scored, not retrained
+    table2_200ep.carry_in(new, ["crt"], carry, notes.append)
+    assert table2_200ep.finished(new, "crt") and len(notes) == 1 and "restored crt at epoch 9" in notes[0]
+    assert (table2_200ep.run_folder(new, "crt") / "metrics.json").read_text() == '{"result": 1}'
