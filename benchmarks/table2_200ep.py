@@ -83,7 +83,7 @@ def carry_out(runs_dir: Path, runs: list[str], carry: Path) -> None:
     """Keep each run's checkpoint and config in ``carry``, and a finished run's metrics.json."""
     for run in runs:
         kept, folder = carry / run, run_folder(runs_dir, run)
-        if not (folder / "checkpoint.pt").exists():
+        if not (folder / "checkpoint.pt").exists() or (kept / FINISHED).exists():  # none yet, or carried finished
             continue
         kept.mkdir(parents=True, exist_ok=True)
         for name in CARRIED + ((FINISHED,) if finished(runs_dir, run) else ()):

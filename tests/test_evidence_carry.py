@@ -53,3 +53,6 @@ def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_comes_back_finis
     table2_200ep.carry_in(new, ["crt"], carry, notes.append)
     assert table2_200ep.finished(new, "crt") and len(notes) == 1 and "restored crt at epoch 9" in notes[0]
     assert (table2_200ep.run_folder(new, "crt") / "metrics.json").read_text() == '{"result": 1}'
+    stamp = (carry / "crt" / "checkpoint.pt").stat().st_ino  # a rewrite replaces the file
+    table2_200ep.carry_out(runs, ["crt"], carry)  # a finished run's carry is written once, not at every publish
+    assert (carry / "crt" / "checkpoint.pt").stat().st_ino == stamp
