@@ -28,14 +28,25 @@ def _train(args) -> None:
     metrics = train(run, resume=not args.fresh)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
-    r = metrics["result"]
-    groups = "  ".join(f"{name} {'-' if r[key] is None else f'{r[key]:.2f}'}"
-                       for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))
-    print(f"{cfg.method.name} ({metrics['default_head']} head): {groups}  -> {cfg.output}/metrics.json")
+    print(f"{cfg.method.name} ({metrics['default_head']} head): {_groups_text(metrics['result'])}  -> "
+          f"{cfg.output}/metrics.json")
     untrained = [head for head, scores in metrics["heads"].items() if scores["untrained"]]
     if untrained:  # the last line: a head no step trained scores as a random one
         print(f"tailshift: no step gave the {', '.join(untrained)} head{'s' if len(untrained) > 1 else ''} a loss, so "
               f"{'their' if len(untrained) > 1 else 'its'} scores are a random head's; {metrics['untrained_hint']}")
+
+
+def _groups_text(result: dict) -> str:
+    return "  ".join(f"{name} {'-' if result[key] is None else f'{result[key]:.2f}'}"
+                     for name, key in (("All", "all"), ("Many", "many"), ("Med", "med"), ("Few", "few")))
+
+
+def _fork(args) -> None:
+    from .fork import fork_run
+
+    metrics = fork_run(args.run, args.output, args.overrides)
+    print(f"{metrics['config']['method']['name']} ({metrics['default_head']} head), forked from {args.run}: "
+          f"{_groups_text(metrics['result'])}  -> {args.output}/metrics.json")
 
 
 def _reproduce(args) -> None:
@@ -247,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine (one per GPU), launched with torchrun (default 1)")
     t.set_defaults(func=_train)
+
+    f = sub.add_parser("fork", help="train a finished two-stage run's later stage again under other settings of "
+                                    "that stage (cRT, LWS: another classifier on the same representation)")
+    f.add_argument("run", help="the source run folder (its checkpoint past the end of its first stage)")
+    f.add_argument("overrides", nargs="*", help="key=value of the later stage, e.g. method.params.retrain_lr=0.05")
+    f.add_argument("--output", required=True, help="the new run's folder (re-run the command to resume it)")
+    f.set_defaults(func=_fork)
 
     _add_reproduce_command(sub)
 

@@ -291,6 +291,23 @@ class Trainer:
             f.write(buffer.getbuffer())
         self.saved_epochs = len(state.history)
 
+    def write_fork_checkpoint(self, payload: dict, stage_index: int, source: Path) -> None:
+        """This run's checkpoint as ``payload`` (``source``, another run's checkpoint: ``fork``) stood when stage
+        ``stage_index`` began: its weights, and the earlier stages' curve and times; no optimizer state (each
+        stage builds its own). Stage names tell the earlier stages' epochs from the later ones'."""
+        written = (payload.get("speed") or {}).get("amp", "off")
+        if written != self.speed.amp:
+            raise CheckpointMismatchError(f"checkpoint {source} was trained with amp {written} and this run resolves "
+                                          f"train.amp={self.cfg.train.amp} to {self.speed.amp} on {self.device}: "
+                                          "fork where it resolves to the same")
+        self.method.load_state_dict(payload["method"])
+        self.method.load_extra_state(payload["extra"])
+        earlier = {stage.name for stage in self.method.stages()[:stage_index]}
+        history = [record for record in payload["history"] if record["stage"] in earlier]
+        state = RunState(stage_index, 0, history, sum(r["seconds"] for r in history),
+                         sum(r.get("cpu_seconds", 0.0) for r in history), payload.get("made", {}))
+        self._write_checkpoint(state, None, [self.method.extra_state()])
+
     def _load(self) -> tuple[RunState, dict | None]:
         if not self.checkpoint_path.exists():
             return RunState(), None

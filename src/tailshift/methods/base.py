@@ -132,6 +132,11 @@ class Method(nn.Module):
     #: "Grad-CAM"), or "" when it reads only ``backbone(x)``: a backbone whose embedding the map does not
     #: determine (``Backbone.embeds_feature_map`` False: ``model.readout=token``) is refused for it
     reads_feature_map: ClassVar[str] = ""
+    #: the stage a finished run can be forked at (``tailshift fork``: the run's later stages trained again under
+    #: other ``fork_params``, from the state that stage started from), or None: no such stage
+    fork_stage: ClassVar[int | None] = None
+    #: the method params that no stage before ``fork_stage`` reads, the only ones a fork may change
+    fork_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int,
                  params: Any = None):
@@ -162,6 +167,12 @@ class Method(nn.Module):
         """``build`` makes a further backbone as the run's own was made, its random draws after every other
         draw of the method's construction, for a network that its original trains as another run (M2m's judge
         g). The engine offers it once the method is built; a method that needs none ignores it."""
+
+    @classmethod
+    def fork_blocker(cls, params: Any) -> str | None:
+        """Why a run with ``params`` (resolved) changed, in its stages from ``fork_stage`` on, the state that stage
+        started from (then only a checkpoint taken as that stage begins can be forked); None: they left it."""
+        return None
 
     # --- what the engine asks -------------------------------------------------
     def stages(self) -> list[Stage]:

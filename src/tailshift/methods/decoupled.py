@@ -43,6 +43,10 @@ class TwoStageMethod(Method):
         # batch normalised with its own statistics, the running ones following them: Kang et al.'s code)
         retrain_bn: str = added_later(one_of("eval", ("eval", "train")), neutral="eval")
 
+    # Kang et al.'s workflow: one representation, several classifiers on it (``tailshift fork``)
+    fork_stage = 1
+    fork_params = ("retrain_epochs", "retrain_lr", "retrain_schedule", "retrain_bn", "reinit")
+
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
         self.loss = self.params.build_loss("loss", class_counts)
@@ -81,6 +85,12 @@ class TwoStageMethod(Method):
         self._cache = None
         if retraining and fresh:
             self.start_classifier()
+
+    @classmethod
+    def fork_blocker(cls, params) -> str | None:
+        if params.retrain_bn == "train":  # the frozen backbone's running statistics followed stage 2's batches
+            return "its stage 2 ran with method.params.retrain_bn=train, which moved the backbone's batch-norm statistics"
+        return None
 
     def trainable_parameters(self, stage: Stage):
         return list((self.retrained if stage.retrains_classifier else nn.ModuleList([self.backbone, self.head])).parameters())
@@ -168,6 +178,9 @@ class LearnableWeightScaling(TwoStageMethod):
     def new_classifier(self) -> nn.Module:
         return ClassScales(self.num_classes)
 
+    def start_classifier(self) -> None:  # a no-op in a whole run; a fork's scales arrive trained
+        nn.init.ones_(self.retrained.scale)
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features) * self.retrained.scale
 
@@ -184,6 +197,7 @@ class TauNormalisation(TwoStageMethod):
         tau: float = bounded(1.0, ge=0)
 
     default_head = "tau-norm"
+    fork_stage = None  # nothing is trained after stage 1
 
     def new_classifier(self) -> None:
         return None

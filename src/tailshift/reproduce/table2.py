@@ -84,16 +84,21 @@ STAGE2_RUNS = {"crt": "crt", "crt-mixup": "crt", "lws": "lws", "lws-mixup": "lws
 def recipe_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
     """``key=value`` overrides that put a shipped row (``<dataset>_<run>``, on the csa-release recipe) on
     ``recipe``: its base's keys, then its stage-2 base's for a decoupled run."""
+    return _recipe_file_overrides(RECIPES[recipe].base) + stage2_overrides(recipe, dataset, run)
+
+
+def stage2_overrides(recipe: str, dataset: str, run: str) -> tuple[str, ...]:
+    """``key=value`` overrides of ``recipe``'s stage 2 for a decoupled run (none for another run, or where the
+    recipe keeps the csa-release stage 2): what ``tailshift fork`` changes on a finished run."""
+    stage2 = RECIPES[recipe].stage2.get((dataset, STAGE2_RUNS.get(run)))
+    return _recipe_file_overrides(stage2) if stage2 else ()
+
+
+def _recipe_file_overrides(name: str) -> tuple[str, ...]:
     from ..config import compose_yaml
 
     folder = Path(str(resources.files("tailshift") / "configs" / "_base_" / "recipes"))
-    chosen = RECIPES[recipe]
-    stage2 = chosen.stage2.get((dataset, STAGE2_RUNS.get(run)))
-    files = [chosen.base] + ([stage2] if stage2 else [])
-    out: list[str] = []
-    for name in files:
-        out += _flattened(compose_yaml(folder / f"{name}.yaml"))
-    return tuple(out)
+    return tuple(_flattened(compose_yaml(folder / f"{name}.yaml")))
 
 
 def _flattened(values: dict, prefix: str = "") -> list[str]:

@@ -1,0 +1,103 @@
+"""A finished run's later stages trained again under other settings (``tailshift fork``).
+
+Kang et al. (2020) learn one representation and compare classifiers on it. A decoupled run's first
+stage is its whole cost (200 CIFAR epochs) and its second a few minutes, so trying another stage-2
+recipe should not retrain the first. ``fork`` starts a new run folder at the start of the source's
+``Method.fork_stage``: the source's weights and curve up to that stage, under the new config. The new
+run is the one a whole run of its config would be, because
+
+- the configs may differ only in the method's ``fork_params`` (read by no earlier stage) and in what
+  the fingerprint leaves out (output, device, threads), so the earlier stages trained the same;
+- the source's later stages must have left the earlier ones' state as it was (``Method.fork_blocker``),
+  and the fork stage sets up what it trains when it starts (``begin_stage`` with ``fresh``);
+- every random draw of a stage is derived from (seed, stage, epoch), so the stage trains as it would
+  have after the earlier ones in one run.
+
+The new folder's checkpoint carries the new config's fingerprint: ``tailshift train`` with that config
+resumes it, and ``fork.json`` says where it came from.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import config_differences, config_fingerprint, load_config
+from .distributed import launched
+from .engine import Trainer, _load_failure, verify_checkpoint
+from .io import RunLock, atomic_write_json
+from .resolve import ResolvedRun, resolve_run
+from .validation import ConfigError
+
+#: the one engine option a stage may read without an earlier stage reading it: ``cosine_epoch``'s divisor
+#: (``learning_rate``), free to change when the run's own schedule is another
+STAGE_PERIOD_KEY = ("train", "optim", "cosine_period")
+
+
+def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) -> dict:
+    """Train ``output`` as ``source``'s config with ``overrides`` from ``source``'s state at the start of its
+    method's fork stage; returns its metrics (``engine.train``'s). ``output`` already holding a checkpoint is
+    resumed (an interrupted fork); another run's checkpoint there is refused, naming the keys."""
+    source = Path(source)
+    if not (source / "config.yaml").is_file() or not (source / "checkpoint.pt").is_file():
+        raise ValueError(f"run folder {source} has no config.yaml and checkpoint.pt: fork needs a run trained with "
+                         "train.checkpoint=true")
+    before = resolve_run(load_config(source / "config.yaml"))
+    after = resolve_run(load_config(source / "config.yaml", [*overrides, f"output={output}"]))
+    method_class, stage = before.method_class, before.method_class.fork_stage
+    if stage is None:
+        raise ValueError(f"method {before.config.method.name} has no stage to fork at: only a method whose later "
+                         "stages train apart from its first (crt, lws) can be forked")
+    _check_only_fork_settings_differ(before, after)
+    payload = _source_checkpoint(source, before)
+    reached = (payload["stage_index"], payload["epoch"])
+    if reached < (stage, 0):
+        raise ValueError(f"the run in {source} has not reached stage {stage} (counted from 0), where a fork starts: "
+                         f"its checkpoint is at stage {reached[0]}, epoch {reached[1]}; resume it first")
+    with launched(after.config.device) as world:
+        if world.size > 1:
+            raise ValueError("tailshift fork runs in one process: run it without torchrun")
+        trainer = Trainer(after, world=world)
+        if not trainer.checkpoint_path.exists():
+            if reached > (stage, 0):
+                blocker = method_class.fork_blocker(before.params)
+                if blocker is not None:
+                    raise ValueError(f"the run in {source} cannot be forked: {blocker}")
+            with RunLock(trainer.out):  # written as a run writes its folder: then it is a run's, and resumes
+                trainer.write_fork_checkpoint(payload, stage, source / "checkpoint.pt")
+                atomic_write_json(trainer.out / "fork.json", {
+                    "source": str(source.resolve()), "source_fingerprint": payload["fingerprint"],
+                    "stage_index": stage, "overrides": list(overrides)})
+        return trainer.fit(resume=True)
+
+
+def _source_checkpoint(source: Path, run: ResolvedRun) -> dict:
+    """The source's checkpoint, whole and written by its config.yaml."""
+    path = source / "checkpoint.pt"
+    verify_checkpoint(path, "it is never forked from: re-train the source run")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign file: one line saying which
+        raise ValueError(f"cannot read checkpoint {path} ({_load_failure(err)})") from None
+    if not isinstance(payload, dict) or payload.get("fingerprint") not in run.accepted_fingerprints():
+        raise ValueError(f"{source / 'config.yaml'} is not the config its checkpoint was trained with: restore it")
+    return payload
+
+
+def _check_only_fork_settings_differ(before: ResolvedRun, after: ResolvedRun) -> None:
+    """Refuse, naming the keys, a fork whose config differs from the source's in what the stages before the
+    fork stage read."""
+    masked, source = after.resolved_dict(), before.resolved_dict()
+    allowed = []
+    for name in after.method_class.fork_params:
+        if name in source["method"]["params"]:
+            masked["method"]["params"][name] = source["method"]["params"][name]
+            allowed.append(f"method.params.{name}")
+    if source["train"]["optim"]["schedule"] != "cosine_epoch":  # the run's own stage does not read the divisor
+        masked["train"]["optim"]["cosine_period"] = source["train"]["optim"]["cosine_period"]
+        allowed.append(".".join(STAGE_PERIOD_KEY))
+    params_class = type(after.params)
+    if config_fingerprint(masked, params_class) != config_fingerprint(source, params_class):
+        changed = "; ".join(config_differences(source, masked, params_class))
+        raise ConfigError(f"a fork may change only what its stage {before.method_class.fork_stage} on reads "
+                          f"({', '.join(allowed)}), not {changed}")

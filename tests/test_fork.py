@@ -1,0 +1,97 @@
+"""tailshift fork: a finished two-stage run's stage 2 trained again under other settings equals a whole run of
+the forked config (weights, curve and fingerprint), and what would break that is refused in one line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_prepared
+
+from tailshift import cli
+from tailshift.config import build_config
+from tailshift.engine import train
+from tailshift.fork import fork_run
+from tailshift.validation import ConfigError
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fork") / "data.npz"
+    data = tiny_prepared(channels=3)
+    np.savez(path, x_train=data.train.images, y_train=data.train.labels, x_test=data.test.images,
+             y_test=data.test.labels)
+    return path
+
+
+def config(data_file, output, *overrides):
+    return build_config({"output": str(output), "device": "cpu", "progress": False},
+                        ["data.dataset=npz", f"data.root={data_file}", "data.longtail.profile=none",
+                         "data.mean=[0.2, 0.2, 0.2]", "data.std=[0.3, 0.3, 0.3]", "train.epochs=3",
+                         "train.batch_size=32", "train.optim.lr=0.02", "train.eval_every=1", "method.name=crt",
+                         "method.params={retrain_epochs: 2}", *overrides])
+
+
+def without_times(curve):
+    return [{k: v for k, v in record.items() if k not in ("seconds", "cpu_seconds")} for record in curve]
+
+
+@pytest.mark.parametrize("source, fork", [
+    ([], ["method.params.retrain_lr=0.05", "method.params.retrain_schedule=cosine_epoch",
+          "train.optim.cosine_period=2", "method.params.retrain_epochs=3"]),
+    ([], ["method.params.reinit=true", "method.params.retrain_bn=train"]),  # Kang et al.'s stage 2
+    (["method.name=lws"], ["method.params.retrain_lr=0.3"]),  # its scales start again at 1
+])
+def test_a_fork_is_the_whole_run_of_its_config(data_file, tmp_path, source, fork):
+    train(config(data_file, tmp_path / "source", *source))
+    forked = fork_run(tmp_path / "source", tmp_path / "fork", fork)
+    whole = train(config(data_file, tmp_path / "whole", *source, *fork))
+    assert forked["fingerprint"] == whole["fingerprint"]  # `tailshift train` of the forked config resumes it
+    assert forked["heads"] == whole["heads"] and forked["heads"] != json.loads(
+        (tmp_path / "source" / "metrics.json").read_text())["heads"]
+    assert without_times(forked["curve"]) == without_times(whole["curve"])
+    assert [r["stage"] for r in forked["curve"]].count("represent") == 3  # the source's stage 1 kept, not retrained
+    recorded = json.loads((tmp_path / "fork" / "fork.json").read_text())
+    assert recorded["stage_index"] == 1 and recorded["overrides"] == fork
+    assert recorded["source"] == str((tmp_path / "source").resolve())
+    weights = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["method"] for name in ("fork", "whole")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_a_fork_may_change_only_what_the_later_stage_reads(data_file, tmp_path):
+    train(config(data_file, tmp_path / "source"))
+    with pytest.raises(ConfigError, match=r"a fork may change only what its stage 1 on reads \(method\.params\."
+                                          r"retrain_epochs, .*train\.optim\.cosine_period\), not train\.optim\.lr: "
+                                          r"0\.02 -> 0\.05"):
+        fork_run(tmp_path / "source", tmp_path / "fork", ["method.params.retrain_lr=0.05", "train.optim.lr=0.05"])
+    assert not (tmp_path / "fork").exists()
+
+
+def test_a_run_whose_stage_2_moved_the_backbone_statistics_is_refused(data_file, tmp_path):
+    train(config(data_file, tmp_path / "source", "method.params.retrain_bn=train"))
+    with pytest.raises(ValueError, match="cannot be forked: its stage 2 ran with method.params.retrain_bn=train"):
+        fork_run(tmp_path / "source", tmp_path / "fork", ["method.params.retrain_lr=0.05"])
+    assert not (tmp_path / "fork" / "checkpoint.pt").exists()
+
+
+def test_a_one_stage_method_and_an_unfinished_first_stage_are_refused(data_file, tmp_path):
+    train(config(data_file, tmp_path / "ce", "method.name=ce", "method.params={}"))
+    with pytest.raises(ValueError, match="method ce has no stage to fork at"):
+        fork_run(tmp_path / "ce", tmp_path / "fork")
+    train(config(data_file, tmp_path / "source"))
+    path = tmp_path / "source" / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "stage_index": 0, "epoch": 2}, path)  # as a run killed in its third epoch left it
+    with pytest.raises(ValueError, match="has not reached stage 1 .* at stage 0, epoch 2; resume it first"):
+        fork_run(tmp_path / "source", tmp_path / "fork")
+
+
+def test_the_command_forks_and_resumes_a_finished_fork(data_file, tmp_path, capsys):
+    train(config(data_file, tmp_path / "source"))
+    argv = ["fork", str(tmp_path / "source"), "method.params.retrain_lr=0.05", "--output", str(tmp_path / "fork")]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "crt (crt head), forked from" in first and "All " in first
+    assert cli.main(argv) == 0 and capsys.readouterr().out == first  # re-run: the finished fork, scored again
+    assert cli.main(["fork", str(tmp_path / "source"), "method.params.retrain_lr=0.2", "--output",
+                     str(tmp_path / "fork")]) == 2
+    assert "was written by another config" in capsys.readouterr().err
