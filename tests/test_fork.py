@@ -1,6 +1,8 @@
 """tailshift fork: a finished two-stage run's stage 2 trained again under other settings equals a whole run of
 the forked config (weights, curve and fingerprint), and what would break that is refused in one line."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +97,24 @@ def test_the_command_forks_and_resumes_a_finished_fork(data_file, tmp_path, caps
     assert cli.main(["fork", str(tmp_path / "source"), "method.params.retrain_lr=0.2", "--output",
                      str(tmp_path / "fork")]) == 2
     assert "was written by another config" in capsys.readouterr().err
+
+
+def test_the_stage2_benchmark_forks_every_recipe_and_tabulates_them(data_file, tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import crt_stage2
+
+    train(config(data_file, tmp_path / "source", "train.optim.schedule=step", "train.optim.milestones=[2]"))
+    monkeypatch.setattr(sys, "argv", ["crt_stage2.py", str(tmp_path / "source"), "--runs-dir", str(tmp_path / "forks"),
+                                      "--out", str(tmp_path / "out")])
+    crt_stage2.main()
+    report = json.loads((tmp_path / "out" / "crt_stage2.json").read_text())
+    source = json.loads((tmp_path / "source" / "metrics.json").read_text())
+    labels = [r["stage 2"] for r in report["rows"]]
+    assert labels == ["the run's stage 1 (CE head, no stage 2)", "csa-release (the run's own)", "mislas", "kang"]
+    assert report["rows"][1]["all"] == source["heads"]["crt"]["all"]
+    for name in ("mislas", "kang"):
+        forked = json.loads((tmp_path / "forks" / name / "metrics.json").read_text())
+        assert report["rows"][labels.index(name)]["all"] == forked["heads"]["crt"]["all"]
+        assert forked["heads"]["ce"] == source["heads"]["ce"]  # one representation under every stage 2
+        assert [r["stage"] for r in forked["curve"]].count("retrain") == 10  # each recipe's own 10 epochs
+    assert "| kang |" in (tmp_path / "out" / "crt_stage2.md").read_text()
