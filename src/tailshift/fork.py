@@ -29,9 +29,6 @@ from .io import RunLock, atomic_write_json
 from .resolve import ResolvedRun, resolve_run
 from .validation import ConfigError
 
-#: the one engine option a stage may read without an earlier stage reading it: ``cosine_epoch``'s divisor
-#: (``learning_rate``), free to change when the run's own schedule is another
-STAGE_PERIOD_KEY = ("train", "optim", "cosine_period")
 
 
 def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) -> dict:
@@ -93,9 +90,11 @@ def _check_only_fork_settings_differ(before: ResolvedRun, after: ResolvedRun) ->
         if name in source["method"]["params"]:
             masked["method"]["params"][name] = source["method"]["params"][name]
             allowed.append(f"method.params.{name}")
-    if source["train"]["optim"]["schedule"] != "cosine_epoch":  # the run's own stage does not read the divisor
+    # the one engine option a later stage may read alone: cosine_epoch's divisor (``engine.learning_rate``), which
+    # a stage on the run's own schedule reads only if that schedule is cosine_epoch
+    if source["train"]["optim"]["schedule"] != "cosine_epoch":
         masked["train"]["optim"]["cosine_period"] = source["train"]["optim"]["cosine_period"]
-        allowed.append(".".join(STAGE_PERIOD_KEY))
+        allowed.append("train.optim.cosine_period")
     params_class = type(after.params)
     if config_fingerprint(masked, params_class) != config_fingerprint(source, params_class):
         changed = "; ".join(config_differences(source, masked, params_class))
