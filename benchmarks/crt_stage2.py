@@ -49,7 +49,8 @@ def main() -> None:
             row("csa-release (the run's own)", source["heads"]["crt"],
                 sum(r["seconds"] for r in source["curve"] if r["stage"] == "retrain"), "-")]
     for name, overrides in stage2_recipes(args.dataset).items():
-        forked = fork_run(args.run, Path(args.runs_dir) / name, [*overrides, f"threads={args.threads}", "progress=false"])
+        forked = fork_run(args.run, Path(args.runs_dir) / name,
+                          [*overrides, f"threads={args.threads}", "progress=false"])
         retrain = [r for r in forked["curve"] if r["stage"] == "retrain"]
         rows.append(row(name, forked["heads"]["crt"], sum(r["seconds"] for r in retrain), " ".join(overrides)))
 

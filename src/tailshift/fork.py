@@ -30,7 +30,6 @@ from .resolve import ResolvedRun, resolve_run
 from .validation import ConfigError
 
 
-
 def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) -> dict:
     """Train ``output`` as ``source``'s config with ``overrides`` from ``source``'s state at the start of its
     method's fork stage; returns its metrics (``engine.train``'s). ``output`` already holding a checkpoint is

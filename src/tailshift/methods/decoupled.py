@@ -89,7 +89,8 @@ class TwoStageMethod(Method):
     @classmethod
     def fork_blocker(cls, params) -> str | None:
         if params.retrain_bn == "train":  # the frozen backbone's running statistics followed stage 2's batches
-            return "its stage 2 ran with method.params.retrain_bn=train, which moved the backbone's batch-norm statistics"
+            return ("its stage 2 ran with method.params.retrain_bn=train, which moved the backbone's batch-norm "
+                    "statistics")
         return None
 
     def trainable_parameters(self, stage: Stage):
