@@ -116,17 +116,15 @@ def _fit_models(config: str, extra, runs: Path, overrides) -> tuple[dict, dict, 
     reach only that run. Every run's config is checked before any trains (CSA's Grad-CAM refuses a readout that
     is not the patch grid), so a bad override fails in seconds, not after the first runs' training. Returns
     the trainers, their test results and the data."""
-    configs = {method: load_config(config_path(config.format(run=method)),
-                                   ["seed=0", f"output={runs / method}", *extra,
-                                    *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))])
-               for method in FIGURE3_MODELS}
-    for cfg in configs.values():
-        resolve_run(cfg)
+    resolved = {method: resolve_run(load_config(config_path(config.format(run=method)),
+                                                ["seed=0", f"output={runs / method}", *extra,
+                                                 *overrides_for_run(method, list(overrides), list(FIGURE3_MODELS))]))
+                for method in FIGURE3_MODELS}
     trainers, results, data, data_cfg = {}, {}, None, None
-    for method, cfg in configs.items():
-        if data is None or cfg.data != data_cfg:
-            data, data_cfg = prepare_data(cfg.data), cfg.data
-        trainer = Trainer(cfg, data)
+    for method, run in resolved.items():  # a resolved run is not resolved again by its trainer
+        if data is None or run.config.data != data_cfg:
+            data, data_cfg = prepare_data(run.config.data), run.config.data
+        trainer = Trainer(run, data)
         metrics = trainer.fit()
         trainers[method] = trainer
         results[method] = {"head": metrics["default_head"],
