@@ -118,3 +118,28 @@ def test_the_stage2_benchmark_forks_every_recipe_and_tabulates_them(data_file, t
         assert forked["heads"]["ce"] == source["heads"]["ce"]  # one representation under every stage 2
         assert [r["stage"] for r in forked["curve"]].count("retrain") == 10  # each recipe's own 10 epochs
     assert "| kang |" in (tmp_path / "out" / "crt_stage2.md").read_text()
+
+
+@pytest.mark.parametrize("method, fork", [
+    ("lws", ["method.params.retrain_lr=0.3"]),
+    ("tau-norm", ["method.params.tau=0.5"]),  # no stage 2: the source's stage-1 head scored under its tau
+])
+def test_a_cRT_run_forks_into_another_decoupled_method_as_its_whole_run(data_file, tmp_path, method, fork):
+    train(config(data_file, tmp_path / "source", "method.params={retrain_epochs: 2, reinit: false}"))
+    forked = fork_run(tmp_path / "source", tmp_path / "fork", [f"method.name={method}", *fork])
+    whole = train(config(data_file, tmp_path / "whole", f"method.name={method}", "method.params={}", *fork))
+    assert forked["fingerprint"] == whole["fingerprint"] and forked["config"]["method"]["name"] == method
+    assert forked["heads"] == whole["heads"]
+    earlier = len([r for r in whole["curve"] if r["stage"] == "represent"])
+    assert without_times(forked["curve"][earlier:]) == without_times(whole["curve"][earlier:])
+    for fork_record, whole_record in zip(forked["curve"][:earlier], whole["curve"][:earlier]):
+        assert set(fork_record["test"]) == {"ce"}  # the source's stage-1 scores of the heads both methods have
+        shared_scores = {**whole_record, "test": {"ce": whole_record["test"]["ce"]}}
+        assert without_times([fork_record]) == without_times([shared_scores])
+
+
+def test_a_fork_leaves_the_method_family_refused(data_file, tmp_path):
+    train(config(data_file, tmp_path / "source"))
+    with pytest.raises(ConfigError, match="method.name=ce: a fork of a crt run may be a run of crt, lws, "
+                                          "tau-norm only"):
+        fork_run(tmp_path / "source", tmp_path / "fork", ["method.name=ce", "method.params={}"])

@@ -260,7 +260,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     f = sub.add_parser("fork", help="train a finished two-stage run's later stage again under other settings of "
-                                    "that stage (cRT, LWS: another classifier on the same representation)")
+                                    "that stage, or as another method of its family (cRT, LWS, tau-norm: another "
+                                    "classifier on the same representation; method.name=lws starts from LWS's "
+                                    "own later-stage defaults)")
     f.add_argument("run", help="the source run folder (its checkpoint past the end of its first stage)")
     f.add_argument("overrides", nargs="*", help="key=value of the later stage, e.g. method.params.retrain_lr=0.05")
     f.add_argument("--output", required=True, help="the new run's folder (re-run the command to resume it)")

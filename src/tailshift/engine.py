@@ -293,17 +293,27 @@ class Trainer:
 
     def write_fork_checkpoint(self, payload: dict, stage_index: int, source: Path) -> None:
         """This run's checkpoint as ``payload`` (``source``, another run's checkpoint: ``fork``) stood when stage
-        ``stage_index`` began: its weights, and the earlier stages' curve and times; no optimizer state (each
-        stage builds its own). Stage names tell the earlier stages' epochs from the later ones'."""
+        ``stage_index`` began: its weights (but the fork stage's own modules), and the earlier stages' curve (the
+        test scores of this method's heads) and times; no optimizer state (each stage builds its own). Stage names
+        tell the earlier stages' epochs from the later ones'."""
         written = (payload.get("speed") or {}).get("amp", "off")
         if written != self.speed.amp:
             raise CheckpointMismatchError(f"checkpoint {source} was trained with amp {written} and this run resolves "
                                           f"train.amp={self.cfg.train.amp} to {self.speed.amp} on {self.device}: "
                                           "fork where it resolves to the same")
-        self.method.load_state_dict(payload["method"])
+        fresh = self.method.fork_fresh_state  # the fork stage's own modules, set up when it starts
+        own = self.method.state_dict()
+        taken = {key: value for key, value in payload["method"].items() if not key.startswith(fresh)}
+        unmatched = sorted(set(taken) ^ {key for key in own if not key.startswith(fresh)})
+        if unmatched:
+            raise CheckpointMismatchError(f"checkpoint {source} does not hold {type(self.method).__name__}'s earlier "
+                                          f"stages' state (e.g. {unmatched[0]}): it cannot be forked into it")
+        self.method.load_state_dict({**{k: v for k, v in own.items() if k.startswith(fresh)}, **taken})
         self.method.load_extra_state(payload["extra"])
         earlier = {stage.name for stage in self.method.stages()[:stage_index]}
-        history = [record for record in payload["history"] if record["stage"] in earlier]
+        heads = set(self.method.heads())  # a fork into another method keeps the earlier scores of its own heads
+        history = [{**record, "test": {h: v for h, v in record["test"].items() if h in heads}} if "test" in record
+                   else record for record in payload["history"] if record["stage"] in earlier]
         state = RunState(stage_index, 0, history, sum(r["seconds"] for r in history),
                          sum(r.get("cpu_seconds", 0.0) for r in history), payload.get("made", {}))
         self._write_checkpoint(state, None, [self.method.extra_state()])

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .config import config_differences, config_fingerprint, load_config
+from .config import RunConfig, build_config, config_differences, config_fingerprint, load_config, read_yaml
 from .distributed import launched
 from .engine import Trainer, _load_failure, verify_checkpoint
 from .io import RunLock, atomic_write_json
+from .methods import METHODS
 from .resolve import ResolvedRun, resolve_run
 from .validation import ConfigError
 
@@ -39,11 +40,11 @@ def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) 
         raise ValueError(f"run folder {source} has no config.yaml and checkpoint.pt: fork needs a run trained with "
                          "train.checkpoint=true")
     before = resolve_run(load_config(source / "config.yaml"))
-    after = resolve_run(load_config(source / "config.yaml", [*overrides, f"output={output}"]))
+    after = resolve_run(_fork_config(source, before, [*overrides, f"output={output}"]))
     method_class, stage = before.method_class, before.method_class.fork_stage
     if stage is None:
         raise ValueError(f"method {before.config.method.name} has no stage to fork at: only a method whose later "
-                         "stages train apart from its first (crt, lws) can be forked")
+                         "stages train apart from its first (crt, lws, tau-norm) can be forked")
     _check_only_fork_settings_differ(before, after)
     payload = _source_checkpoint(source, before)
     reached = (payload["stage_index"], payload["epoch"])
@@ -67,6 +68,19 @@ def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) 
         return trainer.fit(resume=True)
 
 
+def _fork_config(source: Path, before: ResolvedRun, overrides: list[str]) -> RunConfig:
+    """The source's config with ``overrides``; a fork into another method of the family starts from that
+    method's own later-stage settings (the source's ``fork_params`` dropped), not from the source's."""
+    forked = load_config(source / "config.yaml", overrides)
+    if forked.method.name == before.config.method.name:
+        return forked
+    values = read_yaml(source / "config.yaml")
+    params = values.get("method", {}).get("params") or {}
+    values.setdefault("method", {})["params"] = {name: value for name, value in params.items()
+                                                 if name not in before.method_class.fork_params}
+    return build_config(values, overrides)
+
+
 def _source_checkpoint(source: Path, run: ResolvedRun) -> dict:
     """The source's checkpoint, whole and written by its config.yaml."""
     path = source / "checkpoint.pt"
@@ -82,20 +96,34 @@ def _source_checkpoint(source: Path, run: ResolvedRun) -> dict:
 
 def _check_only_fork_settings_differ(before: ResolvedRun, after: ResolvedRun) -> None:
     """Refuse, naming the keys, a fork whose config differs from the source's in what the stages before the
-    fork stage read."""
-    masked, source = after.resolved_dict(), before.resolved_dict()
-    allowed = []
-    for name in after.method_class.fork_params:
-        if name in source["method"]["params"]:
-            masked["method"]["params"][name] = source["method"]["params"][name]
-            allowed.append(f"method.params.{name}")
+    fork stage read: the method may change within its family, and the params either method lists in
+    ``fork_params`` are free; every other param must be the source's, and every other key too."""
+    old, new = before.method_class, after.method_class
+    if _kin(new) != _kin(old):
+        family = [name for name in METHODS.names() if _kin(METHODS.get(name)) == _kin(old)]
+        raise ConfigError(f"method.name={after.config.method.name}: a fork of a {before.config.method.name} run may "
+                          f"be a run of {', '.join(family)} only (the methods whose earlier stages train alike)")
+    free = list(dict.fromkeys([*old.fork_params, *new.fork_params]))
+    source, masked = before.resolved_dict(), after.resolved_dict()
+    was, now = source["method"]["params"], masked["method"]["params"]
+    changed = [f"method.params.{name}: {was.get(name, '(none)')} -> {now.get(name, '(none)')}"
+               for name in sorted((set(was) | set(now)) - set(free))
+               if (name in was, was.get(name)) != (name in now, now.get(name))]
+    masked["method"] = source["method"]  # the params compared above; the method's name may change in the family
+    allowed = [f"method.params.{name}" for name in free]
     # the one engine option a later stage may read alone: cosine_epoch's divisor (``engine.learning_rate``), which
     # a stage on the run's own schedule reads only if that schedule is cosine_epoch
     if source["train"]["optim"]["schedule"] != "cosine_epoch":
         masked["train"]["optim"]["cosine_period"] = source["train"]["optim"]["cosine_period"]
         allowed.append("train.optim.cosine_period")
-    params_class = type(after.params)
+    params_class = type(before.params)
     if config_fingerprint(masked, params_class) != config_fingerprint(source, params_class):
-        changed = "; ".join(config_differences(source, masked, params_class))
-        raise ConfigError(f"a fork may change only what its stage {before.method_class.fork_stage} on reads "
-                          f"({', '.join(allowed)}), not {changed}")
+        changed += config_differences(source, masked, params_class)
+    if changed:
+        raise ConfigError(f"a fork may change only what its stage {old.fork_stage} on reads "
+                          f"({', '.join(allowed)}), not {'; '.join(changed)}")
+
+
+def _kin(method_class) -> tuple:
+    """What a fork may change the method within: its family and fork stage (a method of no family: itself)."""
+    return method_class.fork_family or method_class, method_class.fork_stage

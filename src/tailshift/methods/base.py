@@ -137,6 +137,12 @@ class Method(nn.Module):
     fork_stage: ClassVar[int | None] = None
     #: the method params that no stage before ``fork_stage`` reads, the only ones a fork may change
     fork_params: ClassVar[tuple[str, ...]] = ()
+    #: methods of one family train their stages before ``fork_stage`` alike from equal params, so a run of one forks
+    #: into another (a cRT run's representation under LWS); None: a run forks only into its own method
+    fork_family: ClassVar[str | None] = None
+    #: the state-dict prefixes that the fork stage sets up itself when it starts (``begin_stage``): a fork leaves
+    #: them as the new method is built and takes every other entry from the source
+    fork_fresh_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, num_classes: int, class_counts: np.ndarray, epochs: int,
                  params: Any = None):

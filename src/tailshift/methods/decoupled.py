@@ -43,9 +43,12 @@ class TwoStageMethod(Method):
         # batch normalised with its own statistics, the running ones following them: Kang et al.'s code)
         retrain_bn: str = added_later(one_of("eval", ("eval", "train")), neutral="eval")
 
-    # Kang et al.'s workflow: one representation, several classifiers on it (``tailshift fork``)
+    # Kang et al.'s workflow: one representation, several classifiers on it (``tailshift fork``): stage 1 is the
+    # same CE run under cRT, LWS and tau-norm
     fork_stage = 1
     fork_params = ("retrain_epochs", "retrain_lr", "retrain_schedule", "retrain_bn", "reinit")
+    fork_family = "decoupled"
+    fork_fresh_state = ("retrained.",)
 
     def __init__(self, backbone, num_classes, class_counts, epochs, params=None):
         super().__init__(backbone, num_classes, class_counts, epochs, params)
@@ -198,7 +201,8 @@ class TauNormalisation(TwoStageMethod):
         tau: float = bounded(1.0, ge=0)
 
     default_head = "tau-norm"
-    fork_stage = None  # nothing is trained after stage 1
+    # nothing is trained after stage 1: a fork into tau-norm scores the source's stage-1 head under its tau
+    fork_params = (*TwoStageMethod.fork_params, "tau")
 
     def new_classifier(self) -> None:
         return None
