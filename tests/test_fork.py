@@ -10,9 +10,10 @@ import torch
 from conftest import tiny_prepared
 
 from tailshift import cli
-from tailshift.config import build_config
+from tailshift.config import build_config, config_path, load_config, save_config
 from tailshift.engine import train
-from tailshift.fork import fork_run
+from tailshift.fork import _fork_config, fork_run
+from tailshift.resolve import resolve_run
 from tailshift.validation import ConfigError
 
 
@@ -110,13 +111,17 @@ def test_the_stage2_benchmark_forks_every_recipe_and_tabulates_them(data_file, t
     report = json.loads((tmp_path / "out" / "crt_stage2.json").read_text())
     source = json.loads((tmp_path / "source" / "metrics.json").read_text())
     labels = [r["stage 2"] for r in report["rows"]]
-    assert labels == ["the run's stage 1 (CE head, no stage 2)", "csa-release (the run's own)", "mislas", "kang"]
+    assert labels == ["the run's stage 1 (CE head, no stage 2)", "csa-release (the run's own)", "mislas", "kang",
+                      "lws, as the shipped config runs it", "tau-norm, as the shipped config runs it"]
     assert report["rows"][1]["all"] == source["heads"]["crt"]["all"]
-    for name in ("mislas", "kang"):
+    for name, row in zip(("mislas", "kang", "lws", "tau-norm"), report["rows"][2:]):
         forked = json.loads((tmp_path / "forks" / name / "metrics.json").read_text())
-        assert report["rows"][labels.index(name)]["all"] == forked["heads"]["crt"]["all"]
+        assert row["all"] == forked["heads"][forked["default_head"]]["all"]
         assert forked["heads"]["ce"] == source["heads"]["ce"]  # one representation under every stage 2
-        assert [r["stage"] for r in forked["curve"]].count("retrain") == 10  # each recipe's own 10 epochs
+        retrained = [r["stage"] for r in forked["curve"]].count("retrain")
+        assert retrained == {"mislas": 10, "kang": 10, "lws": 10, "tau-norm": 0}[name]  # each one's own epochs
+    # the tiny source is no shipped config's run; the forks into the shipped methods carry their own settings
+    assert [r["same_run_as_shipped_config"] for r in report["rows"]] == [None, False, None, None, False, False]
     assert "| kang |" in (tmp_path / "out" / "crt_stage2.md").read_text()
 
 
@@ -143,3 +148,17 @@ def test_a_fork_leaves_the_method_family_refused(data_file, tmp_path):
     with pytest.raises(ConfigError, match="method.name=ce: a fork of a crt run may be a run of crt, lws, "
                                           "tau-norm only"):
         fork_run(tmp_path / "source", tmp_path / "fork", ["method.name=ce", "method.params={}"])
+
+
+@pytest.mark.parametrize("method", ["lws", "tau-norm"])
+def test_a_fork_of_the_shipped_crt_run_is_the_shipped_run_of_the_other_method(tmp_path, method):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from crt_stage2 import shipped_fingerprint, shipped_method_overrides
+
+    crt = resolve_run(load_config(config_path("table2/cifar10-lt_crt")))
+    save_config(crt.config, tmp_path / "config.yaml")
+    source = {"config": crt.config.to_dict(), "seed": crt.config.seed}
+    assert shipped_fingerprint("cifar10-lt", "crt", source) == crt.fingerprint()
+    forked = resolve_run(_fork_config(tmp_path, crt, list(shipped_method_overrides("cifar10-lt", method))))
+    assert forked.fingerprint() == shipped_fingerprint("cifar10-lt", method, source)
+    assert forked.fingerprint() != shipped_fingerprint("cifar10-lt", method, {**source, "seed": 1})
