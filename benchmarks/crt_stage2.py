@@ -57,9 +57,11 @@ def row(label: str, result: dict, seconds: float | None, changes: str, shipped: 
 
 
 def fork_row(label: str, run: str, folder: Path, overrides: tuple[str, ...], threads: int,
-             shipped: bool | None = None) -> dict:
+             shipped_fingerprint: str | None = None) -> dict:
+    """The fork's row; with ``shipped_fingerprint``, whether the fork is that shipped config's run."""
     forked = fork_run(run, folder, [*overrides, f"threads={threads}", "progress=false"])
     retrain = [r["seconds"] for r in forked["curve"] if r["stage"] == "retrain"]
+    shipped = None if shipped_fingerprint is None else forked["fingerprint"] == shipped_fingerprint
     return row(label, forked["heads"][forked["default_head"]], sum(retrain) if retrain else None,
                " ".join(overrides), shipped)
 
@@ -82,11 +84,9 @@ def main() -> None:
     for name, overrides in stage2_recipes(args.dataset).items():
         rows.append(fork_row(name, args.run, Path(args.runs_dir) / name, overrides, args.threads))
     for method in SHIPPED_METHODS:
-        folder = Path(args.runs_dir) / method
-        rows.append(fork_row(f"{method}, as the shipped config runs it", args.run, folder,
-                             shipped_method_overrides(args.dataset, method), args.threads))
-        fingerprint = json.loads((folder / "metrics.json").read_text())["fingerprint"]
-        rows[-1]["same_run_as_shipped_config"] = fingerprint == shipped_fingerprint(args.dataset, method, source)
+        rows.append(fork_row(f"{method}, as the shipped config runs it", args.run, Path(args.runs_dir) / method,
+                             shipped_method_overrides(args.dataset, method), args.threads,
+                             shipped_fingerprint(args.dataset, method, source)))
 
     def cell(value):
         return "-" if value is None else f"{value:.1f}"

@@ -296,11 +296,7 @@ class Trainer:
         ``stage_index`` began: its weights (but the fork stage's own modules), and the earlier stages' curve (the
         test scores of this method's heads) and times; no optimizer state (each stage builds its own). Stage names
         tell the earlier stages' epochs from the later ones'."""
-        written = (payload.get("speed") or {}).get("amp", "off")
-        if written != self.speed.amp:
-            raise CheckpointMismatchError(f"checkpoint {source} was trained with amp {written} and this run resolves "
-                                          f"train.amp={self.cfg.train.amp} to {self.speed.amp} on {self.device}: "
-                                          "fork where it resolves to the same")
+        self._check_precision(payload, source)
         fresh = self.method.fork_fresh_state  # the fork stage's own modules, set up when it starts
         own = self.method.state_dict()
         taken = {key: value for key, value in payload["method"].items() if not key.startswith(fresh)}
@@ -343,14 +339,15 @@ class Trainer:
                          payload.get("cpu_seconds", 0.0), payload.get("made", {}))
         return state, payload["optimizer"]
 
-    def _check_precision(self, payload: dict) -> None:
-        """Refuse a checkpoint trained in another precision than this run resolves to: the config's
-        fingerprint holds ``train.amp`` as written, and ``auto`` resolves per device (bf16 on a GPU that
-        has it, float32 elsewhere). Checkpoints written before the switches were recorded trained in float32."""
+    def _check_precision(self, payload: dict, path: Path | None = None) -> None:
+        """Refuse a checkpoint (``path``, default this run's) trained in another precision than this run resolves
+        to: the config's fingerprint holds ``train.amp`` as written, and ``auto`` resolves per device (bf16 on a
+        GPU that has it, float32 elsewhere). Checkpoints written before the switches were recorded trained in
+        float32."""
         written = (payload.get("speed") or {}).get("amp", "off")
         if written != self.speed.amp:
             raise CheckpointMismatchError(
-                f"checkpoint {self.checkpoint_path} was trained with amp {written} and this run resolves "
+                f"checkpoint {path or self.checkpoint_path} was trained with amp {written} and this run resolves "
                 f"train.amp={self.cfg.train.amp} to {self.speed.amp} on {self.device}: a run never changes precision "
                 f"mid-way; resume where it resolves to {written}, or use a new output folder")
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .config import RunConfig, build_config, config_differences, config_fingerprint, load_config, read_yaml
 from .distributed import launched
-from .engine import Trainer, _load_failure, verify_checkpoint
+from .engine import Trainer
 from .io import RunLock, atomic_write_json
 from .methods import METHODS
 from .resolve import ResolvedRun, resolve_run
+from .saved_run import read_run_checkpoint
 from .validation import ConfigError
 
 
@@ -46,7 +45,7 @@ def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) 
         raise ValueError(f"method {before.config.method.name} has no stage to fork at: only a method whose later "
                          "stages train apart from its first (crt, lws, tau-norm) can be forked")
     _check_only_fork_settings_differ(before, after)
-    payload = _source_checkpoint(source, before)
+    payload = read_run_checkpoint(source, before, "forked from", "re-train the source run", "restore it")
     reached = (payload["stage_index"], payload["epoch"])
     if reached < (stage, 0):
         raise ValueError(f"the run in {source} has not reached stage {stage} (counted from 0), where a fork starts: "
@@ -71,27 +70,14 @@ def fork_run(source: str | Path, output: str | Path, overrides: list[str] = ()) 
 def _fork_config(source: Path, before: ResolvedRun, overrides: list[str]) -> RunConfig:
     """The source's config with ``overrides``; a fork into another method of the family starts from that
     method's own later-stage settings (the source's ``fork_params`` dropped), not from the source's."""
-    forked = load_config(source / "config.yaml", overrides)
+    values = read_yaml(source / "config.yaml")  # as save_config wrote it: no _base_ files
+    forked = build_config(values, overrides)
     if forked.method.name == before.config.method.name:
         return forked
-    values = read_yaml(source / "config.yaml")
     params = values.get("method", {}).get("params") or {}
     values.setdefault("method", {})["params"] = {name: value for name, value in params.items()
                                                  if name not in before.method_class.fork_params}
     return build_config(values, overrides)
-
-
-def _source_checkpoint(source: Path, run: ResolvedRun) -> dict:
-    """The source's checkpoint, whole and written by its config.yaml."""
-    path = source / "checkpoint.pt"
-    verify_checkpoint(path, "it is never forked from: re-train the source run")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a foreign file: one line saying which
-        raise ValueError(f"cannot read checkpoint {path} ({_load_failure(err)})") from None
-    if not isinstance(payload, dict) or payload.get("fingerprint") not in run.accepted_fingerprints():
-        raise ValueError(f"{source / 'config.yaml'} is not the config its checkpoint was trained with: restore it")
-    return payload
 
 
 def _check_only_fork_settings_differ(before: ResolvedRun, after: ResolvedRun) -> None:

@@ -26,7 +26,7 @@ from .io import RunLock, atomic_open, atomic_write_json
 from .models.tuning import merge_lora
 from .methods import Method
 from .metrics import confusion_matrix, summarize
-from .resolve import resolve_run
+from .resolve import ResolvedRun, resolve_run
 
 EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -63,6 +63,24 @@ class SavedRun:
                 torch.tensor(d.std, device=self.device).view(1, channels, 1, 1))
 
 
+def read_run_checkpoint(folder: Path, stored: ResolvedRun, use: str, damaged_remedy: str, config_remedy: str) -> dict:
+    """``folder``'s checkpoint, on the CPU: whole (every CRC checked) and written by ``stored`` (its config.yaml as
+    it stands; an edited one is refused, naming the keys). ``use``: what the checkpoint is read to be (never
+    "evaluated" from a damaged file); the remedies: what to do about a damaged file and about another config."""
+    path = folder / "checkpoint.pt"
+    verify_checkpoint(path, f"it is never {use}: {damaged_remedy}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign file: one line saying which
+        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(err)}") from None
+    if not isinstance(payload, dict) or payload.get("fingerprint") not in stored.accepted_fingerprints():
+        trained = payload.get("config") if isinstance(payload, dict) else None
+        what = "; ".join(stored.differences(trained)) if isinstance(trained, dict) else "no config recorded"
+        raise ValueError(f"{folder / 'config.yaml'} is not the config its checkpoint was trained with (checkpoint -> "
+                         f"config.yaml: {what or 'options no longer known'}); {config_remedy}")
+    return payload
+
+
 def load_run(folder: str | Path, overrides: list[str] = (), allow_unfinished: bool = False) -> SavedRun:
     """The run in ``folder``; ``overrides`` (key=value) change its config, e.g. the data to score.
 
@@ -77,20 +95,11 @@ def load_run(folder: str | Path, overrides: list[str] = (), allow_unfinished: bo
             raise ValueError(f"run folder {folder} has no {name}: only a finished run (trained with "
                              "train.checkpoint=true) can be evaluated, used to predict or exported")
     path = folder / "checkpoint.pt"
-    verify_checkpoint(path, "it is never evaluated: re-train the run (tailshift train ... --fresh) or remove the file")
-    stored = resolve_run(load_config(folder / "config.yaml"))
+    payload = read_run_checkpoint(folder, resolve_run(load_config(folder / "config.yaml")), "evaluated",
+                                  "re-train the run (tailshift train ... --fresh) or remove the file",
+                                  "restore config.yaml, or pass the change as key=value to score other data")
     cfg = load_config(folder / "config.yaml", overrides)
     run = resolve_run(cfg)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a foreign file: one line saying which
-        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(err)}") from None
-    if not isinstance(payload, dict) or payload.get("fingerprint") not in stored.accepted_fingerprints():
-        trained = payload.get("config") if isinstance(payload, dict) else None
-        what = "; ".join(stored.differences(trained)) if isinstance(trained, dict) else "no config recorded"
-        raise ValueError(f"{folder / 'config.yaml'} is not the config its checkpoint was trained with (checkpoint -> "
-                         f"config.yaml: {what or 'options no longer known'}); restore config.yaml, or pass the "
-                         "change as key=value to score other data")
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
