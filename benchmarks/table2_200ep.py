@@ -33,17 +33,20 @@ from report import cpu_model
 from tailshift.io import LOCK_NAME
 
 #: run -> the Table 2 rows read from it, in the issue's order of priority (LDAM-DRW third: its authors' recipe
-#: has landed)
+#: has landed), with one diagnostic run: CE and its cRT again on Cao et al.'s recipe, the code the paper's CE
+#: figure comes from, so that CE's gap to the paper can be told apart from the recipe's
 RUNS = {
     "crt": ("ce", "crt"),
     "csa": ("csa", "csa-uniform", "csa-ensemble"),
     "ldam-drw": ("ldam-drw",),
+    "crt-ldam": ("ce", "crt"),
     "cbrs": ("cbrs",),
     "la": ("la",),
 }
 #: the runs trained off the shipped configs' recipe (the CSA release's), on their authors' (``--recipe``);
-#: such a run lives in a folder of its recipe
-RECIPES = {"ldam-drw": "ldam"}
+#: such a run lives in a folder of its recipe, under the name ``tailshift reproduce`` gives it (``FOLDERS``)
+RECIPES = {"ldam-drw": "ldam", "crt-ldam": "ldam"}
+FOLDERS = {"crt-ldam": "crt"}
 STUDY = "cifar10-lt-rho100"
 SEED = 0
 DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median PSNR 30.5 dB against the "
@@ -59,7 +62,7 @@ def reproduce_command(runs_dir: Path, rows: list[str], recipe: str = "shared") -
 
 def run_folder(runs_dir: Path, run: str) -> Path:
     recipe = (RECIPES[run],) if run in RECIPES else ()
-    return runs_dir.joinpath("runs", STUDY, *recipe, run, f"seed{SEED}")
+    return runs_dir.joinpath("runs", STUDY, *recipe, FOLDERS.get(run, run), f"seed{SEED}")
 
 
 def finished(runs_dir: Path, run: str) -> bool:
@@ -211,8 +214,8 @@ def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
              f"ResNet-32, the shipped `table2/cifar10-lt_*` configs unchanged, seed {SEED}, each run on one thread "
              f"of a {os.cpu_count()}-core `{record['cpu_model']}` at `nice 19` beside other work: wall time "
              "includes waiting for the CPU, CPU time does not. " + DATA_CAVEAT, "",
-             "The results table (ours beside the paper's) is `table2.md` (LDAM-DRW, on its authors' recipe: "
-             "`table2_ldam.md`), written by `tailshift reproduce table2` "
+             "The results table (ours beside the paper's) is `table2.md` (the runs on Cao et al.'s recipe, "
+             "LDAM-DRW and the CE/cRT diagnostic: `table2_ldam.md`), written by `tailshift reproduce table2` "
              "from the finished runs; each run's per-epoch curve is `<run>_metrics.json` (finished) or "
              "`<run>_curve.json` (still training).", "",
              "| Run | Rows | State | Epochs done | Wall (h) | CPU (h) | Last test All (head: value) |",

@@ -56,3 +56,19 @@ def test_a_folder_ahead_of_the_carry_is_kept_and_a_finished_run_comes_back_finis
     stamp = (carry / "crt" / "checkpoint.pt").stat().st_ino  # a rewrite replaces the file
     table2_200ep.carry_out(runs, ["crt"], carry)  # a finished run's carry is written once, not at every publish
     assert (carry / "crt" / "checkpoint.pt").stat().st_ino == stamp
+
+
+def test_each_run_folder_is_where_tailshift_reproduce_trains_that_run(tmp_path):
+    """The study reads, carries and restores each run in the folder its ``reproduce table2`` command writes:
+    the shipped recipe's runs by name, the diagnostic CE/cRT on Cao et al.'s recipe under ``ldam/crt``."""
+    from tailshift.reproduce.table2 import TABLE2, recipe_choice
+
+    study = TABLE2.studies(["cifar10-lt"], [100])
+    assert study[0].folder == table2_200ep.STUDY
+    for run, rows in table2_200ep.RUNS.items():
+        recipe = table2_200ep.RECIPES.get(run, "shared")
+        plan = TABLE2.plan(study, TABLE2.select_rows(rows), [0], (), recipe_choice(recipe))
+        folders = {v.run_folder for v in plan.variants.values()}
+        expected = table2_200ep.run_folder(tmp_path, run).relative_to(tmp_path / "runs").parent
+        assert folders == {str(expected)}, run
+    assert table2_200ep.run_folder(tmp_path, "crt-ldam") != table2_200ep.run_folder(tmp_path, "crt")
