@@ -54,6 +54,18 @@ DATA_CAVEAT = ("CIFAR-10 here is the JPEG-decoded copy in ../shared/data (median
                "not only their levels.")
 
 
+#: the differences between rows that the study is to set beside the paper's (issue 23, point 4): label, then the
+#: (recipe, row) minuend and subtrahend; "shared" is the shipped configs' recipe (``table2.json``), another
+#: recipe's rows are in ``table2_<recipe>.json``
+GAPS = (
+    ("cRT − CE", ("shared", "crt"), ("shared", "ce")),
+    ("CSA − CE", ("shared", "csa"), ("shared", "ce")),
+    ("CSA − cRT", ("shared", "csa"), ("shared", "crt")),
+    ("LDAM-DRW − CE, both on Cao et al.'s recipe", ("ldam", "ldam-drw"), ("ldam", "ce")),
+    ("CE on Cao et al.'s recipe − CE on the CSA release's", ("ldam", "ce"), ("shared", "ce")),
+)
+
+
 def reproduce_command(runs_dir: Path, rows: list[str], recipe: str = "shared") -> list[str]:
     return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
             "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--recipe", recipe,
@@ -192,6 +204,34 @@ def run_status(runs_dir: Path, run: str) -> dict:
     }
 
 
+def row_gaps(dest: Path) -> list[dict]:
+    """Each of ``GAPS`` whose two rows have finished, from the published tables: ours (final epoch's All) beside
+    the paper's (its rows' All, where it prints both)."""
+    from tailshift.reproduce.table2 import TABLE2
+
+    paper = TABLE2.paper_rows(TABLE2.studies(["cifar10-lt"], [100]))["cifar10-lt rho 100"]
+    tables = {}
+    for recipe in dict.fromkeys(r for _, *pair in GAPS for r, _ in pair):
+        path = dest / ("table2.json" if recipe == "shared" else f"table2_{recipe}.json")
+        if path.exists():
+            tables[recipe] = json.loads(path.read_text())["table"]["cifar10-lt rho 100"]
+
+    def ours(recipe: str, row: str) -> float | None:
+        entry = tables.get(recipe, {}).get(row)
+        return entry["all"]["mean"] if entry else None
+
+    gaps = []
+    for label, a, b in GAPS:
+        if ours(*a) is None or ours(*b) is None:
+            continue
+        same_recipe = a[0] == b[0]  # ours across two recipes of one row has no counterpart in the paper
+        paper_gap = (paper[a[1]][0] - paper[b[1]][0]
+                     if same_recipe and paper[a[1]][0] is not None and paper[b[1]][0] is not None else None)
+        gaps.append({"gap": label, "ours": round(ours(*a) - ours(*b), 2),
+                     "paper": round(paper_gap, 2) if paper_gap is not None else None})
+    return gaps
+
+
 def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
     """Copy the table and every run's curve into ``dest`` and write ``study.md`` / ``study.json``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -208,7 +248,7 @@ def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
     per_run = shlex.join(["tailshift", *reproduce_command(Path("RUNS_DIR"), ["ROWS"], "RECIPE")[3:]])
     record = {"command": command, "per_run_command": per_run, "recipes": {r: RECIPES.get(r, "shared") for r in runs},
               "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads_per_run": 1,
-              "data_caveat": DATA_CAVEAT, "runs": statuses}
+              "data_caveat": DATA_CAVEAT, "runs": statuses, "gaps": row_gaps(dest)}
     (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["# Table 2 on CIFAR-10-LT (rho 100) at the full 200-epoch schedule, on a CPU", "",
              f"ResNet-32, the shipped `table2/cifar10-lt_*` configs unchanged, seed {SEED}, each run on one thread "
@@ -230,6 +270,11 @@ def publish_results(runs_dir: Path, runs: list[str], dest: Path) -> None:
         lines.append(f"| {status['run']} | {', '.join(RUNS[status['run']])} | {status['state']} | {stages} | "
                      f"{status['wall_seconds'] / 3600:.2f} | {status['cpu_seconds'] / 3600:.2f} | "
                      f"{tested} ({status['last_tested_epoch']}) |")
+    if record["gaps"]:
+        lines += ["", "Differences between finished rows (All, final epoch), ours beside the paper's:", "",
+                  "| Difference | Ours | Paper |", "|---|---|---|"]
+        lines += [f"| {g['gap']} | {g['ours']:+.1f} | {'-' if g['paper'] is None else format(g['paper'], '+.1f')} |"
+                  for g in record["gaps"]]
     lines += ["", f"Command: `{command}`; each run: `{record['per_run_command']}`"]
     (dest / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -72,3 +72,17 @@ def test_each_run_folder_is_where_tailshift_reproduce_trains_that_run(tmp_path):
         expected = table2_200ep.run_folder(tmp_path, run).relative_to(tmp_path / "runs").parent
         assert folders == {str(expected)}, run
     assert table2_200ep.run_folder(tmp_path, "crt-ldam") != table2_200ep.run_folder(tmp_path, "crt")
+
+
+def test_row_gaps_set_each_finished_pair_beside_the_papers(tmp_path):
+    def table(rows: dict) -> str:
+        return json.dumps({"table": {"cifar10-lt rho 100": {r: {"all": {"mean": v}} for r, v in rows.items()}}})
+
+    (tmp_path / "table2.json").write_text(table({"ce": 66.58, "crt": 69.2}))
+    assert table2_200ep.row_gaps(tmp_path) == [{"gap": "cRT − CE", "ours": 2.62, "paper": 5.3}]
+    (tmp_path / "table2.json").write_text(table({"ce": 66.58, "crt": 69.2, "csa": 78.0}))
+    (tmp_path / "table2_ldam.json").write_text(table({"ldam-drw": 75.0, "ce": 69.0}))
+    gaps = {g["gap"]: (g["ours"], g["paper"]) for g in table2_200ep.row_gaps(tmp_path)}
+    assert gaps == {"cRT − CE": (2.62, 5.3), "CSA − CE": (11.42, 10.2), "CSA − cRT": (8.8, 4.9),
+                    "LDAM-DRW − CE, both on Cao et al.'s recipe": (6.0, 6.6),
+                    "CE on Cao et al.'s recipe − CE on the CSA release's": (2.42, None)}
