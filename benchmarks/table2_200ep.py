@@ -66,6 +66,11 @@ GAPS = (
 )
 
 
+def table_stem(recipe: str) -> str:
+    """The name ``rebuild_table`` gives a recipe's table (``.md`` / ``.json``)."""
+    return "table2" if recipe == "shared" else f"table2_{recipe}"
+
+
 def reproduce_command(runs_dir: Path, rows: list[str], recipe: str = "shared") -> list[str]:
     return [sys.executable, "-m", "tailshift", "reproduce", "table2", "--datasets", "cifar10-lt", "--rhos", "100",
             "--seeds", f"{SEED}-{SEED}", "--workers", "1", "--methods", ",".join(rows), "--recipe", recipe,
@@ -136,7 +141,7 @@ def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
         subprocess.run(reproduce_command(runs_dir, rows, recipe), check=True, stdout=subprocess.DEVNULL)
         if recipe != "shared":
             for suffix in (".md", ".json"):
-                (runs_dir / f"table2{suffix}").replace(runs_dir / f"table2_{recipe}{suffix}")
+                (runs_dir / f"table2{suffix}").replace(runs_dir / f"{table_stem(recipe)}{suffix}")
 
 
 def train(runs_dir: Path, runs: list[str], slots: int, publish: Path | None, carry: Path | None,
@@ -209,12 +214,13 @@ def row_gaps(dest: Path) -> list[dict]:
     the paper's (its rows' All, where it prints both)."""
     from tailshift.reproduce.table2 import TABLE2
 
-    paper = TABLE2.paper_rows(TABLE2.studies(["cifar10-lt"], [100]))["cifar10-lt rho 100"]
+    study = TABLE2.studies(["cifar10-lt"], [100])
+    paper = TABLE2.paper_rows(study)[study[0].name]
     tables = {}
-    for recipe in dict.fromkeys(r for _, *pair in GAPS for r, _ in pair):
-        path = dest / ("table2.json" if recipe == "shared" else f"table2_{recipe}.json")
+    for recipe in ("shared", *dict.fromkeys(RECIPES.values())):
+        path = dest / f"{table_stem(recipe)}.json"
         if path.exists():
-            tables[recipe] = json.loads(path.read_text())["table"]["cifar10-lt rho 100"]
+            tables[recipe] = json.loads(path.read_text())["table"][study[0].name]
 
     def ours(recipe: str, row: str) -> float | None:
         entry = tables.get(recipe, {}).get(row)
@@ -224,9 +230,9 @@ def row_gaps(dest: Path) -> list[dict]:
     for label, a, b in GAPS:
         if ours(*a) is None or ours(*b) is None:
             continue
-        same_recipe = a[0] == b[0]  # ours across two recipes of one row has no counterpart in the paper
-        paper_gap = (paper[a[1]][0] - paper[b[1]][0]
-                     if same_recipe and paper[a[1]][0] is not None and paper[b[1]][0] is not None else None)
+        paper_a, paper_b = paper[a[1]][0], paper[b[1]][0]
+        # ours across two recipes has no counterpart in the paper, whose every row comes from one recipe
+        paper_gap = paper_a - paper_b if a[0] == b[0] and None not in (paper_a, paper_b) else None
         gaps.append({"gap": label, "ours": round(ours(*a) - ours(*b), 2),
                      "paper": round(paper_gap, 2) if paper_gap is not None else None})
     return gaps
