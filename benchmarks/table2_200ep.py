@@ -137,7 +137,8 @@ def rebuild_table(runs_dir: Path, runs: list[str]) -> None:
     for run in runs:
         if finished(runs_dir, run):
             by_recipe.setdefault(RECIPES.get(run, "shared"), []).extend(RUNS[run])
-    for recipe, rows in by_recipe.items():
+    # Every recipe's rebuild writes table2.md before another recipe's is renamed: the shipped one goes last.
+    for recipe, rows in sorted(by_recipe.items(), key=lambda item: item[0] == "shared"):
         subprocess.run(reproduce_command(runs_dir, rows, recipe), check=True, stdout=subprocess.DEVNULL)
         if recipe != "shared":
             for suffix in (".md", ".json"):
