@@ -86,3 +86,18 @@ def test_row_gaps_set_each_finished_pair_beside_the_papers(tmp_path):
     assert gaps == {"cRT − CE": (2.62, 5.3), "CSA − CE": (11.42, 10.2), "CSA − cRT": (8.8, 4.9),
                     "LDAM-DRW − CE, both on Cao et al.'s recipe": (6.0, 6.6),
                     "CE on Cao et al.'s recipe − CE on the CSA release's": (2.42, None)}
+
+
+def test_another_recipes_table_leaves_the_shipped_table_in_place(tmp_path, monkeypatch):
+    """Every recipe's rebuild writes table2.md; the shipped recipe's must come last, or the next recipe's
+    rename carries it away (CSA's row was once lost so)."""
+    def fake_reproduce(command, check, stdout):
+        recipe = command[command.index("--recipe") + 1]
+        for suffix in (".md", ".json"):
+            (tmp_path / f"table2{suffix}").write_text(recipe)
+
+    monkeypatch.setattr(table2_200ep, "finished", lambda runs_dir, run: run in ("crt", "ldam-drw"))
+    monkeypatch.setattr(table2_200ep.subprocess, "run", fake_reproduce)
+    table2_200ep.rebuild_table(tmp_path, ["crt", "ldam-drw"])
+    assert (tmp_path / "table2.md").read_text() == "shared"
+    assert (tmp_path / "table2_ldam.md").read_text() == "ldam"
